@@ -1,0 +1,170 @@
+//! What a well-formed event is, checked before encoding and after decoding.
+
+use rust_decimal::Decimal;
+
+use crate::{Actor, Addon, Envelope, Event, Plan, TokenOverage, CATALOG_TENANT};
+
+/// Longest identifier (file, request, purchase, plan, add-on) accepted.
+pub const MAX_ID_LEN: usize = 256;
+
+/// `[a-z0-9][a-z0-9-]{0,62}`: tenant ids appear inside NATS subjects, so no
+/// dots, spaces or wildcards.
+pub fn valid_tenant_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Identifiers chosen by callers (files, requests, purchases, plans, add-ons):
+/// 1 to 256 bytes, no control characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), String> {
+    check(valid_id(id), || format!("{field} {id:?} is not a valid id"))
+}
+
+fn check_money(field: &str, amount: &Decimal) -> Result<(), String> {
+    check(!amount.is_sign_negative(), || format!("{field} {amount} is negative"))
+}
+
+fn check_currency(currency: &str) -> Result<(), String> {
+    check(
+        currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()),
+        || format!("currency {currency:?} is not an ISO 4217 code"),
+    )
+}
+
+fn check_plan(plan: &Plan) -> Result<(), String> {
+    check_id("plan id", &plan.id)?;
+    check_currency(&plan.currency)?;
+    check_money("plan price", &plan.price)?;
+    check_money("storage_quota_gb", &plan.storage_quota_gb)?;
+    check(plan.min_seats >= 1, || "min_seats must be at least 1".into())?;
+    if let Some(max) = plan.max_seats {
+        check(max >= plan.min_seats, || format!("max_seats {max} is below min_seats"))?;
+    }
+    if let TokenOverage::BillPer1k { price } = &plan.token_overage {
+        check_money("bill_per_1k", price)?;
+    }
+    plan.addons.iter().try_for_each(|a| check_id("add-on id", a))
+}
+
+fn check_addon(addon: &Addon) -> Result<(), String> {
+    check_id("add-on id", &addon.id)?;
+    check_currency(&addon.currency)?;
+    check_money("add-on price", &addon.price)?;
+    if let Some(gb) = &addon.grants.storage_gb {
+        check_money("storage_gb", gb)?;
+    }
+    Ok(())
+}
+
+/// The schema's rules. An `Err` names the first rule broken.
+pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
+    let catalog = envelope.payload.is_catalog();
+    if catalog {
+        check(envelope.tenant == CATALOG_TENANT, || {
+            format!("catalog event under tenant {:?}", envelope.tenant)
+        })?;
+        check(envelope.actor == Actor::Admin, || "catalog event not by admin".into())?;
+    } else {
+        check(valid_tenant_id(&envelope.tenant), || {
+            format!("tenant {:?} is not a valid tenant id", envelope.tenant)
+        })?;
+    }
+    match &envelope.actor {
+        Actor::Admin => {}
+        Actor::TenantAdmin { tenant } | Actor::TenantUser { tenant } => {
+            check(*tenant == envelope.tenant, || {
+                format!("actor of tenant {tenant:?} on an event of {:?}", envelope.tenant)
+            })?;
+        }
+    }
+    check(chrono::DateTime::from_timestamp_micros(envelope.at_us).is_some(), || {
+        format!("at {} is out of range", envelope.at_us)
+    })?;
+    match &envelope.payload {
+        Event::PlanDefined { plan } => check_plan(plan),
+        Event::AddonDefined { addon } => check_addon(addon),
+        Event::Subscribed { plan, seats } => {
+            check_id("plan", plan)?;
+            check(*seats >= 1, || "seats must be at least 1".into())
+        }
+        Event::SeatsChanged { seats } => check(*seats >= 1, || "seats must be at least 1".into()),
+        Event::PlanChanged { plan } => check_id("plan", plan),
+        Event::SubscriptionCancelled => Ok(()),
+        Event::FileStored { file, .. } | Event::FileDeleted { file, .. } => check_id("file", file),
+        Event::UploadDenied { file, bytes, used_bytes, quota_bytes } => {
+            check_id("file", file)?;
+            check(used_bytes.saturating_add(*bytes) > *quota_bytes, || {
+                "upload denied although it fits the quota".into()
+            })
+        }
+        Event::TokensConsumed { request, tokens, .. } => {
+            check_id("request", request)?;
+            check(*tokens >= 1, || "tokens must be at least 1".into())
+        }
+        Event::TokensDenied { request, tokens, used, limit } => {
+            check_id("request", request)?;
+            check(*tokens >= 1, || "tokens must be at least 1".into())?;
+            check(used.saturating_add(*tokens) > *limit, || {
+                "tokens denied although they fit the limit".into()
+            })
+        }
+        Event::AddonPurchased { purchase, addon, quantity, .. } => {
+            check_id("purchase", purchase)?;
+            check_id("add-on", addon)?;
+            check(*quantity >= 1, || "quantity must be at least 1".into())
+        }
+        Event::PaymentSettled { purchase, reference, .. } => {
+            check_id("purchase", purchase)?;
+            match reference {
+                Some(r) => check_id("reference", r),
+                None => Ok(()),
+            }
+        }
+        Event::AddonActivated { purchase } | Event::AddonCancelled { purchase } => {
+            check_id("purchase", purchase)
+        }
+        Event::PeriodFinalized { start_us, end_us, invoice, .. } => {
+            check(end_us > start_us, || "period ends before it starts".into())?;
+            check_currency(&invoice.currency)?;
+            let total: Decimal = invoice.lines.iter().map(|l| l.amount).sum();
+            let paid: Decimal = invoice.lines.iter().filter(|l| l.paid).map(|l| l.amount).sum();
+            check(invoice.total == total, || "invoice total is not the sum of its lines".into())?;
+            check(invoice.paid == paid, || "invoice paid is not the sum of paid lines".into())?;
+            check(invoice.amount_due == total - paid, || {
+                "invoice amount_due is not total - paid".into()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        for ok in ["a", "acme", "0", "a-b-c", &"a".repeat(63)] {
+            assert!(valid_tenant_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a.b", "a b", "a*", "a>", "_catalog", &"a".repeat(64)] {
+            assert!(!valid_tenant_id(bad), "{bad}");
+        }
+    }
+}
