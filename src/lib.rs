@@ -1,0 +1,8 @@
+//! The `ledger` service: the event log backends, the projector runtime and
+//! the command line. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod bench;
+pub mod cli;
+pub mod log;
+pub mod natsd;
+pub mod projector;

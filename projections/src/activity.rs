@@ -1,0 +1,46 @@
+//! Per-tenant activity: how many events of each kind a tenant has, and its
+//! latest position and time. The catalog pseudo-tenant is counted too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Projection, Rows, ViewError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityRow {
+    /// Event kind name -> count. A BTreeMap so the encoded row is the same
+    /// whatever order events arrived in.
+    pub events_by_kind: BTreeMap<String, u64>,
+    pub events: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub last_at_us: i64,
+}
+
+pub struct Activity;
+
+impl Activity {
+    pub fn key(tenant: &str) -> Vec<u8> {
+        tenant.as_bytes().to_vec()
+    }
+}
+
+impl Projection for Activity {
+    const NAME: &'static str = "activity";
+
+    fn apply(&self, rows: &mut Rows<'_>, position: u64, event: &events::Envelope) -> Result<(), ViewError> {
+        let key = Activity::key(&event.tenant);
+        let mut row: ActivityRow = rows.get(&key)?.unwrap_or_default();
+        assert!(position > row.last_position, "activity: positions go backwards");
+        if row.events == 0 {
+            row.first_position = position;
+        }
+        *row.events_by_kind.entry(event.kind().name().to_string()).or_default() += 1;
+        row.events += 1;
+        row.last_position = position;
+        row.last_at_us = row.last_at_us.max(event.at_us);
+        rows.put(key, &row);
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! `ledger bench`: throughput figures measured against a baseline in the same
+//! run, since these machines are shared and noisy. Rounds alternate between
+//! the ledger and its baseline so drift in the machine's load hits both.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use clap::Subcommand;
+use events::{Actor, Envelope, Event};
+
+use crate::log::{AppendBatch, AppendMessage, EmbeddedLog, EventLog, Expectation, JetStreamLog, JetStreamOptions};
+use crate::natsd::NatsServer;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable ingest: the ledger's EventLog on JetStream against a plain
+    /// async-nats atomic-batch publisher, plus the embedded log.
+    Ingest {
+        /// Events per path (ledger, baseline, embedded).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events per atomic batch (at most 1000).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Batches in flight at once (the server allows 50 per stream).
+        #[arg(long, default_value_t = 8)]
+        inflight: usize,
+        /// Distinct tenants the events are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Alternating ledger/baseline rounds.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest { events, batch, inflight, tenants, rounds } => {
+            anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");
+            anyhow::ensure!(inflight >= 1 && tenants >= inflight, "need --tenants >= --inflight >= 1");
+            ingest(nats, IngestShape { events, batch, inflight, tenants, rounds: rounds.max(1) }).await
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IngestShape {
+    events: usize,
+    batch: usize,
+    inflight: usize,
+    tenants: usize,
+    rounds: usize,
+}
+
+/// xorshift64*: a dependency-free, seeded, reproducible event mix.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Produces realistic usage events for one worker's tenants, keeping each
+/// tenant's hash chain and last position as a decider would.
+struct Generator {
+    rng: Rng,
+    worker: usize,
+    workers: usize,
+    tenants: usize,
+    counter: u64,
+    at_us: i64,
+    /// tenant index -> (last position, hash of last event)
+    heads: HashMap<usize, (u64, [u8; 32])>,
+}
+
+impl Generator {
+    fn new(worker: usize, workers: usize, tenants: usize) -> Generator {
+        Generator {
+            rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1)),
+            worker,
+            workers,
+            tenants,
+            counter: 0,
+            at_us: events::samples::SAMPLE_AT_US,
+            heads: HashMap::new(),
+        }
+    }
+
+    fn tenant(&mut self) -> usize {
+        let owned = self.tenants / self.workers;
+        self.worker + self.workers * (self.rng.next() as usize % owned)
+    }
+
+    /// 70% token consumption, 20% uploads, 10% deletes: the shape of a
+    /// tenant site's traffic.
+    fn event(&mut self, tenant: usize) -> Envelope {
+        self.counter += 1;
+        self.at_us += 1000;
+        let name = format!("tenant-{tenant:06}");
+        let roll = self.rng.next() % 10;
+        let id = format!("{:016x}-{:04x}-{:012x}", self.rng.next(), self.worker, self.counter);
+        let payload = match roll {
+            0..=6 => Event::TokensConsumed { request: format!("req-{id}"), tokens: 1 + self.rng.next() % 4000, offline: false },
+            7..=8 => Event::FileStored { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) },
+            _ => Event::FileDeleted { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) },
+        };
+        let prev_hash = self.heads.get(&tenant).map_or([0; 32], |h| h.1);
+        Envelope {
+            event_id: ((self.at_us as u128) << 64) | self.rng.next() as u128,
+            actor: Actor::TenantUser { tenant: name.clone() },
+            tenant: name,
+            at_us: self.at_us,
+            prev_hash,
+            payload,
+        }
+    }
+
+    /// A batch of `size` encoded events with one expectation per tenant.
+    fn batch(&mut self, size: usize) -> (AppendBatch, Vec<usize>) {
+        let mut batch = AppendBatch::default();
+        let mut order = Vec::with_capacity(size);
+        for _ in 0..size {
+            let tenant = self.tenant();
+            let envelope = self.event(tenant);
+            let bytes = events::encode(&envelope).expect("generated events are valid");
+            let hash = events::event_hash(&bytes);
+            let head = self.heads.entry(tenant).or_insert((0, [0; 32]));
+            if !order.contains(&tenant) {
+                batch.expectations.push(Expectation { tenant: envelope.tenant.clone(), last_position: head.0 });
+            }
+            head.1 = hash;
+            order.push(tenant);
+            batch.messages.push(AppendMessage { tenant: envelope.tenant, kind: envelope.payload.kind().name(), payload: Bytes::from(bytes) });
+        }
+        (batch, order)
+    }
+
+    fn committed(&mut self, order: &[usize], first: u64) {
+        for (i, tenant) in order.iter().enumerate() {
+            self.heads.get_mut(tenant).expect("tenant in batch").0 = first + i as u64;
+        }
+    }
+}
+
+/// Appends `count` generated events through the ledger's `EventLog`, with
+/// `inflight` workers over disjoint tenants. Returns (elapsed, bytes).
+async fn ledger_round<L: EventLog>(log: &L, gens: &mut Vec<Generator>, count: usize, batch: usize) -> anyhow::Result<(Duration, u64)> {
+    let per_worker = count / gens.len();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut generator in std::mem::take(gens) {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut left = per_worker;
+            let mut bytes = 0u64;
+            while left > 0 {
+                let (append, order) = generator.batch(left.min(batch));
+                bytes += append.messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+                let ack = log.append(append).await?;
+                generator.committed(&order, ack.first);
+                left -= order.len();
+            }
+            anyhow::Ok((generator, bytes))
+        }));
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        let (generator, b) = task.await??;
+        gens.push(generator);
+        bytes += b;
+    }
+    Ok((started.elapsed(), bytes))
+}
+
+/// The baseline: the same number of messages of the same sizes, published as
+/// atomic batches by bare async-nats calls, with no encoding, no expectations
+/// and no ledger code in the path.
+async fn baseline_round(client: &async_nats::Client, payloads: &[(String, Bytes)], workers: usize, batch: usize) -> anyhow::Result<Duration> {
+    let per_worker = payloads.len() / workers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let mine: Vec<(String, Bytes)> = payloads[w * per_worker..(w + 1) * per_worker].to_vec();
+        tasks.push(tokio::spawn(async move {
+            for (b, chunk) in mine.chunks(batch).enumerate() {
+                let id = format!("bench-{w}-{b}-{}", uuid::Uuid::now_v7().simple());
+                for (i, (subject, payload)) in chunk.iter().enumerate() {
+                    let subject = subject.clone();
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Batch-Id", id.as_str());
+                    headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                    if i + 1 < chunk.len() {
+                        client.publish_with_headers(subject, headers, payload.clone()).await?;
+                    } else {
+                        headers.insert("Nats-Batch-Commit", "1");
+                        let request = async_nats::Request::new().headers(headers).payload(payload.clone()).timeout(Some(Duration::from_secs(30)));
+                        let reply = client.send_request(subject, request).await?;
+                        let ack: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+                        anyhow::ensure!(ack.get("error").is_none(), "baseline batch failed: {ack}");
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+fn rate(events: usize, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
+    let server = match nats {
+        Some(_) => None,
+        None => Some(NatsServer::start()?),
+    };
+    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
+    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let client = log.client().clone();
+    let js = async_nats::jetstream::new(client.clone());
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BASELINE".into(),
+        subjects: vec!["baseline.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await?;
+
+    println!("bench ingest: {} events per path, batches of {}, {} in flight, {} tenants, {} rounds", shape.events, shape.batch, shape.inflight, shape.tenants, shape.rounds);
+    println!("machine: {}; nats-server {} with sync_interval: always", machine(), client.server_info().version);
+
+    let per_round = shape.events / shape.rounds / shape.inflight * shape.inflight;
+    let mut gens: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+    let (mut ledger_time, mut baseline_time) = (Duration::ZERO, Duration::ZERO);
+    let mut total_bytes = 0u64;
+    for round in 0..shape.rounds {
+        // The baseline sends exactly the sizes the ledger will send this round.
+        let mut sizer: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+        let payloads: Vec<(String, Bytes)> = sizer
+            .iter_mut()
+            .flat_map(|g| {
+                let (b, _) = g.batch(per_round / shape.inflight);
+                b.messages.into_iter().map(|m| (format!("baseline.{}.{}", m.tenant, m.kind), m.payload))
+            })
+            .collect();
+        let b = baseline_round(&client, &payloads, shape.inflight, shape.batch).await?;
+        let (l, bytes) = ledger_round(&log, &mut gens, per_round, shape.batch).await?;
+        baseline_time += b;
+        ledger_time += l;
+        total_bytes += bytes;
+        println!("  round {}: ledger {:>9.0} ev/s   baseline {:>9.0} ev/s", round + 1, rate(per_round, l), rate(per_round, b));
+    }
+    let measured = per_round * shape.rounds;
+    let ledger_rate = rate(measured, ledger_time);
+    let baseline_rate = rate(measured, baseline_time);
+
+    let dir = tempfile::tempdir()?;
+    let embedded = EmbeddedLog::open(dir.path())?;
+    let mut gens: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+    let (e, _) = ledger_round(&embedded, &mut gens, measured, shape.batch).await?;
+    let embedded_rate = rate(measured, e);
+
+    println!("mean encoded event: {:.0} bytes", total_bytes as f64 / measured as f64);
+    println!("ledger EventLog on JetStream: {ledger_rate:>10.0} events/s ({measured} events)");
+    println!("baseline atomic-batch publish: {baseline_rate:>9.0} events/s");
+    println!("embedded log (sled, fsync per append): {embedded_rate:>10.0} events/s");
+    println!("ratio ledger/baseline: {:.3} (target >= 0.8)", ledger_rate / baseline_rate);
+    println!("ratio embedded/baseline: {:.3}", embedded_rate / baseline_rate);
+    Ok(())
+}

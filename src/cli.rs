@@ -1,0 +1,240 @@
+//! The `ledger` command line: parsing and the commands' output.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use projections::{Activity, ActivityRow, Projection, ViewStore};
+
+use crate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamLog, JetStreamOptions, LogRecord};
+use crate::projector::{self, ProjectorOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "ledger", version, about = "Event-sourced subscription ledger")]
+pub struct Cli {
+    /// Data directory: the embedded log (without --nats) and the views.
+    #[arg(long, global = true, default_value = "./ledger-data", env = "LEDGER_DATA")]
+    pub data: PathBuf,
+    /// NATS URL: use the JetStream stream LEDGER instead of the embedded log.
+    #[arg(long, global = true, env = "LEDGER_NATS")]
+    pub nats: Option<String>,
+    /// Replicas for the LEDGER stream when the ledger creates it.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub replicas: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print decoded events from the log.
+    Events {
+        /// Only this tenant's events (`_catalog` for plans and add-ons).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// First log position to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-tenant activity (events by kind, last position, last time).
+    Activity {
+        /// One tenant; all when omitted.
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the projectors: catch up with the log, or keep following it.
+    Project {
+        #[arg(long)]
+        follow: bool,
+        /// Most events folded per view write.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
+    /// Benchmarks; each prints its figures and ratios.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(cli))
+}
+
+/// Opens the log the global options select.
+pub async fn open_log(data: &Path, nats: Option<&str>, replicas: usize) -> anyhow::Result<AnyLog> {
+    Ok(match nats {
+        Some(url) => {
+            let options = JetStreamOptions { replicas, ..JetStreamOptions::new(url) };
+            AnyLog::JetStream(JetStreamLog::connect(&options).await?)
+        }
+        None => {
+            std::fs::create_dir_all(data)?;
+            AnyLog::Embedded(EmbeddedLog::open(&data.join("log"))?)
+        }
+    })
+}
+
+/// Opens the views, refusing views that were folded from a different log.
+pub fn open_views(data: &Path, log: &AnyLog) -> anyhow::Result<ViewStore> {
+    let store = ViewStore::open(&data.join("views"))?;
+    let meta = store.tree("meta")?;
+    let source = log.describe();
+    match meta.get(b"log")? {
+        None => {
+            meta.insert(b"log", source.as_bytes())?;
+        }
+        Some(bound) if bound.as_ref() == source.as_bytes() => {}
+        Some(bound) => anyhow::bail!(
+            "the views in {} were built from the {} log, not {source}: use another --data \
+             directory, or delete its views/ to rebuild them",
+            data.display(),
+            String::from_utf8_lossy(&bound)
+        ),
+    }
+    Ok(store)
+}
+
+async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Bench(command) = cli.command {
+        return crate::bench::run(command, cli.nats.as_deref()).await.map(|()| ExitCode::SUCCESS);
+    }
+    let log = open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?;
+    match cli.command {
+        Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
+        Command::Activity { tenant, json } => {
+            let store = open_views(&cli.data, &log)?;
+            projector::catch_up(&log, &store, &Activity).await?;
+            print_activity(&store, tenant.as_deref(), json)?;
+        }
+        Command::Project { follow, batch_size } => {
+            let store = open_views(&cli.data, &log)?;
+            let until = if follow { None } else { Some(log.head().await?) };
+            let checkpoint = projector::run(&log, &store, &Activity, ProjectorOptions { batch_size, until }).await?;
+            store.flush().await?;
+            println!("{} at position {checkpoint}", Activity::NAME);
+        }
+        Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn at_rfc3339(at_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(at_us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| at_us.to_string())
+}
+
+fn event_json(record: &LogRecord) -> serde_json::Value {
+    match projector::decode_record(record).event {
+        Ok(e) => serde_json::json!({
+            "position": record.position,
+            "subject": record.subject,
+            "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
+            "tenant": e.tenant,
+            "at": at_rfc3339(e.at_us),
+            "actor": e.actor.label(),
+            "kind": e.kind().name(),
+            "prev_hash": hex(&e.prev_hash),
+            "payload": e.payload,
+        }),
+        Err(error) => serde_json::json!({
+            "position": record.position,
+            "subject": record.subject,
+            "error": error.to_string(),
+        }),
+    }
+}
+
+async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let end = match tenant {
+        Some(t) => log.tenant_head(t).await?,
+        None => log.head().await?,
+    };
+    if from > end {
+        return Ok(());
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !json {
+        writeln!(out, "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  payload", "position", "at", "tenant", "actor", "kind")?;
+    }
+    let mut records = log.read(from, tenant).await?;
+    while let Some(record) = records.next().await {
+        let record = record?;
+        if json {
+            writeln!(out, "{}", event_json(&record))?;
+        } else {
+            match projector::decode_record(&record).event {
+                Ok(e) => writeln!(
+                    out,
+                    "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",
+                    record.position,
+                    at_rfc3339(e.at_us),
+                    e.tenant,
+                    e.actor.label(),
+                    e.kind().name(),
+                    serde_json::to_string(&e.payload)?
+                )?,
+                Err(error) => writeln!(out, "{:>8}  UNDECODABLE on {}: {error}", record.position, record.subject)?,
+            }
+        }
+        if record.position >= end {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let tree = store.tree(Activity::NAME)?;
+    let mut rows: Vec<(String, ActivityRow)> = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item?;
+        if key.first() == Some(&0) {
+            continue; // bookkeeping (checkpoint)
+        }
+        let name = String::from_utf8_lossy(&key).into_owned();
+        if tenant.is_none_or(|t| t == name) {
+            rows.push((name, projections::decode_row(Activity::NAME, &value)?));
+        }
+    }
+    if let Some(t) = tenant {
+        anyhow::ensure!(!rows.is_empty(), "no events for tenant {t}");
+    }
+    for (name, row) in rows {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tenant": name,
+                    "events": row.events,
+                    "events_by_kind": row.events_by_kind,
+                    "first_position": row.first_position,
+                    "last_position": row.last_position,
+                    "last_at": at_rfc3339(row.last_at_us),
+                })
+            );
+        } else {
+            println!("{name}: {} events, positions {}..={}, last at {}", row.events, row.first_position, row.last_position, at_rfc3339(row.last_at_us));
+            for (kind, count) in &row.events_by_kind {
+                println!("  {kind:<24} {count:>10}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The JetStream log: stream `LEDGER`, subjects `ledger.v1.>`, one message per
+//! event on `ledger.v1.<tenant>.<kind>`.
+//!
+//! An append is one atomic batch publish (ADR-50): every message carries
+//! `Nats-Batch-Id` and `Nats-Batch-Sequence`, the last one also
+//! `Nats-Batch-Commit: 1` and is sent as a request whose reply is the batch's
+//! ack. async-nats 0.51 has only the header names, so the protocol is spoken
+//! here. Per-tenant optimistic concurrency rides on each tenant's first
+//! message: `Nats-Expected-Last-Subject-Sequence` with
+//! `Nats-Expected-Last-Subject-Sequence-Subject: ledger.v1.<tenant>.>`. A stale
+//! one makes the server drop the whole batch with error 10071.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Request};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream};
+
+pub const STREAM_NAME: &str = "LEDGER";
+
+/// JetStream's error code for a failed expected-last-sequence check.
+const ERR_WRONG_LAST_SEQUENCE: u64 = 10071;
+
+/// How long the ledger waits for a batch's commit ack. Generous: with
+/// `sync_interval: always` a 1000-message commit waits for an fsync.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    pub url: String,
+    /// Stream replicas (a clustered deployment uses 3).
+    pub replicas: usize,
+}
+
+impl JetStreamOptions {
+    pub fn new(url: impl Into<String>) -> JetStreamOptions {
+        JetStreamOptions { url: url.into(), replicas: 1 }
+    }
+}
+
+#[derive(Clone)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    stream: stream::Stream,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+/// `2.15.1` -> (2, 15). Anything unparsable counts as too old.
+fn server_supports_atomic_batches(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (2, 12)
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct CommitReply {
+    #[serde(default)]
+    error: Option<ApiError>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    batch: String,
+    #[serde(default)]
+    count: u64,
+}
+
+impl JetStreamLog {
+    /// Connects, checks the server version, and creates the stream if needed.
+    pub async fn connect(options: &JetStreamOptions) -> Result<JetStreamLog, LogError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("ledger")
+            .connect(&options.url)
+            .await
+            .map_err(|e| LogError::Unavailable(format!("cannot connect to {}: {e}", options.url)))?;
+        let found = client.server_info().version;
+        if !server_supports_atomic_batches(&found) {
+            return Err(LogError::ServerTooOld { found });
+        }
+        let context = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: STREAM_NAME.to_string(),
+            subjects: vec![format!("{}.>", events::SUBJECT_PREFIX)],
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            // Events are never dropped: no age, count or size limits.
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let stream = context.get_or_create_stream(config).await.map_err(unavailable)?;
+        if !stream.cached_info().config.allow_atomic_publish {
+            return Err(LogError::Unavailable(format!(
+                "stream {STREAM_NAME} exists without allow_atomic_publish; enable it \
+                 (nats stream edit {STREAM_NAME} --allow-batch) and restart"
+            )));
+        }
+        Ok(JetStreamLog { client, stream })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Error 10071 says only the actual last sequence, not whose: find the
+    /// tenant whose expectation is stale.
+    async fn name_conflict(&self, batch: &AppendBatch, description: &str) -> LogError {
+        for e in &batch.expectations {
+            match self.tenant_head(&e.tenant).await {
+                Ok(actual) if actual != e.last_position => {
+                    return LogError::Conflict { tenant: e.tenant.clone(), expected: e.last_position, actual };
+                }
+                Ok(_) => {}
+                Err(err) => return err,
+            }
+        }
+        // Every expectation matches now: the tenant that conflicted was
+        // written and read back in between. Still a conflict; name the first.
+        let first = &batch.expectations[0];
+        tracing::warn!(%description, "conflict that no expectation explains any more");
+        LogError::Conflict { tenant: first.tenant.clone(), expected: first.last_position, actual: first.last_position }
+    }
+}
+
+impl EventLog for JetStreamLog {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
+        batch.check()?;
+        let batch_id = uuid::Uuid::now_v7().simple().to_string();
+        let count = batch.messages.len();
+        let mut expected_done: Vec<&str> = Vec::with_capacity(batch.expectations.len());
+        for (i, m) in batch.messages.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            if !expected_done.contains(&m.tenant.as_str()) {
+                if let Some(e) = batch.expectations.iter().find(|e| e.tenant == m.tenant) {
+                    headers.insert("Nats-Expected-Last-Subject-Sequence", e.last_position.to_string().as_str());
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence-Subject",
+                        format!("{}.{}.>", events::SUBJECT_PREFIX, m.tenant).as_str(),
+                    );
+                    expected_done.push(&m.tenant);
+                }
+            }
+            if i + 1 < count {
+                self.client
+                    .publish_with_headers(m.subject(), headers, m.payload.clone())
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            }
+            headers.insert("Nats-Batch-Commit", "1");
+            let request = Request::new()
+                .headers(headers)
+                .payload(m.payload.clone())
+                .timeout(Some(COMMIT_TIMEOUT));
+            let reply = self.client.send_request(m.subject(), request).await.map_err(unavailable)?;
+            let reply: CommitReply = serde_json::from_slice(&reply.payload)
+                .map_err(|e| LogError::Unavailable(format!("unreadable commit reply: {e}")))?;
+            if let Some(error) = reply.error {
+                if error.err_code == ERR_WRONG_LAST_SEQUENCE && !batch.expectations.is_empty() {
+                    return Err(self.name_conflict(&batch, &error.description).await);
+                }
+                return Err(LogError::Unavailable(format!(
+                    "batch rejected ({}): {}",
+                    error.err_code, error.description
+                )));
+            }
+            // The ack must describe exactly our batch; anything else means we
+            // cannot say which positions our events got.
+            assert_eq!(reply.batch, batch_id, "commit ack for another batch");
+            assert_eq!(reply.count as usize, count, "commit ack counts another batch size");
+            assert!(reply.seq >= count as u64, "commit ack sequence below batch size");
+            return Ok(AppendAck { first: reply.seq + 1 - count as u64, last: reply.seq });
+        }
+        unreachable!("batch.check() refuses empty batches")
+    }
+
+    async fn head(&self) -> Result<u64, LogError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
+        let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
+        match self.stream.get_last_raw_message_by_subject(&filter).await {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {
+        let filter_subject = match tenant {
+            Some(t) => format!("{}.{t}.>", events::SUBJECT_PREFIX),
+            None => String::new(),
+        };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let messages = consumer.messages().await.map_err(unavailable)?;
+        Ok(messages
+            .map(|item| {
+                let message = item.map_err(unavailable)?;
+                let position = message.info().map_err(unavailable)?.stream_sequence;
+                Ok(LogRecord {
+                    position,
+                    subject: message.subject.to_string(),
+                    payload: message.payload.clone(),
+                })
+            })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_supports_atomic_batches;
+
+    #[test]
+    fn version_gate() {
+        for ok in ["2.12.0", "2.15.1", "v2.14.0-beta", "3.0.0"] {
+            assert!(server_supports_atomic_batches(ok), "{ok}");
+        }
+        for old in ["2.9.10", "2.11.4", "", "garbage", "1.99.0"] {
+            assert!(!server_supports_atomic_batches(old), "{old}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The event log: an append-only sequence of encoded events, with per-tenant
+//! optimistic concurrency and all-or-nothing batches.
+//!
+//! Two backends keep the same contract, and one conformance suite
+//! (`tests/log_conformance.rs`) holds both to it:
+//! - [`JetStreamLog`]: NATS JetStream, atomic batch publish.
+//! - [`EmbeddedLog`]: a sled tree in the data directory, for one machine.
+//!
+//! Positions are 1-based and contiguous; 0 means "nothing yet".
+
+mod embedded;
+mod jetstream;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+pub use embedded::EmbeddedLog;
+pub use jetstream::{JetStreamLog, JetStreamOptions, STREAM_NAME};
+
+/// Most messages one append may carry: the server's atomic batch limit.
+pub const MAX_BATCH_MESSAGES: usize = 1000;
+
+/// One encoded event to append.
+#[derive(Debug, Clone)]
+pub struct AppendMessage {
+    pub tenant: String,
+    /// The event kind's name; the subject is `ledger.v1.<tenant>.<kind>`.
+    pub kind: &'static str,
+    pub payload: Bytes,
+}
+
+impl AppendMessage {
+    pub fn subject(&self) -> String {
+        format!("{}.{}.{}", events::SUBJECT_PREFIX, self.tenant, self.kind)
+    }
+}
+
+/// What a writer believes a tenant's last position is (0: no events yet).
+/// The append fails with [`LogError::Conflict`] if the log disagrees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub tenant: String,
+    pub last_position: u64,
+}
+
+/// An all-or-nothing group of messages.
+#[derive(Debug, Clone, Default)]
+pub struct AppendBatch {
+    pub messages: Vec<AppendMessage>,
+    /// At most one per tenant, and only for tenants that have a message in
+    /// the batch.
+    pub expectations: Vec<Expectation>,
+}
+
+/// Positions given to a committed batch: `first..=last`, in message order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// One message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub position: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Another writer appended to this tenant since the caller looked:
+    /// reload the tenant from the log and decide again. Nothing was stored.
+    #[error("conflict on tenant {tenant}: expected last position {expected}, log has {actual}")]
+    Conflict { tenant: String, expected: u64, actual: u64 },
+    /// The batch breaks the append contract (empty, too large, expectation
+    /// for a tenant with no message): a bug in the caller. Nothing was stored.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The log cannot be reached or refused the request for a reason outside
+    /// the batch. Whether a batch in flight was stored is unknown: retry with
+    /// the same expectations, which makes the retry safe.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// nats-server is older than 2.12 and would ignore the headers this
+    /// ledger's safety rests on. Upgrade the server.
+    #[error("nats-server {found} is too old: the ledger needs >= 2.12 (atomic batch publish, per-subject expected sequence)")]
+    ServerTooOld { found: String },
+    /// Local storage failed (disk full, corrupt file). The embedded log is the
+    /// record itself: restore it from a backup; views can be rebuilt from it.
+    #[error("log storage: {0}")]
+    Storage(String),
+}
+
+impl AppendBatch {
+    /// Checks the contract shared by both backends.
+    pub(crate) fn check(&self) -> Result<(), LogError> {
+        if self.messages.is_empty() {
+            return Err(LogError::InvalidBatch("empty batch".into()));
+        }
+        if self.messages.len() > MAX_BATCH_MESSAGES {
+            return Err(LogError::InvalidBatch(format!(
+                "{} messages is over the {MAX_BATCH_MESSAGES}-message limit",
+                self.messages.len()
+            )));
+        }
+        for m in &self.messages {
+            if !events::valid_tenant_id(&m.tenant) && m.tenant != events::CATALOG_TENANT {
+                return Err(LogError::InvalidBatch(format!("bad tenant {:?}", m.tenant)));
+            }
+        }
+        for (i, e) in self.expectations.iter().enumerate() {
+            if self.expectations[..i].iter().any(|o| o.tenant == e.tenant) {
+                return Err(LogError::InvalidBatch(format!("two expectations for {}", e.tenant)));
+            }
+            if !self.messages.iter().any(|m| m.tenant == e.tenant) {
+                return Err(LogError::InvalidBatch(format!(
+                    "expectation for {} which has no message in the batch",
+                    e.tenant
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stream of records that follows the tail: it ends only on error or drop.
+pub type RecordStream = BoxStream<'static, Result<LogRecord, LogError>>;
+
+/// The log contract. Implementations are cheap to clone and share.
+pub trait EventLog: Send + Sync + Clone + 'static {
+    /// Appends the batch atomically and durably, or stores nothing.
+    fn append(&self, batch: AppendBatch) -> impl Future<Output = Result<AppendAck, LogError>> + Send;
+
+    /// The last position in the log (0 when empty).
+    fn head(&self) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// The position of the tenant's last event (0 when it has none).
+    fn tenant_head(&self, tenant: &str) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// Records from `from` on (only the tenant's when given), then follows the tail.
+    fn read(
+        &self,
+        from: u64,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<RecordStream, LogError>> + Send;
+}
+
+/// Either backend, chosen at run time from `--nats`.
+#[derive(Clone)]
+pub enum AnyLog {
+    Embedded(EmbeddedLog),
+    JetStream(JetStreamLog),
+}
+
+impl AnyLog {
+    /// Which log this is, for messages and for binding views to their log.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyLog::Embedded(_) => "embedded".into(),
+            AnyLog::JetStream(_) => format!("jetstream:{STREAM_NAME}"),
+        }
+    }
+}
+
+impl EventLog for AnyLog {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.append(batch).await,
+            AnyLog::JetStream(l) => l.append(batch).await,
+        }
+    }
+    async fn head(&self) -> Result<u64, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.head().await,
+            AnyLog::JetStream(l) => l.head().await,
+        }
+    }
+    async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.tenant_head(tenant).await,
+            AnyLog::JetStream(l) => l.tenant_head(tenant).await,
+        }
+    }
+    async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.read(from, tenant).await,
+            AnyLog::JetStream(l) => l.read(from, tenant).await,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Starts a real nats-server for tests and benchmarks: a random port, a
+//! temporary store directory, `sync_interval: always`, stopped on drop (the way
+//! nats.rs's own tests run their servers).
+//!
+//! The binary is found, in order: `$LEDGER_NATS_SERVER`, the project's
+//! `.tools/venv/bin/nats-server` (installed by `scripts/nats-server`), then
+//! `nats-server` on PATH. Each must be >= 2.12.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub struct NatsServer {
+    child: Child,
+    url: String,
+    store_dir: PathBuf,
+    /// Holds the config and ports file, and the store unless one was given.
+    _work: tempfile::TempDir,
+}
+
+fn version_ok(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    // Prints e.g. "nats-server: v2.15.1".
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let version = text.trim().rsplit('v').next()?.to_string();
+    let mut parts = version.split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    ((major, minor) >= (2, 12)).then_some(version)
+}
+
+/// Finds a nats-server >= 2.12.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("LEDGER_NATS_SERVER") {
+        candidates.push(PathBuf::from(p));
+    }
+    let project = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    candidates.push(project.join(".tools/venv/bin/nats-server"));
+    candidates.push(PathBuf::from("nats-server"));
+    for candidate in &candidates {
+        if version_ok(candidate).is_some() {
+            return Ok(candidate.clone());
+        }
+    }
+    bail!(
+        "no nats-server >= 2.12 found (tried {candidates:?}); run scripts/nats-server to install one"
+    )
+}
+
+impl NatsServer {
+    /// A fresh server with a fresh temporary store.
+    pub fn start() -> anyhow::Result<NatsServer> {
+        let work = tempfile::tempdir()?;
+        let store = work.path().join("store");
+        NatsServer::start_with(work, store)
+    }
+
+    /// A server over an existing store directory (to restart one).
+    pub fn start_on_store(store_dir: &Path) -> anyhow::Result<NatsServer> {
+        NatsServer::start_with(tempfile::tempdir()?, store_dir.to_path_buf())
+    }
+
+    fn start_with(work: tempfile::TempDir, store_dir: PathBuf) -> anyhow::Result<NatsServer> {
+        let binary = binary()?;
+        let config = work.path().join("nats.conf");
+        let ports = work.path().join("ports");
+        std::fs::create_dir_all(&ports)?;
+        // sync_interval: always makes every acknowledged write fsynced, the
+        // setting durable deployments use and our figures are measured with.
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:-1\"\nports_file_dir: {ports:?}\n\
+                 jetstream {{\n  store_dir: {store_dir:?}\n  sync_interval: always\n}}\n"
+            ),
+        )?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut server = NatsServer { child, url: String::new(), store_dir, _work: work };
+        server.url = server.wait_for_port(&ports)?;
+        Ok(server)
+    }
+
+    fn wait_for_port(&mut self, ports: &Path) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nats-server exited at start: {status}");
+            }
+            for entry in std::fs::read_dir(ports)? {
+                let text = std::fs::read_to_string(entry?.path())?;
+                let parsed: serde_json::Value = match serde_json::from_str(&text) {
+                    Ok(v) => v,
+                    Err(_) => continue, // still being written
+                };
+                if let Some(url) = parsed["nats"][0].as_str() {
+                    return Ok(url.to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("nats-server did not report its port within 20s")
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Stops the server (SIGKILL: an unclean stop is the harder case).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
