@@ -10,7 +10,9 @@ use bytes::Bytes;
 use clap::Subcommand;
 use events::{Actor, Envelope, Event};
 
-use crate::log::{AppendBatch, AppendMessage, EmbeddedLog, EventLog, Expectation, JetStreamLog, JetStreamOptions};
+use crate::log::{
+    AppendBatch, AppendMessage, EmbeddedLog, EventLog, Expectation, JetStreamLog, JetStreamOptions,
+};
 use crate::natsd::NatsServer;
 
 #[derive(Debug, Subcommand)]
@@ -107,8 +109,14 @@ impl Generator {
         let roll = self.rng.next() % 10;
         let id = format!("{:016x}-{:04x}-{:012x}", self.rng.next(), self.worker, self.counter);
         let payload = match roll {
-            0..=6 => Event::TokensConsumed { request: format!("req-{id}"), tokens: 1 + self.rng.next() % 4000, offline: false },
-            7..=8 => Event::FileStored { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) },
+            0..=6 => Event::TokensConsumed {
+                request: format!("req-{id}"),
+                tokens: 1 + self.rng.next() % 4000,
+                offline: false,
+            },
+            7..=8 => {
+                Event::FileStored { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) }
+            }
             _ => Event::FileDeleted { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) },
         };
         let prev_hash = self.heads.get(&tenant).map_or([0; 32], |h| h.1);
@@ -133,11 +141,17 @@ impl Generator {
             let hash = events::event_hash(&bytes);
             let head = self.heads.entry(tenant).or_insert((0, [0; 32]));
             if !order.contains(&tenant) {
-                batch.expectations.push(Expectation { tenant: envelope.tenant.clone(), last_position: head.0 });
+                batch
+                    .expectations
+                    .push(Expectation { tenant: envelope.tenant.clone(), last_position: head.0 });
             }
             head.1 = hash;
             order.push(tenant);
-            batch.messages.push(AppendMessage { tenant: envelope.tenant, kind: envelope.payload.kind().name(), payload: Bytes::from(bytes) });
+            batch.messages.push(AppendMessage {
+                tenant: envelope.tenant,
+                kind: envelope.payload.kind().name(),
+                payload: Bytes::from(bytes),
+            });
         }
         (batch, order)
     }
@@ -151,7 +165,12 @@ impl Generator {
 
 /// Appends `count` generated events through the ledger's `EventLog`, with
 /// `inflight` workers over disjoint tenants. Returns (elapsed, bytes).
-async fn ledger_round<L: EventLog>(log: &L, gens: &mut Vec<Generator>, count: usize, batch: usize) -> anyhow::Result<(Duration, u64)> {
+async fn ledger_round<L: EventLog>(
+    log: &L,
+    gens: &mut Vec<Generator>,
+    count: usize,
+    batch: usize,
+) -> anyhow::Result<(Duration, u64)> {
     let per_worker = count / gens.len();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -182,7 +201,12 @@ async fn ledger_round<L: EventLog>(log: &L, gens: &mut Vec<Generator>, count: us
 /// The baseline: the same number of messages of the same sizes, published as
 /// atomic batches by bare async-nats calls, with no encoding, no expectations
 /// and no ledger code in the path.
-async fn baseline_round(client: &async_nats::Client, payloads: &[(String, Bytes)], workers: usize, batch: usize) -> anyhow::Result<Duration> {
+async fn baseline_round(
+    client: &async_nats::Client,
+    payloads: &[(String, Bytes)],
+    workers: usize,
+    batch: usize,
+) -> anyhow::Result<Duration> {
     let per_worker = payloads.len() / workers;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -201,7 +225,10 @@ async fn baseline_round(client: &async_nats::Client, payloads: &[(String, Bytes)
                         client.publish_with_headers(subject, headers, payload.clone()).await?;
                     } else {
                         headers.insert("Nats-Batch-Commit", "1");
-                        let request = async_nats::Request::new().headers(headers).payload(payload.clone()).timeout(Some(Duration::from_secs(30)));
+                        let request = async_nats::Request::new()
+                            .headers(headers)
+                            .payload(payload.clone())
+                            .timeout(Some(Duration::from_secs(30)));
                         let reply = client.send_request(subject, request).await?;
                         let ack: serde_json::Value = serde_json::from_slice(&reply.payload)?;
                         anyhow::ensure!(ack.get("error").is_none(), "baseline batch failed: {ack}");
@@ -224,7 +251,11 @@ fn rate(events: usize, elapsed: Duration) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
@@ -248,16 +279,25 @@ async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
     })
     .await?;
 
-    println!("bench ingest: {} events per path, batches of {}, {} in flight, {} tenants, {} rounds", shape.events, shape.batch, shape.inflight, shape.tenants, shape.rounds);
-    println!("machine: {}; nats-server {} with sync_interval: always", machine(), client.server_info().version);
+    println!(
+        "bench ingest: {} events per path, batches of {}, {} in flight, {} tenants, {} rounds",
+        shape.events, shape.batch, shape.inflight, shape.tenants, shape.rounds
+    );
+    println!(
+        "machine: {}; nats-server {} with sync_interval: always",
+        machine(),
+        client.server_info().version
+    );
 
     let per_round = shape.events / shape.rounds / shape.inflight * shape.inflight;
-    let mut gens: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+    let mut gens: Vec<Generator> =
+        (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
     let (mut ledger_time, mut baseline_time) = (Duration::ZERO, Duration::ZERO);
     let mut total_bytes = 0u64;
     for round in 0..shape.rounds {
         // The baseline sends exactly the sizes the ledger will send this round.
-        let mut sizer: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+        let mut sizer: Vec<Generator> =
+            (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
         let payloads: Vec<(String, Bytes)> = sizer
             .iter_mut()
             .flat_map(|g| {
@@ -270,7 +310,12 @@ async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
         baseline_time += b;
         ledger_time += l;
         total_bytes += bytes;
-        println!("  round {}: ledger {:>9.0} ev/s   baseline {:>9.0} ev/s", round + 1, rate(per_round, l), rate(per_round, b));
+        println!(
+            "  round {}: ledger {:>9.0} ev/s   baseline {:>9.0} ev/s",
+            round + 1,
+            rate(per_round, l),
+            rate(per_round, b)
+        );
     }
     let measured = per_round * shape.rounds;
     let ledger_rate = rate(measured, ledger_time);
@@ -278,7 +323,8 @@ async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let embedded = EmbeddedLog::open(dir.path())?;
-    let mut gens: Vec<Generator> = (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
+    let mut gens: Vec<Generator> =
+        (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
     let (e, _) = ledger_round(&embedded, &mut gens, measured, shape.batch).await?;
     let embedded_rate = rate(measured, e);
 

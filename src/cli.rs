@@ -119,7 +119,8 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project { follow, batch_size } => {
             let store = open_views(&cli.data, &log)?;
             let until = if follow { None } else { Some(log.head().await?) };
-            let checkpoint = projector::run(&log, &store, &Activity, ProjectorOptions { batch_size, until }).await?;
+            let checkpoint =
+                projector::run(&log, &store, &Activity, ProjectorOptions { batch_size, until }).await?;
             store.flush().await?;
             println!("{} at position {checkpoint}", Activity::NAME);
         }
@@ -170,7 +171,11 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if !json {
-        writeln!(out, "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  payload", "position", "at", "tenant", "actor", "kind")?;
+        writeln!(
+            out,
+            "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  payload",
+            "position", "at", "tenant", "actor", "kind"
+        )?;
     }
     let mut records = log.read(from, tenant).await?;
     while let Some(record) = records.next().await {
@@ -189,7 +194,9 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
                     e.kind().name(),
                     serde_json::to_string(&e.payload)?
                 )?,
-                Err(error) => writeln!(out, "{:>8}  UNDECODABLE on {}: {error}", record.position, record.subject)?,
+                Err(error) => {
+                    writeln!(out, "{:>8}  UNDECODABLE on {}: {error}", record.position, record.subject)?
+                }
             }
         }
         if record.position >= end {
@@ -230,7 +237,13 @@ fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow
                 })
             );
         } else {
-            println!("{name}: {} events, positions {}..={}, last at {}", row.events, row.first_position, row.last_position, at_rfc3339(row.last_at_us));
+            println!(
+                "{name}: {} events, positions {}..={}, last at {}",
+                row.events,
+                row.first_position,
+                row.last_position,
+                at_rfc3339(row.last_at_us)
+            );
             for (kind, count) in &row.events_by_kind {
                 println!("  {kind:<24} {count:>10}");
             }

@@ -45,9 +45,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
             return Ok(candidate.clone());
         }
     }
-    bail!(
-        "no nats-server >= 2.12 found (tried {candidates:?}); run scripts/nats-server to install one"
-    )
+    bail!("no nats-server >= 2.12 found (tried {candidates:?}); run scripts/nats-server to install one")
 }
 
 impl NatsServer {

@@ -82,7 +82,11 @@ pub async fn run<L: EventLog, P: Projection>(
 }
 
 /// Brings a view up to the log's current head.
-pub async fn catch_up<L: EventLog, P: Projection>(log: &L, store: &ViewStore, projection: &P) -> anyhow::Result<u64> {
+pub async fn catch_up<L: EventLog, P: Projection>(
+    log: &L,
+    store: &ViewStore,
+    projection: &P,
+) -> anyhow::Result<u64> {
     let head = log.head().await?;
     run(log, store, projection, ProjectorOptions { until: Some(head), ..Default::default() }).await
 }

@@ -87,10 +87,7 @@ fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, EventE
     let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
         .map_err(|e| EventError::Decode(e.to_string()))?;
     if read != body.len() {
-        return Err(EventError::Decode(format!(
-            "{} trailing bytes after the event",
-            body.len() - read
-        )));
+        return Err(EventError::Decode(format!("{} trailing bytes after the event", body.len() - read)));
     }
     Ok(value)
 }

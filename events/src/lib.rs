@@ -6,8 +6,8 @@
 //! upcast in [`codec`] at the decode boundary.
 
 pub mod codec;
-pub mod v1;
 pub mod samples;
+pub mod v1;
 mod validate;
 
 pub use codec::{decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};

@@ -57,12 +57,9 @@ pub fn sample(kind: EventKind) -> EnvelopeV1 {
         EventKind::TokensConsumed => {
             EventV1::TokensConsumed { request: "req-000001".into(), tokens: 1200, offline: false }
         }
-        EventKind::TokensDenied => EventV1::TokensDenied {
-            request: "req-000002".into(),
-            tokens: 5000,
-            used: 6000,
-            limit: 10_000,
-        },
+        EventKind::TokensDenied => {
+            EventV1::TokensDenied { request: "req-000002".into(), tokens: 5000, used: 6000, limit: 10_000 }
+        }
         EventKind::AddonPurchased => EventV1::AddonPurchased {
             purchase: "p-1".into(),
             addon: "extra-storage".into(),

@@ -14,9 +14,7 @@ pub fn valid_tenant_id(id: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 63
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// Identifiers chosen by callers (files, requests, purchases, plans, add-ons):
@@ -42,10 +40,9 @@ fn check_money(field: &str, amount: &Decimal) -> Result<(), String> {
 }
 
 fn check_currency(currency: &str) -> Result<(), String> {
-    check(
-        currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()),
-        || format!("currency {currency:?} is not an ISO 4217 code"),
-    )
+    check(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()), || {
+        format!("currency {currency:?} is not an ISO 4217 code")
+    })
 }
 
 fn check_plan(plan: &Plan) -> Result<(), String> {
@@ -147,9 +144,7 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
             let paid: Decimal = invoice.lines.iter().filter(|l| l.paid).map(|l| l.amount).sum();
             check(invoice.total == total, || "invoice total is not the sum of its lines".into())?;
             check(invoice.paid == paid, || "invoice paid is not the sum of paid lines".into())?;
-            check(invoice.amount_due == total - paid, || {
-                "invoice amount_due is not total - paid".into()
-            })
+            check(invoice.amount_due == total - paid, || "invoice amount_due is not total - paid".into())
         }
     }
 }

@@ -9,9 +9,7 @@ use events::samples::sample;
 use events::{decode, encode, EventKind};
 
 fn fixture(kind: EventKind) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/v1")
-        .join(format!("{}.bin", kind.name()))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(format!("{}.bin", kind.name()))
 }
 
 #[test]
@@ -24,8 +22,8 @@ fn every_kind_matches_its_committed_bytes() {
         if bless && !path.exists() {
             std::fs::write(&path, &bytes).unwrap();
         }
-        let golden = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()));
+        let golden =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()));
         assert_eq!(bytes, golden, "{} encodes differently from its fixture", kind.name());
         assert_eq!(decode(&golden).expect("fixture decodes"), envelope, "{}", kind.name());
     }
@@ -39,8 +37,7 @@ fn fixtures_are_exactly_the_known_kinds() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let mut expected: Vec<String> =
-        EventKind::ALL.iter().map(|k| format!("{}.bin", k.name())).collect();
+    let mut expected: Vec<String> = EventKind::ALL.iter().map(|k| format!("{}.bin", k.name())).collect();
     expected.sort();
     assert_eq!(names, expected);
 }

@@ -92,9 +92,7 @@ impl EmbeddedLog {
         let tree = db.open_tree("log").map_err(storage)?;
         let head = read_u64(tree.get(b"h").map_err(storage)?);
         let (durable_head, _) = watch::channel(head);
-        Ok(EmbeddedLog {
-            inner: Arc::new(Inner { db, tree, append_lock: Mutex::new(()), durable_head }),
-        })
+        Ok(EmbeddedLog { inner: Arc::new(Inner { db, tree, append_lock: Mutex::new(()), durable_head }) })
     }
 
     fn append_sync(&self, batch: &AppendBatch) -> Result<AppendAck, LogError> {

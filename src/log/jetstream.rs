@@ -124,7 +124,11 @@ impl JetStreamLog {
         for e in &batch.expectations {
             match self.tenant_head(&e.tenant).await {
                 Ok(actual) if actual != e.last_position => {
-                    return LogError::Conflict { tenant: e.tenant.clone(), expected: e.last_position, actual };
+                    return LogError::Conflict {
+                        tenant: e.tenant.clone(),
+                        expected: e.last_position,
+                        actual,
+                    };
                 }
                 Ok(_) => {}
                 Err(err) => return err,
@@ -134,7 +138,11 @@ impl JetStreamLog {
         // written and read back in between. Still a conflict; name the first.
         let first = &batch.expectations[0];
         tracing::warn!(%description, "conflict that no expectation explains any more");
-        LogError::Conflict { tenant: first.tenant.clone(), expected: first.last_position, actual: first.last_position }
+        LogError::Conflict {
+            tenant: first.tenant.clone(),
+            expected: first.last_position,
+            actual: first.last_position,
+        }
     }
 }
 
@@ -150,7 +158,8 @@ impl EventLog for JetStreamLog {
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
             if !expected_done.contains(&m.tenant.as_str()) {
                 if let Some(e) = batch.expectations.iter().find(|e| e.tenant == m.tenant) {
-                    headers.insert("Nats-Expected-Last-Subject-Sequence", e.last_position.to_string().as_str());
+                    headers
+                        .insert("Nats-Expected-Last-Subject-Sequence", e.last_position.to_string().as_str());
                     headers.insert(
                         "Nats-Expected-Last-Subject-Sequence-Subject",
                         format!("{}.{}.>", events::SUBJECT_PREFIX, m.tenant).as_str(),
@@ -166,10 +175,8 @@ impl EventLog for JetStreamLog {
                 continue;
             }
             headers.insert("Nats-Batch-Commit", "1");
-            let request = Request::new()
-                .headers(headers)
-                .payload(m.payload.clone())
-                .timeout(Some(COMMIT_TIMEOUT));
+            let request =
+                Request::new().headers(headers).payload(m.payload.clone()).timeout(Some(COMMIT_TIMEOUT));
             let reply = self.client.send_request(m.subject(), request).await.map_err(unavailable)?;
             let reply: CommitReply = serde_json::from_slice(&reply.payload)
                 .map_err(|e| LogError::Unavailable(format!("unreadable commit reply: {e}")))?;

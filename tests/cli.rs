@@ -1,0 +1,119 @@
+//! The `ledger` binary end to end, on both backends.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{batch, Backend, Embedded, JetStream};
+use ledger::log::{AppendMessage, EventLog};
+
+fn ledger(data: &Path, nats: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command.arg("--data").arg(data).env("LEDGER_LOG", "warn");
+    if let Some(url) = nats {
+        command.arg("--nats").arg(url);
+    }
+    let out = command.args(args).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn events_and_activity<B: Backend>(mut backend: B, data: &Path, nats: Option<&str>) {
+    let log = backend.open().await;
+    log.append(batch(&["acme", "beta", "acme", "acme"], 0)).await.unwrap();
+    // A message that did not come from the ledger: printed as undecodable,
+    // never counted.
+    log.append(ledger::log::AppendBatch {
+        messages: vec![AppendMessage {
+            tenant: "acme".into(),
+            kind: "tokens_consumed",
+            payload: "forged".into(),
+        }],
+        expectations: vec![],
+    })
+    .await
+    .unwrap();
+    drop(log);
+
+    let (ok, out, err) = ledger(data, nats, &["events", "--json"]);
+    assert!(ok, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["position"], 1);
+    assert_eq!(lines[0]["kind"], "file_stored");
+    assert_eq!(lines[0]["actor"], "acme:user");
+    assert_eq!(lines[1]["tenant"], "beta");
+    assert_eq!(lines[1]["payload"]["TokensConsumed"]["tokens"], 2);
+    assert_eq!(lines[1]["at"], "2026-03-01T00:00:00.000001Z");
+    assert!(lines[4]["error"].as_str().unwrap().contains("schema version"), "{}", lines[4]);
+    assert_eq!(lines[4]["position"], 5);
+
+    let (ok, out, _) = ledger(data, nats, &["events", "--json", "--tenant", "acme", "--from", "2"]);
+    assert!(ok);
+    let positions: Vec<u64> = json_lines(&out).iter().map(|l| l["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, [3, 4, 5]);
+
+    let (ok, out, _) = ledger(data, nats, &["events"]);
+    assert!(ok);
+    assert!(out.lines().next().unwrap().contains("position"), "a header row");
+    assert!(out.contains("UNDECODABLE"));
+
+    let (ok, out, err) = ledger(data, nats, &["activity", "acme", "--json"]);
+    assert!(ok, "{err}");
+    let acme = &json_lines(&out)[0];
+    assert_eq!(acme["events"], 3, "the forged message is not counted");
+    assert_eq!(acme["events_by_kind"]["file_stored"], 2, "events 0 and 3");
+    assert_eq!(acme["events_by_kind"]["tokens_consumed"], 1, "event 2");
+    assert_eq!(acme["last_position"], 4);
+
+    let (ok, _, err) = ledger(data, nats, &["activity", "nobody"]);
+    assert!(!ok);
+    assert!(err.contains("no events for tenant nobody"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_events_and_activity() {
+    let backend = Embedded::new();
+    let data = backend.dir.path().to_path_buf();
+    events_and_activity(backend, &data, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_events_and_activity() {
+    let backend = JetStream::new();
+    let data = tempfile::tempdir().unwrap();
+    let url = backend.url();
+    events_and_activity(backend, data.path(), Some(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_refuse_a_different_log() {
+    let backend = JetStream::new();
+    let data = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ledger(data.path(), None, &["activity"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ledger(data.path(), Some(&backend.url()), &["activity"]);
+    assert!(!ok);
+    assert!(err.contains("were built from the embedded log"), "{err}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (ok, out, _) = ledger(Path::new("."), None, &["--help"]);
+    assert!(ok);
+    for command in ["events", "activity", "project", "bench"] {
+        assert!(out.contains(command), "{command} missing from --help");
+    }
+}
+
+#[test]
+fn refuses_a_server_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ledger(dir.path(), Some("nats://127.0.0.1:1"), &["events"]);
+    assert!(!ok);
+    assert!(err.contains("cannot connect"), "{err}");
+}

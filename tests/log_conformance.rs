@@ -1,0 +1,225 @@
+//! One conformance suite, run against both log backends: the embedded sled
+//! log and JetStream on a real nats-server (random port, temporary store,
+//! `sync_interval: always`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{batch, expect, Backend, Embedded, JetStream};
+use futures_util::StreamExt;
+use ledger::log::{AppendBatch, EventLog, LogError, LogRecord, MAX_BATCH_MESSAGES};
+
+async fn read_n<L: EventLog>(log: &L, from: u64, tenant: Option<&str>, n: usize) -> Vec<LogRecord> {
+    let mut stream = log.read(from, tenant).await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("record within 10s")
+            .expect("stream goes on")
+            .unwrap();
+        out.push(next);
+    }
+    out
+}
+
+/// Asserts that nothing beyond what was read arrives.
+async fn assert_no_more<L: EventLog>(log: &L, from: u64) {
+    let mut stream = log.read(from, None).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(next.is_err(), "unexpected record: {next:?}");
+}
+
+async fn order_and_positions<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    assert_eq!(log.head().await.unwrap(), 0);
+    let a = log.append(batch(&["acme", "beta", "acme"], 0)).await.unwrap();
+    assert_eq!((a.first, a.last), (1, 3));
+    let b = log.append(batch(&["beta"], 3)).await.unwrap();
+    assert_eq!((b.first, b.last), (4, 4));
+    assert_eq!(log.head().await.unwrap(), 4);
+    assert_eq!(log.tenant_head("acme").await.unwrap(), 3);
+    assert_eq!(log.tenant_head("beta").await.unwrap(), 4);
+    assert_eq!(log.tenant_head("gamma").await.unwrap(), 0);
+
+    let records = read_n(&log, 1, None, 4).await;
+    let positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+    assert_eq!(positions, [1, 2, 3, 4]);
+    let subjects: Vec<&str> = records.iter().map(|r| r.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "ledger.v1.acme.file_stored",
+            "ledger.v1.beta.tokens_consumed",
+            "ledger.v1.acme.tokens_consumed",
+            "ledger.v1.beta.file_stored"
+        ]
+    );
+    for (n, r) in records.iter().enumerate() {
+        let decoded = events::decode(&r.payload).unwrap();
+        assert_eq!(decoded, common::event(&decoded.tenant, n as u64));
+    }
+    assert_no_more(&log, 5).await;
+}
+
+async fn stale_expectation_rejects_whole_batch<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    log.append(batch(&["acme", "beta"], 0)).await.unwrap();
+    // beta's expectation is stale and sits on a message in the middle.
+    let mut stale = batch(&["acme", "beta", "acme", "beta"], 10);
+    stale.expectations = vec![expect("acme", 1), expect("beta", 1)];
+    match log.append(stale).await {
+        Err(LogError::Conflict { tenant, expected, actual }) => {
+            assert_eq!((tenant.as_str(), expected, actual), ("beta", 1, 2));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(log.head().await.unwrap(), 2, "nothing of the batch was stored");
+    assert_no_more(&log, 3).await;
+
+    // The same batch with correct expectations goes through.
+    let mut fresh = batch(&["acme", "beta", "acme", "beta"], 10);
+    fresh.expectations = vec![expect("acme", 1), expect("beta", 2)];
+    let ack = log.append(fresh).await.unwrap();
+    assert_eq!((ack.first, ack.last), (3, 6));
+    assert_eq!(log.tenant_head("beta").await.unwrap(), 6);
+}
+
+async fn expectation_zero_means_no_events_yet<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    let mut first = batch(&["newco"], 0);
+    first.expectations = vec![expect("newco", 0)];
+    log.append(first).await.unwrap();
+    let mut again = batch(&["newco"], 1);
+    again.expectations = vec![expect("newco", 0)];
+    assert!(matches!(log.append(again).await, Err(LogError::Conflict { actual: 1, .. })));
+    // A tenant whose id is a prefix of another's is a different tenant.
+    let mut prefix = batch(&["new"], 2);
+    prefix.expectations = vec![expect("new", 0)];
+    log.append(prefix).await.unwrap();
+}
+
+async fn concurrent_writers_one_wins<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    log.append(batch(&["acme"], 0)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = batch(&["acme"], 100 + i);
+            b.expectations = vec![expect("acme", 1)];
+            log.append(b).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(LogError::Conflict { tenant, .. }) => assert_eq!(tenant, "acme"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one writer with the same expectation wins");
+    assert_eq!(log.head().await.unwrap(), 2);
+}
+
+async fn reads_from_a_position_and_by_tenant<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    let tenants: Vec<&str> = (0..20).map(|i| if i % 2 == 0 { "acme" } else { "beta" }).collect();
+    log.append(batch(&tenants, 0)).await.unwrap();
+    let tail = read_n(&log, 15, None, 6).await;
+    assert_eq!(tail.iter().map(|r| r.position).collect::<Vec<_>>(), [15, 16, 17, 18, 19, 20]);
+    let beta = read_n(&log, 5, Some("beta"), 8).await;
+    assert_eq!(beta.iter().map(|r| r.position).collect::<Vec<_>>(), [6, 8, 10, 12, 14, 16, 18, 20]);
+    assert!(beta.iter().all(|r| r.subject.starts_with("ledger.v1.beta.")));
+}
+
+async fn follows_the_tail<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    log.append(batch(&["acme"], 0)).await.unwrap();
+    let mut stream = log.read(1, None).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().position, 1);
+    let writer = log.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer.append(batch(&["beta", "beta"], 1)).await.unwrap();
+    });
+    for expected in [2, 3] {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(r.position, expected);
+    }
+}
+
+async fn invalid_batches_store_nothing<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    assert!(matches!(log.append(AppendBatch::default()).await, Err(LogError::InvalidBatch(_))));
+    let too_many: Vec<&str> = vec!["acme"; MAX_BATCH_MESSAGES + 1];
+    assert!(matches!(log.append(batch(&too_many, 0)).await, Err(LogError::InvalidBatch(_))));
+    let mut orphan = batch(&["acme"], 0);
+    orphan.expectations = vec![expect("beta", 0)];
+    assert!(matches!(log.append(orphan).await, Err(LogError::InvalidBatch(_))));
+    assert_eq!(log.head().await.unwrap(), 0);
+    // The largest allowed batch goes through whole.
+    let full: Vec<&str> = vec!["acme"; MAX_BATCH_MESSAGES];
+    let ack = log.append(batch(&full, 0)).await.unwrap();
+    assert_eq!((ack.first, ack.last), (1, MAX_BATCH_MESSAGES as u64));
+}
+
+async fn survives_restart<B: Backend>(mut backend: B) {
+    let log = backend.open().await;
+    log.append(batch(&["acme", "beta", "acme"], 0)).await.unwrap();
+    let before = read_n(&log, 1, None, 3).await;
+    drop(log);
+    let log = backend.restart().await;
+    assert_eq!(log.head().await.unwrap(), 3);
+    assert_eq!(log.tenant_head("acme").await.unwrap(), 3);
+    assert_eq!(read_n(&log, 1, None, 3).await, before);
+    // Expectations still hold after the restart.
+    let mut next = batch(&["beta"], 3);
+    next.expectations = vec![expect("beta", 2)];
+    assert_eq!(log.append(next).await.unwrap().first, 4);
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[tokio::test]
+            async fn order_and_positions() {
+                super::order_and_positions($make).await
+            }
+            #[tokio::test]
+            async fn stale_expectation_rejects_whole_batch() {
+                super::stale_expectation_rejects_whole_batch($make).await
+            }
+            #[tokio::test]
+            async fn expectation_zero_means_no_events_yet() {
+                super::expectation_zero_means_no_events_yet($make).await
+            }
+            #[tokio::test]
+            async fn concurrent_writers_one_wins() {
+                super::concurrent_writers_one_wins($make).await
+            }
+            #[tokio::test]
+            async fn reads_from_a_position_and_by_tenant() {
+                super::reads_from_a_position_and_by_tenant($make).await
+            }
+            #[tokio::test]
+            async fn follows_the_tail() {
+                super::follows_the_tail($make).await
+            }
+            #[tokio::test]
+            async fn invalid_batches_store_nothing() {
+                super::invalid_batches_store_nothing($make).await
+            }
+            #[tokio::test]
+            async fn survives_restart() {
+                super::survives_restart($make).await
+            }
+        }
+    };
+}
+
+conformance!(embedded, Embedded::new());
+conformance!(jetstream, JetStream::new());
