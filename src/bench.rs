@@ -27,7 +27,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
         /// Batches in flight at once (the server allows 50 per stream).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 16)]
         inflight: usize,
         /// Distinct tenants the events are spread over.
         #[arg(long, default_value_t = 10_000)]
@@ -35,15 +35,30 @@ pub enum BenchCommand {
         /// Alternating ledger/baseline rounds.
         #[arg(long, default_value_t = 4)]
         rounds: usize,
+        /// Append without per-tenant expectations, to see what the server's
+        /// concurrency check costs.
+        #[arg(long)]
+        no_expectations: bool,
     },
 }
 
 pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Ingest { events, batch, inflight, tenants, rounds } => {
+        BenchCommand::Ingest { events, batch, inflight, tenants, rounds, no_expectations } => {
             anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");
             anyhow::ensure!(inflight >= 1 && tenants >= inflight, "need --tenants >= --inflight >= 1");
-            ingest(nats, IngestShape { events, batch, inflight, tenants, rounds: rounds.max(1) }).await
+            ingest(
+                nats,
+                IngestShape {
+                    events,
+                    batch,
+                    inflight,
+                    tenants,
+                    rounds: rounds.max(1),
+                    expectations: !no_expectations,
+                },
+            )
+            .await
         }
     }
 }
@@ -55,6 +70,7 @@ struct IngestShape {
     inflight: usize,
     tenants: usize,
     rounds: usize,
+    expectations: bool,
 }
 
 /// xorshift64*: a dependency-free, seeded, reproducible event mix.
@@ -130,30 +146,28 @@ impl Generator {
         }
     }
 
-    /// A batch of `size` encoded events with one expectation per tenant.
-    fn batch(&mut self, size: usize) -> (AppendBatch, Vec<usize>) {
-        let mut batch = AppendBatch::default();
-        let mut order = Vec::with_capacity(size);
+    /// A batch of `size` encoded events, expectations still to be filled in
+    /// (they depend on the positions earlier batches get).
+    fn batch(&mut self, size: usize) -> Prepared {
+        let mut prepared =
+            Prepared { batch: AppendBatch::default(), order: Vec::with_capacity(size), tenants: Vec::new() };
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..size {
             let tenant = self.tenant();
             let envelope = self.event(tenant);
             let bytes = events::encode(&envelope).expect("generated events are valid");
-            let hash = events::event_hash(&bytes);
-            let head = self.heads.entry(tenant).or_insert((0, [0; 32]));
-            if !order.contains(&tenant) {
-                batch
-                    .expectations
-                    .push(Expectation { tenant: envelope.tenant.clone(), last_position: head.0 });
+            self.heads.entry(tenant).or_insert((0, [0; 32])).1 = events::event_hash(&bytes);
+            if seen.insert(tenant) {
+                prepared.tenants.push((tenant, envelope.tenant.clone()));
             }
-            head.1 = hash;
-            order.push(tenant);
-            batch.messages.push(AppendMessage {
+            prepared.order.push(tenant);
+            prepared.batch.messages.push(AppendMessage {
                 tenant: envelope.tenant,
                 kind: envelope.payload.kind().name(),
                 payload: Bytes::from(bytes),
             });
         }
-        (batch, order)
+        prepared
     }
 
     fn committed(&mut self, order: &[usize], first: u64) {
@@ -163,37 +177,64 @@ impl Generator {
     }
 }
 
-/// Appends `count` generated events through the ledger's `EventLog`, with
-/// `inflight` workers over disjoint tenants. Returns (elapsed, bytes).
+/// A generated batch and which tenant each message belongs to.
+struct Prepared {
+    batch: AppendBatch,
+    order: Vec<usize>,
+    /// Distinct tenants in first-appearance order: (index, id).
+    tenants: Vec<(usize, String)>,
+}
+
+/// Appends `count` generated events through the ledger's `EventLog`, with one
+/// task per generator over disjoint tenants. Events are generated and encoded
+/// before the clock starts (encoding is the decider's cost, measured by `bench
+/// decide`); inside it each batch gets one expectation per tenant, as a
+/// decider's group commit does. Returns (elapsed, bytes).
 async fn ledger_round<L: EventLog>(
     log: &L,
     gens: &mut Vec<Generator>,
     count: usize,
     batch: usize,
+    expectations: bool,
 ) -> anyhow::Result<(Duration, u64)> {
     let per_worker = count / gens.len();
+    let mut work = Vec::new();
+    let mut bytes = 0u64;
+    for mut generator in std::mem::take(gens) {
+        let mut batches = Vec::new();
+        let mut left = per_worker;
+        while left > 0 {
+            let prepared = generator.batch(left.min(batch));
+            bytes += prepared.batch.messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+            left -= prepared.order.len();
+            batches.push(prepared);
+        }
+        work.push((generator, batches));
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for mut generator in std::mem::take(gens) {
+    for (mut generator, batches) in work {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            let mut left = per_worker;
-            let mut bytes = 0u64;
-            while left > 0 {
-                let (append, order) = generator.batch(left.min(batch));
-                bytes += append.messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
-                let ack = log.append(append).await?;
-                generator.committed(&order, ack.first);
-                left -= order.len();
+            for mut prepared in batches {
+                if expectations {
+                    prepared.batch.expectations = prepared
+                        .tenants
+                        .iter()
+                        .map(|(index, id)| Expectation {
+                            tenant: id.clone(),
+                            last_position: generator.heads[index].0,
+                        })
+                        .collect();
+                }
+                let ack = log.append(prepared.batch).await?;
+                generator.committed(&prepared.order, ack.first);
             }
-            anyhow::Ok((generator, bytes))
+            anyhow::Ok(generator)
         }));
     }
-    let mut bytes = 0;
     for task in tasks {
-        let (generator, b) = task.await??;
-        gens.push(generator);
-        bytes += b;
+        gens.push(task.await??);
     }
     Ok((started.elapsed(), bytes))
 }
@@ -301,12 +342,16 @@ async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
         let payloads: Vec<(String, Bytes)> = sizer
             .iter_mut()
             .flat_map(|g| {
-                let (b, _) = g.batch(per_round / shape.inflight);
-                b.messages.into_iter().map(|m| (format!("baseline.{}.{}", m.tenant, m.kind), m.payload))
+                let prepared = g.batch(per_round / shape.inflight);
+                prepared
+                    .batch
+                    .messages
+                    .into_iter()
+                    .map(|m| (format!("baseline.{}.{}", m.tenant, m.kind), m.payload))
             })
             .collect();
         let b = baseline_round(&client, &payloads, shape.inflight, shape.batch).await?;
-        let (l, bytes) = ledger_round(&log, &mut gens, per_round, shape.batch).await?;
+        let (l, bytes) = ledger_round(&log, &mut gens, per_round, shape.batch, shape.expectations).await?;
         baseline_time += b;
         ledger_time += l;
         total_bytes += bytes;
@@ -325,7 +370,7 @@ async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
     let embedded = EmbeddedLog::open(dir.path())?;
     let mut gens: Vec<Generator> =
         (0..shape.inflight).map(|w| Generator::new(w, shape.inflight, shape.tenants)).collect();
-    let (e, _) = ledger_round(&embedded, &mut gens, measured, shape.batch).await?;
+    let (e, _) = ledger_round(&embedded, &mut gens, measured, shape.batch, shape.expectations).await?;
     let embedded_rate = rate(measured, e);
 
     println!("mean encoded event: {:.0} bytes", total_bytes as f64 / measured as f64);

@@ -10,6 +10,7 @@
 //! `Nats-Expected-Last-Subject-Sequence-Subject: ledger.v1.<tenant>.>`. A stale
 //! one makes the server drop the whole batch with error 10071.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -151,21 +152,20 @@ impl EventLog for JetStreamLog {
         batch.check()?;
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let count = batch.messages.len();
-        let mut expected_done: Vec<&str> = Vec::with_capacity(batch.expectations.len());
+        // Each tenant's expectation rides on its first message; taking it out
+        // of the map as it is used leaves the later messages bare.
+        let mut expectations: HashMap<&str, u64> =
+            batch.expectations.iter().map(|e| (e.tenant.as_str(), e.last_position)).collect();
         for (i, m) in batch.messages.iter().enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Batch-Id", batch_id.as_str());
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            if !expected_done.contains(&m.tenant.as_str()) {
-                if let Some(e) = batch.expectations.iter().find(|e| e.tenant == m.tenant) {
-                    headers
-                        .insert("Nats-Expected-Last-Subject-Sequence", e.last_position.to_string().as_str());
-                    headers.insert(
-                        "Nats-Expected-Last-Subject-Sequence-Subject",
-                        format!("{}.{}.>", events::SUBJECT_PREFIX, m.tenant).as_str(),
-                    );
-                    expected_done.push(&m.tenant);
-                }
+            if let Some(last_position) = expectations.remove(m.tenant.as_str()) {
+                headers.insert("Nats-Expected-Last-Subject-Sequence", last_position.to_string().as_str());
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    format!("{}.{}.>", events::SUBJECT_PREFIX, m.tenant).as_str(),
+                );
             }
             if i + 1 < count {
                 self.client

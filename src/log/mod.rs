@@ -11,6 +11,7 @@
 mod embedded;
 mod jetstream;
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use bytes::Bytes;
@@ -111,11 +112,15 @@ impl AppendBatch {
                 return Err(LogError::InvalidBatch(format!("bad tenant {:?}", m.tenant)));
             }
         }
-        for (i, e) in self.expectations.iter().enumerate() {
-            if self.expectations[..i].iter().any(|o| o.tenant == e.tenant) {
+        // Sets, not nested scans: a group-committed batch can carry up to a
+        // thousand tenants, each with an expectation.
+        let tenants: HashSet<&str> = self.messages.iter().map(|m| m.tenant.as_str()).collect();
+        let mut expected: HashSet<&str> = HashSet::with_capacity(self.expectations.len());
+        for e in &self.expectations {
+            if !expected.insert(e.tenant.as_str()) {
                 return Err(LogError::InvalidBatch(format!("two expectations for {}", e.tenant)));
             }
-            if !self.messages.iter().any(|m| m.tenant == e.tenant) {
+            if !tenants.contains(e.tenant.as_str()) {
                 return Err(LogError::InvalidBatch(format!(
                     "expectation for {} which has no message in the batch",
                     e.tenant
