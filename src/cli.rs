@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use projections::{Activity, ActivityRow, Projection, ViewStore};
+use projections::{Activity, ActivityRow, LedgerView, Projection, ViewStore};
+
+use crate::engine::Ledger;
 
 use crate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamLog, JetStreamOptions, LogRecord};
 use crate::projector::{self, ProjectorOptions};
@@ -53,6 +55,35 @@ pub enum Command {
         /// Most events folded per view write.
         #[arg(long, default_value_t = 1000)]
         batch_size: usize,
+    },
+    /// Apply commands from a JSON Lines file (`-` for stdin); prints one
+    /// result line per input line. Exit 2 if any line was malformed.
+    Apply { file: String },
+    /// A tenant's usage: plan, seats, storage, tokens, add-ons.
+    Usage {
+        tenant: String,
+        /// The instant whose period and token limit to show (RFC 3339;
+        /// default: ledger time).
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A tenant's invoice for the period holding an instant.
+    Invoice {
+        tenant: String,
+        /// RFC 3339; default: ledger time.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a realistic multi-tenant scenario on a fresh embedded ledger and
+    /// print usage and invoices.
+    Demo {
+        /// Keep the demo's data here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Benchmarks; each prints its figures and ratios.
     #[command(subcommand)]
@@ -108,8 +139,30 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(command) = cli.command {
         return crate::bench::run(command, cli.nats.as_deref()).await.map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Demo { keep } = &cli.command {
+        return crate::demo::run(keep.as_deref()).await.map(|()| ExitCode::SUCCESS);
+    }
     let log = open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?;
     match cli.command {
+        Command::Apply { file } => {
+            let store = open_views(&cli.data, &log)?;
+            return apply(log, store, &file).await;
+        }
+        Command::Usage { tenant, at, json } => {
+            let store = open_views(&cli.data, &log)?;
+            projector::catch_up(&log, &store, &LedgerView).await?;
+            let at = at.as_deref().map(parse_at).transpose()?;
+            let usage = crate::report::usage(&store, &tenant, at)?;
+            print_view(&usage, json, crate::report::usage_table);
+        }
+        Command::Invoice { tenant, at, json } => {
+            let store = open_views(&cli.data, &log)?;
+            projector::catch_up(&log, &store, &LedgerView).await?;
+            let at = at.as_deref().map(parse_at).transpose()?;
+            let invoice = crate::report::invoice(&store, &tenant, at)?;
+            print_view(&invoice, json, crate::report::invoice_table);
+        }
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
@@ -127,6 +180,75 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_at(text: &str) -> anyhow::Result<i64> {
+    crate::command::parse_at(text).map_err(|r| anyhow::anyhow!(r.message))
+}
+
+fn print_view(value: &serde_json::Value, json: bool, table: fn(&serde_json::Value) -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", table(value));
+    }
+}
+
+/// Reads JSON Lines commands from a file or stdin.
+pub fn read_lines(file: &str) -> anyhow::Result<Vec<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    if file == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?;
+    }
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Submits every parsed line in order (pipelined: the engine group-commits
+/// them), then waits until the views include the last event.
+pub async fn apply_lines(
+    ledger: &Ledger,
+    lines: &[String],
+) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
+    let mut pending = Vec::new();
+    let mut malformed = false;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match crate::command::parse_line(line) {
+            Ok(submission) => pending.push((i + 1, Ok(ledger.submit_nowait(submission).await))),
+            Err(rejection) => {
+                malformed = true;
+                pending.push((i + 1, Err(rejection)));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (line, entry) in pending {
+        let mut value = match entry {
+            Ok(answer) => crate::report::reply_json(&crate::engine::wait(answer).await),
+            Err(rejection) => crate::report::rejection_json(&rejection),
+        };
+        let mut object = serde_json::Map::new();
+        object.insert("line".into(), line.into());
+        object.append(value.as_object_mut().expect("replies are objects"));
+        out.push(serde_json::Value::Object(object));
+    }
+    ledger.sync().await?;
+    Ok((out, malformed))
+}
+
+async fn apply(log: AnyLog, store: ViewStore, file: &str) -> anyhow::Result<ExitCode> {
+    let lines = read_lines(file)?;
+    let ledger = Ledger::start(log, store).await?;
+    let (results, malformed) = apply_lines(&ledger, &lines).await?;
+    for result in results {
+        println!("{result}");
+    }
+    Ok(if malformed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,6 +3,11 @@
 
 pub mod bench;
 pub mod cli;
+pub mod command;
+pub mod decide;
+pub mod demo;
+pub mod engine;
 pub mod log;
 pub mod natsd;
 pub mod projector;
+pub mod report;

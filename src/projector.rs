@@ -38,7 +38,7 @@ pub fn decode_record(record: &LogRecord) -> Record {
             )))
         }
     });
-    Record { position: record.position, event }
+    Record { position: record.position, hash: events::event_hash(&record.payload), event }
 }
 
 /// Folds the log into `projection`'s view until `options.until` (or forever).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Projection, Rows, ViewError};
+use crate::{Fact, Projection, Rows, ViewError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityRow {
@@ -29,18 +29,21 @@ impl Activity {
 impl Projection for Activity {
     const NAME: &'static str = "activity";
 
-    fn apply(&self, rows: &mut Rows<'_>, position: u64, event: &events::Envelope) -> Result<(), ViewError> {
-        let key = Activity::key(&event.tenant);
-        let mut row: ActivityRow = rows.get(&key)?.unwrap_or_default();
-        assert!(position > row.last_position, "activity: positions go backwards");
-        if row.events == 0 {
-            row.first_position = position;
+    fn apply_batch(&self, rows: &mut Rows<'_>, facts: &[Fact<'_>]) -> Result<(), ViewError> {
+        for fact in facts {
+            let event = fact.envelope;
+            let key = Activity::key(&event.tenant);
+            let mut row: ActivityRow = rows.get(&key)?.unwrap_or_default();
+            assert!(fact.position > row.last_position, "activity: positions go backwards");
+            if row.events == 0 {
+                row.first_position = fact.position;
+            }
+            *row.events_by_kind.entry(event.kind().name().to_string()).or_default() += 1;
+            row.events += 1;
+            row.last_position = fact.position;
+            row.last_at_us = row.last_at_us.max(event.at_us);
+            rows.put(key, &row);
         }
-        *row.events_by_kind.entry(event.kind().name().to_string()).or_default() += 1;
-        row.events += 1;
-        row.last_position = position;
-        row.last_at_us = row.last_at_us.max(event.at_us);
-        rows.put(key, &row);
         Ok(())
     }
 }

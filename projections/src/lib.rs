@@ -11,6 +11,11 @@
 //! the log and hands records here.
 
 mod activity;
+pub mod domain;
+pub mod invoice;
+mod ledger_view;
+pub mod money;
+pub mod period;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +23,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use activity::{Activity, ActivityRow};
+pub use domain::Fact;
+pub use ledger_view::{FinalInvoice, LedgerView};
 
 /// Row keys starting with this byte are reserved for bookkeeping.
 const META_PREFIX: u8 = 0x00;
@@ -40,8 +47,9 @@ pub trait Projection: Send + Sync + 'static {
     /// The tree's name; also the view's name in commands and reports.
     const NAME: &'static str;
 
-    /// Folds one event. No IO beyond `rows`, no clock, no randomness.
-    fn apply(&self, rows: &mut Rows<'_>, position: u64, event: &events::Envelope) -> Result<(), ViewError>;
+    /// Folds a batch of events, in order. No IO beyond `rows`, no clock, no
+    /// randomness.
+    fn apply_batch(&self, rows: &mut Rows<'_>, facts: &[Fact<'_>]) -> Result<(), ViewError>;
 }
 
 /// The rows a batch has touched, over the stored tree: reads see the batch's
@@ -98,6 +106,8 @@ pub fn decode_row<T: serde::de::DeserializeOwned>(view: &'static str, bytes: &[u
 /// One log record as the fold sees it: decoded, or why it could not be.
 pub struct Record {
     pub position: u64,
+    /// SHA-256 of the record's bytes.
+    pub hash: [u8; 32],
     pub event: Result<events::Envelope, events::EventError>,
 }
 
@@ -140,6 +150,7 @@ impl ViewStore {
         let tree = self.tree(P::NAME)?;
         let mut checkpoint = self.checkpoint(P::NAME)?;
         let mut rows = Rows { view: P::NAME, tree: &tree, overlay: BTreeMap::new() };
+        let mut facts = Vec::with_capacity(records.len());
         for record in records {
             assert!(
                 record.position > checkpoint,
@@ -149,12 +160,13 @@ impl ViewStore {
             );
             checkpoint = record.position;
             match &record.event {
-                Ok(event) => projection.apply(&mut rows, record.position, event)?,
+                Ok(envelope) => facts.push(Fact { position: record.position, hash: record.hash, envelope }),
                 Err(reason) => {
                     tracing::warn!(view = P::NAME, position = record.position, %reason, "skipping undecodable event")
                 }
             }
         }
+        projection.apply_batch(&mut rows, &facts)?;
         let mut write = sled::Batch::default();
         for (key, value) in rows.overlay {
             match value {
@@ -203,7 +215,7 @@ mod tests {
         kinds
             .iter()
             .enumerate()
-            .map(|(i, k)| Record { position: from + i as u64, event: Ok(sample(*k)) })
+            .map(|(i, k)| Record { position: from + i as u64, hash: [0; 32], event: Ok(sample(*k)) })
             .collect()
     }
 
@@ -227,7 +239,7 @@ mod tests {
         let store = ViewStore::open(dir.path()).unwrap();
         store.apply_batch(&Activity, &records(&[EventKind::Subscribed], 1)).unwrap();
         let before = store.dump("activity").unwrap();
-        let forged = Record { position: 2, event: events::decode(b"\x01\x00garbage") };
+        let forged = Record { position: 2, hash: [0; 32], event: events::decode(b"\x01\x00garbage") };
         assert_eq!(store.apply_batch(&Activity, &[forged]).unwrap(), 2);
         let after = store.dump("activity").unwrap();
         assert_eq!(before.len(), after.len());

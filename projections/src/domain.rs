@@ -1,0 +1,342 @@
+//! The subscription domain's state and its one fold. The decider keeps this
+//! state in memory per tenant; the `ledger` view stores it in sled. Both
+//! change it only through [`TenantState::apply`] and [`CatalogState::apply`].
+
+use std::collections::BTreeMap;
+
+use events::{Addon, Envelope, Event, Invoice, Payment, PaymentOutcome, Plan};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::period::period_index;
+
+/// 2^30: the spec's GB.
+pub const GB_BYTES: u64 = 1 << 30;
+
+/// One log record as a fold sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact<'a> {
+    pub position: u64,
+    /// SHA-256 of the record's bytes: the next event's `prev_hash`.
+    pub hash: [u8; 32],
+    pub envelope: &'a Envelope,
+}
+
+/// Where a tenant's (or the catalog's) hash chain stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    pub last_position: u64,
+    pub last_hash: [u8; 32],
+    pub last_at_us: i64,
+}
+
+impl Chain {
+    fn advance(&mut self, fact: &Fact<'_>) {
+        assert!(fact.position > self.last_position, "positions go backwards");
+        self.last_position = fact.position;
+        self.last_hash = fact.hash;
+        self.last_at_us = self.last_at_us.max(fact.envelope.at_us);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogState {
+    pub plans: BTreeMap<String, Plan>,
+    pub addons: BTreeMap<String, Addon>,
+    pub chain: Chain,
+}
+
+impl CatalogState {
+    pub fn apply(&mut self, fact: &Fact<'_>) {
+        self.chain.advance(fact);
+        match &fact.envelope.payload {
+            Event::PlanDefined { plan } => {
+                self.plans.entry(plan.id.clone()).or_insert_with(|| plan.clone());
+            }
+            Event::AddonDefined { addon } => {
+                self.addons.entry(addon.id.clone()).or_insert_with(|| addon.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub plan: String,
+    pub seats: u32,
+    pub anchor_us: i64,
+    pub cancelled_at_us: Option<i64>,
+    /// Periods `0..closed_periods` are finalized.
+    pub closed_periods: u32,
+}
+
+/// From `start_us` on (until the next segment or the cancellation), the
+/// tenant was on `plan` with `seats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub start_us: i64,
+    pub plan: String,
+    pub seats: u32,
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub bytes: u64,
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PurchaseStatus {
+    /// Card payment not settled yet: grants nothing, charges nothing.
+    Pending,
+    Active,
+    /// Card payment failed: no grant, no charge.
+    Failed,
+    /// A recurring add-on stopped by `cancel_addon`.
+    Cancelled,
+}
+
+impl PurchaseStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PurchaseStatus::Pending => "pending",
+            PurchaseStatus::Active => "active",
+            PurchaseStatus::Failed => "failed",
+            PurchaseStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase {
+    pub addon: String,
+    pub quantity: u32,
+    pub payment: Payment,
+    pub status: PurchaseStatus,
+    pub purchased_at_us: i64,
+    pub activated_at_us: Option<i64>,
+    pub ended_at_us: Option<i64>,
+    pub paid_by_card: bool,
+    pub reference: Option<String>,
+    /// Position of the `AddonPurchased` event.
+    pub position: u64,
+}
+
+/// An accepted `consume_tokens`, kept for the tenant's whole history as an
+/// idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEntry {
+    pub tokens: u64,
+    pub position: u64,
+}
+
+/// Facts a fold produces that do not live in the tenant's state row: the
+/// stored view writes them as rows of their own, the decider keeps requests
+/// in memory until the view has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spill {
+    Request { request: String, entry: RequestEntry },
+    Invoice { period: u32, start_us: i64, end_us: i64, invoice: Invoice, position: u64 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantState {
+    pub chain: Chain,
+    pub subscription: Option<Subscription>,
+    pub segments: Vec<Segment>,
+    pub files: BTreeMap<String, FileEntry>,
+    pub used_bytes: u64,
+    pub purchases: BTreeMap<String, Purchase>,
+    /// Tokens consumed per period index: there is no reset job, a new period
+    /// simply has no entry yet.
+    pub tokens_by_period: BTreeMap<u32, u64>,
+}
+
+impl TenantState {
+    /// The one fold. Returns what does not belong in the state row.
+    pub fn apply(&mut self, fact: &Fact<'_>) -> Option<Spill> {
+        self.chain.advance(fact);
+        let at_us = fact.envelope.at_us;
+        let position = fact.position;
+        match &fact.envelope.payload {
+            Event::Subscribed { plan, seats } => {
+                self.subscription = Some(Subscription {
+                    plan: plan.clone(),
+                    seats: *seats,
+                    anchor_us: at_us,
+                    cancelled_at_us: None,
+                    closed_periods: 0,
+                });
+                self.segments.push(Segment { start_us: at_us, plan: plan.clone(), seats: *seats, position });
+            }
+            Event::SeatsChanged { seats } => {
+                if let Some(sub) = &mut self.subscription {
+                    sub.seats = *seats;
+                    self.segments.push(Segment {
+                        start_us: at_us,
+                        plan: sub.plan.clone(),
+                        seats: *seats,
+                        position,
+                    });
+                }
+            }
+            Event::PlanChanged { plan } => {
+                if let Some(sub) = &mut self.subscription {
+                    sub.plan = plan.clone();
+                    self.segments.push(Segment {
+                        start_us: at_us,
+                        plan: plan.clone(),
+                        seats: sub.seats,
+                        position,
+                    });
+                }
+            }
+            Event::SubscriptionCancelled => {
+                if let Some(sub) = &mut self.subscription {
+                    sub.cancelled_at_us = Some(at_us);
+                }
+            }
+            Event::FileStored { file, bytes } => {
+                let previous = self.files.insert(file.clone(), FileEntry { bytes: *bytes, position });
+                assert!(previous.is_none(), "a live file stored twice");
+                self.used_bytes += bytes;
+            }
+            Event::FileDeleted { file, bytes } => {
+                if let Some(entry) = self.files.remove(file) {
+                    assert_eq!(entry.bytes, *bytes, "a file deleted with other bytes than it had");
+                    self.used_bytes = self.used_bytes.checked_sub(*bytes).expect("used bytes never negative");
+                }
+            }
+            Event::TokensConsumed { request, tokens, .. } => {
+                if let Some(k) = self.period_at(at_us) {
+                    *self.tokens_by_period.entry(k).or_default() += tokens;
+                }
+                let entry = RequestEntry { tokens: *tokens, position };
+                return Some(Spill::Request { request: request.clone(), entry });
+            }
+            Event::AddonPurchased { purchase, addon, quantity, payment } => {
+                self.purchases.insert(
+                    purchase.clone(),
+                    Purchase {
+                        addon: addon.clone(),
+                        quantity: *quantity,
+                        payment: *payment,
+                        status: PurchaseStatus::Pending,
+                        purchased_at_us: at_us,
+                        activated_at_us: None,
+                        ended_at_us: None,
+                        paid_by_card: false,
+                        reference: None,
+                        position,
+                    },
+                );
+            }
+            Event::PaymentSettled { purchase, outcome, reference } => {
+                if let Some(p) = self.purchases.get_mut(purchase) {
+                    p.reference = reference.clone();
+                    match outcome {
+                        PaymentOutcome::Paid => p.paid_by_card = true,
+                        PaymentOutcome::Failed => {
+                            p.status = PurchaseStatus::Failed;
+                            p.ended_at_us = Some(at_us);
+                        }
+                    }
+                }
+            }
+            Event::AddonActivated { purchase } => {
+                if let Some(p) = self.purchases.get_mut(purchase) {
+                    p.status = PurchaseStatus::Active;
+                    p.activated_at_us = Some(at_us);
+                }
+            }
+            Event::AddonCancelled { purchase } => {
+                if let Some(p) = self.purchases.get_mut(purchase) {
+                    p.status = PurchaseStatus::Cancelled;
+                    p.ended_at_us = Some(at_us);
+                }
+            }
+            Event::PeriodFinalized { period, start_us, end_us, invoice } => {
+                if let Some(sub) = &mut self.subscription {
+                    sub.closed_periods = sub.closed_periods.max(period + 1);
+                }
+                return Some(Spill::Invoice {
+                    period: *period,
+                    start_us: *start_us,
+                    end_us: *end_us,
+                    invoice: invoice.clone(),
+                    position,
+                });
+            }
+            Event::UploadDenied { .. } | Event::TokensDenied { .. } => {}
+            Event::PlanDefined { .. } | Event::AddonDefined { .. } => {
+                unreachable!("catalog events are folded into CatalogState")
+            }
+        }
+        None
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.subscription.as_ref().is_some_and(|s| s.cancelled_at_us.is_none())
+    }
+
+    /// The period holding `t_us`, if subscribed by then.
+    pub fn period_at(&self, t_us: i64) -> Option<u32> {
+        self.subscription.as_ref().and_then(|s| period_index(s.anchor_us, t_us))
+    }
+
+    /// The plan segment in force at `t_us` (ignoring cancellation).
+    pub fn segment_at(&self, t_us: i64) -> Option<&Segment> {
+        self.segments.iter().rev().find(|s| s.start_us <= t_us)
+    }
+
+    /// Tokens consumed in period `k`.
+    pub fn tokens_used(&self, k: u32) -> u64 {
+        self.tokens_by_period.get(&k).copied().unwrap_or(0)
+    }
+
+    /// Whether a purchase grants at `t_us`: recurring while active, one-off
+    /// from activation on.
+    fn grants_at(p: &Purchase, t_us: i64) -> bool {
+        p.activated_at_us.is_some_and(|a| a <= t_us) && p.ended_at_us.is_none_or(|e| t_us < e)
+    }
+
+    /// quota_bytes = floor((plan GB + active add-on GB x quantity) x 2^30),
+    /// as of the current state.
+    pub fn quota_bytes(&self, catalog: &CatalogState) -> u64 {
+        let Some(sub) = &self.subscription else { return 0 };
+        let Some(plan) = catalog.plans.get(&sub.plan) else { return 0 };
+        let mut gb = plan.storage_quota_gb;
+        for p in self.purchases.values().filter(|p| p.status == PurchaseStatus::Active) {
+            if let Some(extra) = catalog.addons.get(&p.addon).and_then(|a| a.grants.storage_gb) {
+                gb += extra * Decimal::from(p.quantity);
+            }
+        }
+        (gb * Decimal::from(GB_BYTES)).floor().to_u64().unwrap_or(u64::MAX)
+    }
+
+    /// The token limit in force at `t_us`: the plan's monthly limit plus
+    /// tokens granted by add-ons active then (a one-off grant counts only in
+    /// the period it was activated).
+    pub fn token_limit_at(&self, catalog: &CatalogState, t_us: i64) -> u64 {
+        let Some(segment) = self.segment_at(t_us) else { return 0 };
+        let Some(plan) = catalog.plans.get(&segment.plan) else { return 0 };
+        let period = self.period_at(t_us);
+        let mut limit = plan.monthly_token_limit;
+        for p in self.purchases.values() {
+            let Some(addon) = catalog.addons.get(&p.addon) else { continue };
+            let Some(tokens) = addon.grants.tokens else { continue };
+            let counts = if addon.recurring {
+                Self::grants_at(p, t_us)
+            } else {
+                Self::grants_at(p, t_us) && p.activated_at_us.and_then(|a| self.period_at(a)) == period
+            };
+            if counts {
+                limit = limit.saturating_add(tokens.saturating_mul(u64::from(p.quantity)));
+            }
+        }
+        limit
+    }
+}

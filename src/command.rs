@@ -1,0 +1,355 @@
+//! Commands as callers send them (JSON), parsed into typed values, and the
+//! rejections they can meet.
+
+use events::{Actor, Addon, Grants, Payment, PaymentOutcome, Plan, TokenOverage};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A rejected (or denied) command: a stable code, a human message, and for
+/// quota denials the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<(&'static str, u64)>,
+}
+
+impl Rejection {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+        Rejection { code, message: message.into(), details: Vec::new() }
+    }
+
+    pub fn malformed(message: impl Into<String>) -> Rejection {
+        Rejection::new("malformed", message)
+    }
+
+    pub fn with(mut self, key: &'static str, value: u64) -> Rejection {
+        self.details.push((key, value));
+        self
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// A command with who sent it and when (`None`: the ledger's clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub at_us: Option<i64>,
+    pub actor: Actor,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    DefinePlan(Plan),
+    DefineAddon(Addon),
+    Subscribe { tenant: String, plan: String, seats: i64 },
+    SetSeats { tenant: String, seats: i64 },
+    ChangePlan { tenant: String, plan: String },
+    Cancel { tenant: String },
+    Upload { tenant: String, file: String, bytes: i64 },
+    DeleteFile { tenant: String, file: String },
+    ConsumeTokens { tenant: String, request: String, tokens: i64 },
+    PurchaseAddon { tenant: String, addon: String, purchase: String, quantity: i64, payment: Payment },
+    SettlePayment { tenant: String, purchase: String, outcome: PaymentOutcome, reference: Option<String> },
+    CancelAddon { tenant: String, purchase: String },
+    ClosePeriod { tenant: String },
+}
+
+impl Command {
+    /// The tenant the command is about; `None` for catalog commands.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Command::DefinePlan(_) | Command::DefineAddon(_) => None,
+            Command::Subscribe { tenant, .. }
+            | Command::SetSeats { tenant, .. }
+            | Command::ChangePlan { tenant, .. }
+            | Command::Cancel { tenant }
+            | Command::Upload { tenant, .. }
+            | Command::DeleteFile { tenant, .. }
+            | Command::ConsumeTokens { tenant, .. }
+            | Command::PurchaseAddon { tenant, .. }
+            | Command::SettlePayment { tenant, .. }
+            | Command::CancelAddon { tenant, .. }
+            | Command::ClosePeriod { tenant } => Some(tenant),
+        }
+    }
+}
+
+/// The names `cmd` may take.
+pub const COMMAND_NAMES: [&str; 14] = [
+    "define_plan",
+    "define_addon",
+    "subscribe",
+    "set_seats",
+    "change_plan",
+    "cancel",
+    "upload",
+    "delete_file",
+    "consume_tokens",
+    "purchase_addon",
+    "settle_payment",
+    "cancel_addon",
+    "close_period",
+    "batch",
+];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OverageJson {
+    Word(String),
+    Bill { bill_per_1k: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanJson {
+    id: String,
+    name: Option<String>,
+    currency: String,
+    price: String,
+    per_seat: bool,
+    min_seats: Option<i64>,
+    max_seats: Option<i64>,
+    storage_quota_gb: String,
+    monthly_token_limit: i64,
+    token_overage: OverageJson,
+    addons: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsJson {
+    storage_gb: Option<String>,
+    tokens: Option<i64>,
+    feature: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddonJson {
+    id: String,
+    name: Option<String>,
+    currency: String,
+    price: String,
+    recurring: bool,
+    grants: GrantsJson,
+}
+
+/// The wire shape of every command but the catalog's, keyed by `cmd`.
+#[derive(Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum WireCommand {
+    DefinePlan { plan: PlanJson },
+    DefineAddon { addon: AddonJson },
+    Subscribe { tenant: String, plan: String, seats: i64 },
+    SetSeats { tenant: String, seats: i64 },
+    ChangePlan { tenant: String, plan: String },
+    Cancel { tenant: String },
+    Upload { tenant: String, file: String, bytes: i64 },
+    DeleteFile { tenant: String, file: String },
+    ConsumeTokens { tenant: String, request: String, tokens: i64 },
+    PurchaseAddon { tenant: String, addon: String, purchase: String, quantity: Option<i64>, payment: String },
+    SettlePayment { tenant: String, purchase: String, outcome: String, reference: Option<String> },
+    CancelAddon { tenant: String, purchase: String },
+    ClosePeriod { tenant: String },
+}
+
+fn decimal(field: &str, text: &str) -> Result<Decimal, Rejection> {
+    text.trim()
+        .parse::<Decimal>()
+        .map_err(|_| Rejection::malformed(format!("{field} {text:?} is not a decimal string")))
+}
+
+fn id(field: &str, value: String) -> Result<String, Rejection> {
+    if events::valid_id(&value) {
+        Ok(value)
+    } else {
+        Err(Rejection::malformed(format!(
+            "{field} {value:?} must be 1 to 256 characters without control characters"
+        )))
+    }
+}
+
+fn tenant(value: String) -> Result<String, Rejection> {
+    if events::valid_tenant_id(&value) {
+        Ok(value)
+    } else {
+        Err(Rejection::malformed(format!("tenant {value:?} must match [a-z0-9][a-z0-9-]{{0,62}}")))
+    }
+}
+
+fn currency(value: String) -> Result<String, Rejection> {
+    if projections::money::minor_units(&value).is_some() {
+        Ok(value)
+    } else {
+        Err(Rejection::malformed(format!(
+            "currency {value:?} is not one the ledger knows (ISO 4217, e.g. USD)"
+        )))
+    }
+}
+
+fn count_u32(field: &str, value: i64) -> Result<u32, Rejection> {
+    u32::try_from(value)
+        .map_err(|_| Rejection::new("invalid_amount", format!("{field} {value} is out of range")))
+}
+
+fn plan(json: PlanJson) -> Result<Plan, Rejection> {
+    let token_overage = match json.token_overage {
+        OverageJson::Word(w) if w == "block" => TokenOverage::Block,
+        OverageJson::Word(w) => {
+            return Err(Rejection::malformed(format!(
+                "token_overage {w:?} is neither \"block\" nor {{\"bill_per_1k\": ...}}"
+            )))
+        }
+        OverageJson::Bill { bill_per_1k } => {
+            TokenOverage::BillPer1k { price: decimal("bill_per_1k", &bill_per_1k)? }
+        }
+    };
+    Ok(Plan {
+        id: id("plan id", json.id)?,
+        name: json.name,
+        currency: currency(json.currency)?,
+        price: decimal("price", &json.price)?,
+        per_seat: json.per_seat,
+        min_seats: count_u32("min_seats", json.min_seats.unwrap_or(1))?,
+        max_seats: json.max_seats.map(|m| count_u32("max_seats", m)).transpose()?,
+        storage_quota_gb: decimal("storage_quota_gb", &json.storage_quota_gb)?,
+        monthly_token_limit: u64::try_from(json.monthly_token_limit).map_err(|_| {
+            Rejection::new(
+                "invalid_amount",
+                format!("monthly_token_limit {} is negative", json.monthly_token_limit),
+            )
+        })?,
+        token_overage,
+        addons: json.addons.into_iter().map(|a| id("add-on id", a)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn addon(json: AddonJson) -> Result<Addon, Rejection> {
+    Ok(Addon {
+        id: id("add-on id", json.id)?,
+        name: json.name,
+        currency: currency(json.currency)?,
+        price: decimal("price", &json.price)?,
+        recurring: json.recurring,
+        grants: Grants {
+            storage_gb: json.grants.storage_gb.map(|g| decimal("storage_gb", &g)).transpose()?,
+            tokens: json
+                .grants
+                .tokens
+                .map(|t| {
+                    u64::try_from(t).map_err(|_| {
+                        Rejection::new("invalid_amount", format!("tokens grant {t} is negative"))
+                    })
+                })
+                .transpose()?,
+            feature: json.grants.feature,
+        },
+    })
+}
+
+/// Parses the fields of one command (everything but `at` and `actor`),
+/// `cmd` included.
+pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
+    let name = fields.get("cmd").and_then(Value::as_str).map(str::to_string);
+    match name.as_deref() {
+        None => return Err(Rejection::malformed("missing \"cmd\"")),
+        Some(n) if !COMMAND_NAMES.contains(&n) || n == "batch" => {
+            return Err(Rejection::malformed(format!("unknown command {n:?}")))
+        }
+        _ => {}
+    }
+    let wire: WireCommand = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| Rejection::malformed(format!("{}: {e}", name.unwrap_or_default())))?;
+    Ok(match wire {
+        WireCommand::DefinePlan { plan: p } => Command::DefinePlan(plan(p)?),
+        WireCommand::DefineAddon { addon: a } => Command::DefineAddon(addon(a)?),
+        WireCommand::Subscribe { tenant: t, plan, seats } => {
+            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats }
+        }
+        WireCommand::SetSeats { tenant: t, seats } => Command::SetSeats { tenant: tenant(t)?, seats },
+        WireCommand::ChangePlan { tenant: t, plan } => {
+            Command::ChangePlan { tenant: tenant(t)?, plan: id("plan", plan)? }
+        }
+        WireCommand::Cancel { tenant: t } => Command::Cancel { tenant: tenant(t)? },
+        WireCommand::Upload { tenant: t, file, bytes } => {
+            Command::Upload { tenant: tenant(t)?, file: id("file", file)?, bytes }
+        }
+        WireCommand::DeleteFile { tenant: t, file } => {
+            Command::DeleteFile { tenant: tenant(t)?, file: id("file", file)? }
+        }
+        WireCommand::ConsumeTokens { tenant: t, request, tokens } => {
+            Command::ConsumeTokens { tenant: tenant(t)?, request: id("request", request)?, tokens }
+        }
+        WireCommand::PurchaseAddon { tenant: t, addon, purchase, quantity, payment } => {
+            Command::PurchaseAddon {
+                tenant: tenant(t)?,
+                addon: id("addon", addon)?,
+                purchase: id("purchase", purchase)?,
+                quantity: quantity.unwrap_or(1),
+                payment: match payment.as_str() {
+                    "invoice" => Payment::Invoice,
+                    "card" => Payment::Card,
+                    other => {
+                        return Err(Rejection::malformed(format!(
+                            "payment {other:?} is neither \"invoice\" nor \"card\""
+                        )))
+                    }
+                },
+            }
+        }
+        WireCommand::SettlePayment { tenant: t, purchase, outcome, reference } => Command::SettlePayment {
+            tenant: tenant(t)?,
+            purchase: id("purchase", purchase)?,
+            outcome: match outcome.as_str() {
+                "paid" => PaymentOutcome::Paid,
+                "failed" => PaymentOutcome::Failed,
+                other => {
+                    return Err(Rejection::malformed(format!(
+                        "outcome {other:?} is neither \"paid\" nor \"failed\""
+                    )))
+                }
+            },
+            reference: reference.map(|r| id("reference", r)).transpose()?,
+        },
+        WireCommand::CancelAddon { tenant: t, purchase } => {
+            Command::CancelAddon { tenant: tenant(t)?, purchase: id("purchase", purchase)? }
+        }
+        WireCommand::ClosePeriod { tenant: t } => Command::ClosePeriod { tenant: tenant(t)? },
+    })
+}
+
+/// Parses an RFC 3339 instant into microseconds.
+pub fn parse_at(text: &str) -> Result<i64, Rejection> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| Rejection::malformed(format!("at {text:?} is not an RFC 3339 instant: {e}")))
+}
+
+/// Parses one JSON Lines command: `{"at"?, "actor"?, "cmd", ...fields}`.
+pub fn parse_line(line: &str) -> Result<Submission, Rejection> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| Rejection::malformed(format!("not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(Rejection::malformed("a command is a JSON object"));
+    };
+    let at_us = match fields.remove("at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_at(&s)?),
+        Some(other) => return Err(Rejection::malformed(format!("at must be a string, not {other}"))),
+    };
+    let actor = match fields.remove("actor") {
+        None | Some(Value::Null) => Actor::Admin,
+        Some(Value::String(s)) => Actor::parse(&s).ok_or_else(|| {
+            Rejection::malformed(format!("actor {s:?} is not admin, <tenant>:admin or <tenant>:user"))
+        })?,
+        Some(other) => return Err(Rejection::malformed(format!("actor must be a string, not {other}"))),
+    };
+    Ok(Submission { at_us, actor, command: parse_command(fields)? })
+}

@@ -1,0 +1,447 @@
+//! The decider: `decide(state, command, at) -> events | rejection`. Pure: no
+//! IO, no clock. Whatever it needs from storage (an idempotency key's
+//! earlier use) the caller looks up first and passes in [`Context`].
+
+use events::{Actor, Event, Payment, PaymentOutcome, TokenOverage};
+use projections::domain::{CatalogState, Fact, PurchaseStatus, RequestEntry, TenantState};
+use projections::invoice::price_period;
+use projections::period::period_bounds_us;
+
+use crate::command::{Command, Rejection};
+
+/// What a decision produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Accepted: append these events.
+    Accept(Vec<Event>),
+    /// The same command was accepted before: nothing to append. `seq` is the
+    /// position of the earlier event.
+    Duplicate { seq: u64 },
+    /// A business denial: append `event` for the audit, answer `rejection`.
+    Deny { event: Event, rejection: Rejection },
+}
+
+/// Inputs the decider cannot compute purely.
+pub struct Context<'a> {
+    pub catalog: &'a CatalogState,
+    /// The tenant's state (default when it has no events yet).
+    pub state: &'a TenantState,
+    pub actor: &'a Actor,
+    pub at_us: i64,
+    /// For `consume_tokens`: the request key's earlier accepted use, if any.
+    pub earlier_request: Option<RequestEntry>,
+}
+
+/// Who may send a command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// The control panel only.
+    Admin,
+    /// The control panel and the tenant's admins.
+    Admins,
+    /// Anyone of the tenant, and the control panel.
+    Anyone,
+}
+
+fn authorize(actor: &Actor, tenant: Option<&str>, who: Who) -> Result<(), Rejection> {
+    let allowed = match (actor, tenant) {
+        (Actor::Admin, _) => true,
+        (Actor::TenantAdmin { tenant: own }, Some(t)) => own == t && who != Who::Admin,
+        (Actor::TenantUser { tenant: own }, Some(t)) => own == t && who == Who::Anyone,
+        (_, None) => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "forbidden",
+            format!(
+                "{} may not do this{}",
+                actor.label(),
+                match tenant {
+                    Some(t) => format!(" for tenant {t}"),
+                    None => String::new(),
+                }
+            ),
+        ))
+    }
+}
+
+fn invalid_amount(what: &str, value: i64) -> Rejection {
+    Rejection::new("invalid_amount", format!("{what} must be at least 1, got {value}"))
+}
+
+fn not_subscribed(tenant: &str) -> Rejection {
+    Rejection::new("not_subscribed", format!("tenant {tenant} has no active subscription"))
+}
+
+fn require_active<'s>(
+    state: &'s TenantState,
+    tenant: &str,
+) -> Result<&'s projections::domain::Subscription, Rejection> {
+    match &state.subscription {
+        Some(sub) if sub.cancelled_at_us.is_none() => Ok(sub),
+        _ => Err(not_subscribed(tenant)),
+    }
+}
+
+fn check_seats(plan: &events::Plan, seats: i64) -> Result<u32, Rejection> {
+    let max = plan.max_seats.map_or(u32::MAX, |m| m);
+    match u32::try_from(seats) {
+        Ok(s) if s >= plan.min_seats && s <= max => Ok(s),
+        _ => Err(Rejection::new(
+            "invalid_seats",
+            format!(
+                "plan {} allows {} to {} seats, not {seats}",
+                plan.id,
+                plan.min_seats,
+                plan.max_seats.map_or("unlimited".to_string(), |m| m.to_string())
+            ),
+        )),
+    }
+}
+
+fn unknown_plan(plan: &str) -> Rejection {
+    Rejection::new("unknown_plan", format!("no plan {plan}"))
+}
+
+fn negative(what: &str, value: &rust_decimal::Decimal) -> Result<(), Rejection> {
+    if value.is_sign_negative() {
+        Err(Rejection::new("invalid_amount", format!("{what} {value} is negative")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Decides one command against the state as it stands.
+pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejection> {
+    let Context { catalog, state, actor, at_us, .. } = ctx;
+    let at_us = *at_us;
+    match command {
+        Command::DefinePlan(plan) => {
+            authorize(actor, None, Who::Admin)?;
+            negative("price", &plan.price)?;
+            negative("storage_quota_gb", &plan.storage_quota_gb)?;
+            if let TokenOverage::BillPer1k { price } = &plan.token_overage {
+                negative("bill_per_1k", price)?;
+            }
+            if plan.min_seats < 1 || plan.max_seats.is_some_and(|m| m < plan.min_seats) {
+                return Err(Rejection::new(
+                    "invalid_seats",
+                    "min_seats must be >= 1 and max_seats >= min_seats",
+                ));
+            }
+            if catalog.plans.contains_key(&plan.id) {
+                return Err(Rejection::new(
+                    "plan_exists",
+                    format!("plan {} exists; plans are immutable", plan.id),
+                ));
+            }
+            for addon in &plan.addons {
+                if !catalog.addons.contains_key(addon) {
+                    return Err(Rejection::new(
+                        "unknown_addon",
+                        format!("plan lists add-on {addon}, which is not defined"),
+                    ));
+                }
+            }
+            Ok(Decision::Accept(vec![Event::PlanDefined { plan: plan.clone() }]))
+        }
+        Command::DefineAddon(addon) => {
+            authorize(actor, None, Who::Admin)?;
+            negative("price", &addon.price)?;
+            if let Some(gb) = &addon.grants.storage_gb {
+                negative("storage_gb", gb)?;
+            }
+            if catalog.addons.contains_key(&addon.id) {
+                return Err(Rejection::new(
+                    "addon_exists",
+                    format!("add-on {} exists; add-ons are immutable", addon.id),
+                ));
+            }
+            Ok(Decision::Accept(vec![Event::AddonDefined { addon: addon.clone() }]))
+        }
+        Command::Subscribe { tenant, plan, seats } => {
+            authorize(actor, Some(tenant), Who::Admin)?;
+            if state.subscription.is_some() {
+                return Err(Rejection::new(
+                    "already_subscribed",
+                    format!("tenant {tenant} already has a subscription"),
+                ));
+            }
+            let p = catalog.plans.get(plan).ok_or_else(|| unknown_plan(plan))?;
+            let seats = check_seats(p, *seats)?;
+            Ok(Decision::Accept(vec![Event::Subscribed { plan: plan.clone(), seats }]))
+        }
+        Command::SetSeats { tenant, seats } => {
+            authorize(actor, Some(tenant), Who::Admins)?;
+            let sub = require_active(state, tenant)?;
+            let seats = check_seats(&catalog.plans[&sub.plan], *seats)?;
+            Ok(Decision::Accept(vec![Event::SeatsChanged { seats }]))
+        }
+        Command::ChangePlan { tenant, plan } => {
+            authorize(actor, Some(tenant), Who::Admin)?;
+            let sub = require_active(state, tenant)?;
+            let new = catalog.plans.get(plan).ok_or_else(|| unknown_plan(plan))?;
+            let old = &catalog.plans[&sub.plan];
+            if new.currency != old.currency {
+                return Err(Rejection::new(
+                    "currency_mismatch",
+                    format!(
+                        "plan {} bills in {}, the subscription in {}",
+                        new.id, new.currency, old.currency
+                    ),
+                ));
+            }
+            check_seats(new, i64::from(sub.seats))?;
+            for (purchase, p) in &state.purchases {
+                let recurring = catalog.addons.get(&p.addon).is_some_and(|a| a.recurring);
+                if recurring && p.status == PurchaseStatus::Active && !new.addons.contains(&p.addon) {
+                    return Err(Rejection::new(
+                        "addon_not_available_on_plan",
+                        format!(
+                            "active add-on {} ({purchase}) is not available on plan {}; cancel it first",
+                            p.addon, new.id
+                        ),
+                    ));
+                }
+            }
+            Ok(Decision::Accept(vec![Event::PlanChanged { plan: plan.clone() }]))
+        }
+        Command::Cancel { tenant } => {
+            authorize(actor, Some(tenant), Who::Admin)?;
+            let sub = require_active(state, tenant)?;
+            let last = state.period_at(at_us).expect("at is not before the anchor (clock_regression)");
+            let first = sub.closed_periods;
+            let cancel = Event::SubscriptionCancelled;
+            // Price the unclosed periods as they stand once cancelled.
+            let mut after = (*state).clone();
+            let scratch = events::Envelope {
+                event_id: 0,
+                tenant: tenant.clone(),
+                at_us,
+                actor: (*actor).clone(),
+                prev_hash: [0; 32],
+                payload: cancel.clone(),
+            };
+            after.apply(&Fact { position: state.chain.last_position + 1, hash: [0; 32], envelope: &scratch });
+            // The digest covers the history before this command, which a
+            // replay sees the same way.
+            after.chain = state.chain;
+            let mut events = vec![cancel];
+            for k in first..=last {
+                events.push(finalize(&after, catalog, k));
+            }
+            Ok(Decision::Accept(events))
+        }
+        Command::Upload { tenant, file, bytes } => {
+            authorize(actor, Some(tenant), Who::Anyone)?;
+            let bytes = u64::try_from(*bytes).map_err(|_| {
+                Rejection::new("invalid_amount", format!("bytes must not be negative, got {bytes}"))
+            })?;
+            require_active(state, tenant)?;
+            if let Some(existing) = state.files.get(file) {
+                return if existing.bytes == bytes {
+                    Ok(Decision::Duplicate { seq: existing.position })
+                } else {
+                    Err(Rejection::new(
+                        "file_exists",
+                        format!("file {file} is stored with {} bytes, not {bytes}", existing.bytes),
+                    ))
+                };
+            }
+            let used = state.used_bytes;
+            let quota = state.quota_bytes(catalog);
+            if used.saturating_add(bytes) <= quota {
+                Ok(Decision::Accept(vec![Event::FileStored { file: file.clone(), bytes }]))
+            } else {
+                Ok(Decision::Deny {
+                    event: Event::UploadDenied {
+                        file: file.clone(),
+                        bytes,
+                        used_bytes: used,
+                        quota_bytes: quota,
+                    },
+                    rejection: Rejection::new(
+                        "storage_quota_exceeded",
+                        format!("{used} bytes used + {bytes} requested > {quota} bytes quota"),
+                    )
+                    .with("used", used)
+                    .with("quota", quota)
+                    .with("requested", bytes),
+                })
+            }
+        }
+        Command::DeleteFile { tenant, file } => {
+            authorize(actor, Some(tenant), Who::Anyone)?;
+            require_active(state, tenant)?;
+            let entry = state.files.get(file).ok_or_else(|| {
+                Rejection::new("unknown_file", format!("tenant {tenant} has no file {file}"))
+            })?;
+            Ok(Decision::Accept(vec![Event::FileDeleted { file: file.clone(), bytes: entry.bytes }]))
+        }
+        Command::ConsumeTokens { tenant, request, tokens } => {
+            authorize(actor, Some(tenant), Who::Anyone)?;
+            if *tokens < 1 {
+                return Err(invalid_amount("tokens", *tokens));
+            }
+            let tokens = *tokens as u64;
+            let sub = require_active(state, tenant)?;
+            if let Some(earlier) = ctx.earlier_request {
+                return if earlier.tokens == tokens {
+                    Ok(Decision::Duplicate { seq: earlier.position })
+                } else {
+                    Err(Rejection::new(
+                        "idempotency_conflict",
+                        format!("request {request} was accepted for {} tokens, not {tokens}", earlier.tokens),
+                    ))
+                };
+            }
+            let plan = &catalog.plans[&sub.plan];
+            let accept = Event::TokensConsumed { request: request.clone(), tokens, offline: false };
+            if let TokenOverage::BillPer1k { .. } = plan.token_overage {
+                return Ok(Decision::Accept(vec![accept]));
+            }
+            let period = state.period_at(at_us).expect("at is not before the anchor");
+            let used = state.tokens_used(period);
+            let limit = state.token_limit_at(catalog, at_us);
+            if used.saturating_add(tokens) <= limit {
+                Ok(Decision::Accept(vec![accept]))
+            } else {
+                Ok(Decision::Deny {
+                    event: Event::TokensDenied { request: request.clone(), tokens, used, limit },
+                    rejection: Rejection::new(
+                        "token_limit_exceeded",
+                        format!("{used} tokens used + {tokens} requested > {limit} limit this period"),
+                    )
+                    .with("used", used)
+                    .with("limit", limit)
+                    .with("requested", tokens),
+                })
+            }
+        }
+        Command::PurchaseAddon { tenant, addon, purchase, quantity, payment } => {
+            authorize(actor, Some(tenant), Who::Admins)?;
+            if *quantity < 1 {
+                return Err(invalid_amount("quantity", *quantity));
+            }
+            let quantity = u32::try_from(*quantity).map_err(|_| {
+                Rejection::new("invalid_amount", format!("quantity {quantity} is out of range"))
+            })?;
+            let sub = require_active(state, tenant)?;
+            if let Some(earlier) = state.purchases.get(purchase) {
+                return if earlier.addon == *addon
+                    && earlier.quantity == quantity
+                    && earlier.payment == *payment
+                {
+                    Ok(Decision::Duplicate { seq: earlier.position })
+                } else {
+                    Err(Rejection::new(
+                        "idempotency_conflict",
+                        format!(
+                            "purchase {purchase} was made for {} x {} by {:?}",
+                            earlier.quantity, earlier.addon, earlier.payment
+                        ),
+                    ))
+                };
+            }
+            let a = catalog
+                .addons
+                .get(addon)
+                .ok_or_else(|| Rejection::new("unknown_addon", format!("no add-on {addon}")))?;
+            let plan = &catalog.plans[&sub.plan];
+            if !plan.addons.contains(addon) {
+                return Err(Rejection::new(
+                    "addon_not_available_on_plan",
+                    format!("add-on {addon} is not available on plan {}", plan.id),
+                ));
+            }
+            if a.currency != plan.currency {
+                return Err(Rejection::new(
+                    "currency_mismatch",
+                    format!(
+                        "add-on {addon} is priced in {}, the subscription in {}",
+                        a.currency, plan.currency
+                    ),
+                ));
+            }
+            let purchased = Event::AddonPurchased {
+                purchase: purchase.clone(),
+                addon: addon.clone(),
+                quantity,
+                payment: *payment,
+            };
+            match payment {
+                Payment::Invoice => Ok(Decision::Accept(vec![
+                    purchased,
+                    Event::AddonActivated { purchase: purchase.clone() },
+                ])),
+                Payment::Card if a.recurring => Err(Rejection::new(
+                    "unsupported_payment",
+                    format!("add-on {addon} is recurring; card payment is for one-off add-ons"),
+                )),
+                Payment::Card => Ok(Decision::Accept(vec![purchased])),
+            }
+        }
+        Command::SettlePayment { tenant, purchase, outcome, reference } => {
+            authorize(actor, Some(tenant), Who::Admin)?;
+            require_active(state, tenant)?;
+            let p = state.purchases.get(purchase).ok_or_else(|| {
+                Rejection::new("unknown_purchase", format!("tenant {tenant} has no purchase {purchase}"))
+            })?;
+            if p.status != PurchaseStatus::Pending || p.paid_by_card {
+                return Err(Rejection::new(
+                    "payment_not_pending",
+                    format!("purchase {purchase} is {}, not awaiting payment", p.status.name()),
+                ));
+            }
+            let settled = Event::PaymentSettled {
+                purchase: purchase.clone(),
+                outcome: *outcome,
+                reference: reference.clone(),
+            };
+            Ok(Decision::Accept(match outcome {
+                PaymentOutcome::Paid => vec![settled, Event::AddonActivated { purchase: purchase.clone() }],
+                PaymentOutcome::Failed => vec![settled],
+            }))
+        }
+        Command::CancelAddon { tenant, purchase } => {
+            authorize(actor, Some(tenant), Who::Admins)?;
+            require_active(state, tenant)?;
+            let p = state.purchases.get(purchase).ok_or_else(|| {
+                Rejection::new("unknown_purchase", format!("tenant {tenant} has no purchase {purchase}"))
+            })?;
+            let recurring = catalog.addons.get(&p.addon).is_some_and(|a| a.recurring);
+            if !recurring || p.status != PurchaseStatus::Active {
+                return Err(Rejection::new(
+                    "unknown_purchase",
+                    format!("purchase {purchase} is not an active recurring add-on ({})", p.status.name()),
+                ));
+            }
+            Ok(Decision::Accept(vec![Event::AddonCancelled { purchase: purchase.clone() }]))
+        }
+        Command::ClosePeriod { tenant } => {
+            authorize(actor, Some(tenant), Who::Admin)?;
+            let sub = require_active(state, tenant)?;
+            let k = sub.closed_periods;
+            let (_, end_us) = period_bounds_us(sub.anchor_us, k);
+            if at_us < end_us {
+                return Err(Rejection::new(
+                    "period_not_ended",
+                    format!("period {k} ends at {}", crate::report::rfc3339(end_us)),
+                ));
+            }
+            Ok(Decision::Accept(vec![finalize(state, catalog, k)]))
+        }
+    }
+}
+
+fn finalize(state: &TenantState, catalog: &CatalogState, k: u32) -> Event {
+    let priced = price_period(state, catalog, k).expect("a subscribed tenant prices");
+    Event::PeriodFinalized {
+        period: k,
+        start_us: priced.start_us,
+        end_us: priced.end_us,
+        invoice: priced.invoice,
+    }
+}

@@ -1,0 +1,446 @@
+//! The ledger engine: the single writer per tenant inside a process.
+//!
+//! One task owns the in-memory state (catalog plus a cache of tenants) and
+//! takes commands from a queue. It decides a run of queued commands, appends
+//! all their events as **one** log batch (group commit: one durable round
+//! trip for many decisions), and only then folds the events into memory and
+//! answers. Each batch carries every touched tenant's expected last position;
+//! when another writer got there first, the tenant is reloaded and its
+//! commands decided again.
+//!
+//! A group is a prefix of the queue. It ends before a second command of a
+//! tenant already in it (that command must see the first one's effect), and
+//! a catalog command travels alone (tenants' commands may depend on it).
+//!
+//! A cold tenant loads from its row in the `ledger` view plus its events in
+//! the log after that row, never by replaying its whole history.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use events::{Envelope, CATALOG_TENANT};
+use futures_util::StreamExt;
+use projections::domain::{CatalogState, Fact, RequestEntry, Spill, TenantState};
+use projections::{LedgerView, Projection, ViewStore};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{Command, Rejection, Submission};
+use crate::decide::{decide, Context, Decision};
+use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, LogError, MAX_BATCH_MESSAGES};
+use crate::projector::{self, ProjectorOptions};
+
+/// The answer to one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Accepted (`duplicate`: accepted before, nothing appended). `seq` is the
+    /// position of the command's last event.
+    Ok { seq: u64, duplicate: bool },
+    /// Rejected, or denied (a denial was recorded at `seq`).
+    Rejected { rejection: Rejection, seq: Option<u64> },
+    /// The log failed; whether anything was stored is unknown. Retrying the
+    /// same command is safe where it has an idempotency key.
+    Failed { message: String },
+}
+
+struct Job {
+    submission: Submission,
+    reply: oneshot::Sender<Reply>,
+    retries: u32,
+}
+
+/// A handle to a running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Job>,
+    views: ViewStore,
+    appended: tokio::sync::watch::Receiver<u64>,
+}
+
+/// How often a command is re-decided after conflicts before giving up.
+const MAX_RETRIES: u32 = 8;
+/// A tenant's in-memory idempotency keys are dropped (by reloading the
+/// tenant from the view) past this many.
+const MAX_RECENT_REQUESTS: usize = 50_000;
+
+impl Ledger {
+    /// Starts the engine and the projectors over `log` and `views`.
+    pub async fn start<L: EventLog>(log: L, views: ViewStore) -> anyhow::Result<Ledger> {
+        let (appended_tx, appended) = tokio::sync::watch::channel(0);
+        let mut engine = Engine {
+            log: log.clone(),
+            views: views.clone(),
+            catalog: Loaded::default(),
+            tenants: HashMap::new(),
+            ledger_time_us: 0,
+            appended: appended_tx,
+        };
+        engine.ledger_time_us = engine.find_ledger_time().await?;
+        engine.catalog = engine.load(CATALOG_TENANT).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(engine.run(rx));
+        for_each_projection(&log, &views);
+        Ok(Ledger { tx, views, appended })
+    }
+
+    /// Decides and records one command.
+    pub async fn submit(&self, submission: Submission) -> Reply {
+        wait(self.submit_nowait(submission).await).await
+    }
+
+    /// Queues a command and returns where its reply will arrive. Commands
+    /// are decided in the order they are queued.
+    pub async fn submit_nowait(&self, submission: Submission) -> oneshot::Receiver<Reply> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { submission, reply, retries: 0 }).await {
+            let _ = job.reply.send(Reply::Failed { message: "the ledger engine has stopped".into() });
+        }
+        answer
+    }
+
+    /// Waits until every view includes every event this engine appended.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        let target = *self.appended.borrow();
+        for view in [LedgerView::NAME, projections::Activity::NAME] {
+            while self.views.checkpoint(view)? < target {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn views(&self) -> &ViewStore {
+        &self.views
+    }
+}
+
+/// The reply a queued command will get.
+pub async fn wait(answer: oneshot::Receiver<Reply>) -> Reply {
+    answer.await.unwrap_or_else(|_| Reply::Failed { message: "the ledger engine has stopped".into() })
+}
+
+/// Runs every projection as a task following the log.
+fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) {
+    fn spawn<L: EventLog, P: Projection>(log: &L, views: &ViewStore, projection: P) {
+        let (log, views) = (log.clone(), views.clone());
+        tokio::spawn(async move {
+            if let Err(error) = projector::run(&log, &views, &projection, ProjectorOptions::default()).await {
+                tracing::error!(view = P::NAME, %error, "projector stopped");
+            }
+        });
+    }
+    spawn(log, views, LedgerView);
+    spawn(log, views, projections::Activity);
+}
+
+/// A tenant (or the catalog) as the engine holds it.
+#[derive(Default)]
+struct Loaded {
+    state: TenantState,
+    catalog: CatalogState,
+    /// Accepted token requests the view may not have yet.
+    recent_requests: HashMap<String, RequestEntry>,
+    /// The last position on the tenant's subjects, including messages that
+    /// did not decode (they count for the log's expected-sequence check).
+    log_position: u64,
+}
+
+impl Loaded {
+    fn hash(&self, catalog: bool) -> [u8; 32] {
+        if catalog {
+            self.catalog.chain.last_hash
+        } else {
+            self.state.chain.last_hash
+        }
+    }
+
+    fn fold(&mut self, catalog: bool, fact: &Fact<'_>) {
+        self.log_position = fact.position;
+        if catalog {
+            self.catalog.apply(fact);
+        } else if let Some(Spill::Request { request, entry }) = self.state.apply(fact) {
+            self.recent_requests.insert(request, entry);
+        }
+    }
+}
+
+struct Engine<L> {
+    log: L,
+    views: ViewStore,
+    catalog: Loaded,
+    tenants: HashMap<String, Loaded>,
+    ledger_time_us: i64,
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+/// A decided command waiting for its batch to commit.
+struct Staged {
+    job: Job,
+    tenant: String,
+    envelopes: Vec<(Envelope, [u8; 32])>,
+    /// Index of its first message in the batch.
+    offset: usize,
+    denial: Option<Rejection>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl<L: EventLog> Engine<L> {
+    async fn find_ledger_time(&self) -> anyhow::Result<i64> {
+        let mut time = LedgerView::ledger_time_us(&self.views)?;
+        let head = self.log.head().await?;
+        if head > 0 {
+            let mut records = self.log.read(head, None).await?;
+            if let Some(record) = records.next().await {
+                if let Ok(envelope) = projector::decode_record(&record?).event {
+                    time = time.max(envelope.at_us);
+                }
+            }
+        }
+        Ok(time)
+    }
+
+    /// Loads a tenant (or the catalog) from its view row plus the log after it.
+    async fn load(&self, tenant: &str) -> anyhow::Result<Loaded> {
+        let catalog = tenant == CATALOG_TENANT;
+        // The checkpoint is read before the row, so the row covers at least
+        // everything up to it: no event of this tenant lies between the two.
+        let checkpoint = self.views.checkpoint(LedgerView::NAME)?;
+        let mut loaded = Loaded::default();
+        if catalog {
+            loaded.catalog = LedgerView::catalog(&self.views)?;
+            loaded.log_position = loaded.catalog.chain.last_position;
+        } else if let Some(state) = LedgerView::tenant(&self.views, tenant)? {
+            loaded.log_position = state.chain.last_position;
+            loaded.state = state;
+        }
+        let tenant_head = self.log.tenant_head(tenant).await?;
+        let start = loaded.log_position.max(checkpoint) + 1;
+        if tenant_head >= start {
+            let mut records = self.log.read(start, Some(tenant)).await?;
+            while let Some(record) = records.next().await {
+                let record = record?;
+                let decoded = projector::decode_record(&record);
+                match &decoded.event {
+                    Ok(envelope) => loaded
+                        .fold(catalog, &Fact { position: record.position, hash: decoded.hash, envelope }),
+                    Err(error) => {
+                        tracing::warn!(tenant, position = record.position, %error, "skipping undecodable event");
+                        loaded.log_position = record.position;
+                    }
+                }
+                if record.position >= tenant_head {
+                    break;
+                }
+            }
+        }
+        // Everything of the tenant's up to its head is folded (or skipped as
+        // undecodable): the head is what the next append must expect.
+        loaded.log_position = tenant_head;
+        Ok(loaded)
+    }
+
+    async fn ensure_loaded(&mut self, tenant: &str) -> anyhow::Result<()> {
+        if self.catalog.log_position == u64::MAX {
+            // Marked stale by a failed catalog append: every decision needs it.
+            self.catalog = self.load(CATALOG_TENANT).await?;
+        }
+        if tenant == CATALOG_TENANT || self.tenants.contains_key(tenant) {
+            return Ok(());
+        }
+        let loaded = self.load(tenant).await?;
+        self.tenants.insert(tenant.to_string(), loaded);
+        Ok(())
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        loop {
+            if queue.is_empty() {
+                match rx.recv().await {
+                    Some(job) => queue.push_back(job),
+                    None => return,
+                }
+            }
+            while queue.len() < 4 * MAX_BATCH_MESSAGES {
+                match rx.try_recv() {
+                    Ok(job) => queue.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_group(&mut queue).await;
+        }
+    }
+
+    /// Decides a prefix of the queue and commits it as one batch.
+    async fn run_group(&mut self, queue: &mut VecDeque<Job>) {
+        let time_before = self.ledger_time_us;
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut messages: Vec<AppendMessage> = Vec::new();
+        let mut expectations: Vec<Expectation> = Vec::new();
+        while let Some(front) = queue.front() {
+            let tenant = front.submission.command.tenant().unwrap_or(CATALOG_TENANT).to_string();
+            let catalog = tenant == CATALOG_TENANT;
+            if staged.iter().any(|s| s.tenant == tenant) || (catalog && !staged.is_empty()) {
+                break;
+            }
+            if messages.len() + 16 > MAX_BATCH_MESSAGES {
+                break;
+            }
+            let job = queue.pop_front().expect("front exists");
+            if let Err(error) = self.ensure_loaded(&tenant).await {
+                let _ = job.reply.send(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
+                continue;
+            }
+            let at_us = match job.submission.at_us {
+                Some(at) if at < self.ledger_time_us => {
+                    let rejection = Rejection::new(
+                        "clock_regression",
+                        format!(
+                            "at {} is before ledger time {}",
+                            crate::report::rfc3339(at),
+                            crate::report::rfc3339(self.ledger_time_us)
+                        ),
+                    );
+                    let _ = job.reply.send(Reply::Rejected { rejection, seq: None });
+                    continue;
+                }
+                Some(at) => at,
+                None => now_us().max(self.ledger_time_us),
+            };
+            let decision = self.decide(&tenant, &job.submission, at_us);
+            let (events, denial) = match decision {
+                Err(rejection) => {
+                    let _ = job.reply.send(Reply::Rejected { rejection, seq: None });
+                    continue;
+                }
+                Ok(Decision::Duplicate { seq }) => {
+                    let _ = job.reply.send(Reply::Ok { seq, duplicate: true });
+                    continue;
+                }
+                Ok(Decision::Accept(events)) => (events, None),
+                Ok(Decision::Deny { event, rejection }) => (vec![event], Some(rejection)),
+            };
+            if messages.len() + events.len() > MAX_BATCH_MESSAGES && !messages.is_empty() {
+                // Decide it again at the head of the next group.
+                queue.push_front(job);
+                break;
+            }
+            let loaded = if catalog { &self.catalog } else { &self.tenants[&tenant] };
+            expectations.push(Expectation { tenant: tenant.clone(), last_position: loaded.log_position });
+            let mut prev_hash = loaded.hash(catalog);
+            let offset = messages.len();
+            let mut envelopes = Vec::with_capacity(events.len());
+            for payload in events {
+                let envelope = Envelope {
+                    event_id: uuid::Uuid::now_v7().as_u128(),
+                    tenant: tenant.clone(),
+                    at_us,
+                    actor: job.submission.actor.clone(),
+                    prev_hash,
+                    payload,
+                };
+                let bytes = events::encode(&envelope).expect("the decider only emits valid events");
+                prev_hash = events::event_hash(&bytes);
+                messages.push(AppendMessage {
+                    tenant: tenant.clone(),
+                    kind: envelope.kind().name(),
+                    payload: Bytes::from(bytes),
+                });
+                envelopes.push((envelope, prev_hash));
+            }
+            self.ledger_time_us = at_us;
+            staged.push(Staged { job, tenant, envelopes, offset, denial });
+            if catalog {
+                break;
+            }
+        }
+        if staged.is_empty() {
+            return;
+        }
+        let batch = AppendBatch { messages, expectations };
+        match self.log.append(batch).await {
+            Ok(ack) => self.commit(staged, ack.first),
+            Err(error) => {
+                self.ledger_time_us = time_before;
+                self.abandon(staged, error, queue);
+            }
+        }
+    }
+
+    fn decide(&self, tenant: &str, submission: &Submission, at_us: i64) -> Result<Decision, Rejection> {
+        let empty = TenantState::default();
+        let loaded = self.tenants.get(tenant);
+        let state = loaded.map_or(&empty, |l| &l.state);
+        let earlier_request = match &submission.command {
+            Command::ConsumeTokens { request, .. } => match loaded
+                .and_then(|l| l.recent_requests.get(request))
+            {
+                Some(entry) => Some(*entry),
+                None => LedgerView::request(&self.views, tenant, request)
+                    .map_err(|e| Rejection::new("unavailable", format!("reading idempotency keys: {e}")))?,
+            },
+            _ => None,
+        };
+        let ctx = Context {
+            catalog: &self.catalog.catalog,
+            state,
+            actor: &submission.actor,
+            at_us,
+            earlier_request,
+        };
+        decide(&ctx, &submission.command)
+    }
+
+    /// The batch is durable: fold it into memory and answer.
+    fn commit(&mut self, staged: Vec<Staged>, first: u64) {
+        let mut last = 0;
+        for s in staged {
+            let catalog = s.tenant == CATALOG_TENANT;
+            let loaded =
+                if catalog { &mut self.catalog } else { self.tenants.get_mut(&s.tenant).expect("loaded") };
+            let mut seq = 0;
+            for (i, (envelope, hash)) in s.envelopes.iter().enumerate() {
+                seq = first + (s.offset + i) as u64;
+                loaded.fold(catalog, &Fact { position: seq, hash: *hash, envelope });
+            }
+            last = last.max(seq);
+            if loaded.recent_requests.len() > MAX_RECENT_REQUESTS {
+                self.tenants.remove(&s.tenant);
+            }
+            let reply = match s.denial {
+                None => Reply::Ok { seq, duplicate: false },
+                Some(rejection) => Reply::Rejected { rejection, seq: Some(seq) },
+            };
+            let _ = s.job.reply.send(reply);
+        }
+        self.appended.send_modify(|a| *a = (*a).max(last));
+    }
+
+    /// The batch was not stored: drop what memory may believe about the
+    /// touched tenants and retry or fail their commands.
+    fn abandon(&mut self, staged: Vec<Staged>, error: LogError, queue: &mut VecDeque<Job>) {
+        let conflict = matches!(error, LogError::Conflict { .. });
+        if let LogError::Conflict { tenant, .. } = &error {
+            tracing::debug!(%tenant, "append conflict; reloading and deciding again");
+        }
+        for s in staged.into_iter().rev() {
+            if s.tenant == CATALOG_TENANT {
+                // Reloaded before the next decision (see ensure_loaded).
+                self.catalog = Loaded::default();
+                self.catalog.log_position = u64::MAX;
+            } else {
+                self.tenants.remove(&s.tenant);
+            }
+            let mut job = s.job;
+            if conflict && job.retries < MAX_RETRIES {
+                job.retries += 1;
+                queue.push_front(job);
+            } else {
+                let _ = job.reply.send(Reply::Failed { message: error.to_string() });
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The views as callers see them: the `usage` and `invoice` objects of the
+//! spec's command line contract, their readable tables, and command replies.
+
+use projections::domain::{CatalogState, TenantState};
+use projections::invoice::price_period;
+use projections::period::period_bounds_us;
+use projections::{LedgerView, ViewStore};
+use serde_json::{json, Value};
+
+use crate::command::Rejection;
+use crate::engine::Reply;
+
+pub fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// The object `apply` prints for a line (without `line`) and `serve` replies.
+pub fn reply_json(reply: &Reply) -> Value {
+    match reply {
+        Reply::Ok { seq, duplicate } => json!({"ok": true, "seq": seq, "duplicate": duplicate}),
+        Reply::Rejected { rejection, .. } => rejection_json(rejection),
+        Reply::Failed { message } => json!({"ok": false, "code": "unavailable", "message": message}),
+    }
+}
+
+pub fn rejection_json(rejection: &Rejection) -> Value {
+    let mut object = json!({"ok": false, "code": rejection.code, "message": rejection.message});
+    for (key, value) in &rejection.details {
+        object[*key] = json!(value);
+    }
+    object
+}
+
+/// What a query could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The tenant never subscribed: check the tenant id.
+    #[error("tenant {0} has no subscription")]
+    NotSubscribed(String),
+    /// The instant asked about lies before the subscription began.
+    #[error("{0} is before tenant {1}'s subscription began")]
+    BeforeSubscription(String, String),
+    #[error(transparent)]
+    View(#[from] projections::ViewError),
+}
+
+struct Subject {
+    state: TenantState,
+    catalog: CatalogState,
+    now_us: i64,
+}
+
+fn load(views: &ViewStore, tenant: &str) -> Result<Subject, QueryError> {
+    let state = LedgerView::tenant(views, tenant)?
+        .filter(|s| s.subscription.is_some())
+        .ok_or_else(|| QueryError::NotSubscribed(tenant.to_string()))?;
+    Ok(Subject { state, catalog: LedgerView::catalog(views)?, now_us: LedgerView::ledger_time_us(views)? })
+}
+
+fn period_at(subject: &Subject, tenant: &str, at_us: i64) -> Result<u32, QueryError> {
+    subject
+        .state
+        .period_at(at_us)
+        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))
+}
+
+/// `ledger usage TENANT [--at T] --json`.
+pub fn usage(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Value, QueryError> {
+    let subject = load(views, tenant)?;
+    let at_us = at_us.unwrap_or(subject.now_us);
+    let k = period_at(&subject, tenant, at_us)?;
+    let state = &subject.state;
+    let sub = state.subscription.as_ref().expect("loaded only when subscribed");
+    let (start, end) = period_bounds_us(sub.anchor_us, k);
+    let addons: Vec<Value> = state
+        .purchases
+        .iter()
+        .map(|(purchase, p)| json!({"purchase": purchase, "addon": p.addon, "quantity": p.quantity, "status": p.status.name()}))
+        .collect();
+    Ok(json!({
+        "tenant": tenant,
+        "plan": sub.plan,
+        "seats": sub.seats,
+        "status": if sub.cancelled_at_us.is_some() { "cancelled" } else { "active" },
+        "period": {"start": rfc3339(start), "end": rfc3339(end)},
+        "storage": {"used_bytes": state.used_bytes, "quota_bytes": state.quota_bytes(&subject.catalog)},
+        "tokens": {"used": state.tokens_used(k), "limit": state.token_limit_at(&subject.catalog, at_us)},
+        "addons": addons,
+    }))
+}
+
+fn invoice_json(tenant: &str, start: i64, end: i64, status: &str, invoice: &events::Invoice) -> Value {
+    let lines: Vec<Value> = invoice
+        .lines
+        .iter()
+        .map(|l| json!({"code": l.code, "description": l.description, "amount": l.amount.to_string(), "paid": l.paid}))
+        .collect();
+    json!({
+        "tenant": tenant,
+        "period": {"start": rfc3339(start), "end": rfc3339(end)},
+        "currency": invoice.currency,
+        "status": status,
+        "lines": lines,
+        "total": invoice.total.to_string(),
+        "paid": invoice.paid.to_string(),
+        "amount_due": invoice.amount_due.to_string(),
+    })
+}
+
+/// `ledger invoice TENANT [--at T] --json`: the recorded invoice when the
+/// period is final, else the draft priced from the current state.
+pub fn invoice(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Value, QueryError> {
+    let subject = load(views, tenant)?;
+    let k = period_at(&subject, tenant, at_us.unwrap_or(subject.now_us))?;
+    if let Some(recorded) = LedgerView::final_invoice(views, tenant, k)? {
+        return Ok(invoice_json(tenant, recorded.start_us, recorded.end_us, "final", &recorded.invoice));
+    }
+    let priced = price_period(&subject.state, &subject.catalog, k).expect("subscribed tenants price");
+    Ok(invoice_json(tenant, priced.start_us, priced.end_us, "draft", &priced.invoice))
+}
+
+/// Every period of a tenant so far with status and totals.
+pub fn invoices(views: &ViewStore, tenant: &str) -> Result<Value, QueryError> {
+    let subject = load(views, tenant)?;
+    let last = period_at(&subject, tenant, subject.now_us)?;
+    let mut periods = Vec::new();
+    for k in 0..=last {
+        let one = invoice(
+            views,
+            tenant,
+            Some(period_bounds_us(subject.state.subscription.as_ref().unwrap().anchor_us, k).0),
+        )?;
+        periods.push(json!({
+            "period": one["period"], "status": one["status"], "currency": one["currency"],
+            "total": one["total"], "paid": one["paid"], "amount_due": one["amount_due"],
+        }));
+    }
+    Ok(json!({"tenant": tenant, "invoices": periods}))
+}
+
+/// The readable form of `usage`.
+pub fn usage_table(u: &Value) -> String {
+    let mut out = String::new();
+    let gb = |b: &Value| b.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    out.push_str(&format!(
+        "tenant   {}  ({})\n",
+        u["tenant"].as_str().unwrap_or(""),
+        u["status"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!("plan     {}  x {} seats\n", u["plan"].as_str().unwrap_or(""), u["seats"]));
+    out.push_str(&format!(
+        "period   {} .. {}\n",
+        u["period"]["start"].as_str().unwrap_or(""),
+        u["period"]["end"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "storage  {} / {} bytes ({:.2} / {:.2} GB)\n",
+        u["storage"]["used_bytes"],
+        u["storage"]["quota_bytes"],
+        gb(&u["storage"]["used_bytes"]),
+        gb(&u["storage"]["quota_bytes"])
+    ));
+    out.push_str(&format!("tokens   {} / {}\n", u["tokens"]["used"], u["tokens"]["limit"]));
+    for a in u["addons"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "add-on   {:<16} {:<20} x{:<3} {}\n",
+            a["purchase"].as_str().unwrap_or(""),
+            a["addon"].as_str().unwrap_or(""),
+            a["quantity"],
+            a["status"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// The readable form of `invoice`.
+pub fn invoice_table(i: &Value) -> String {
+    let currency = i["currency"].as_str().unwrap_or("");
+    let mut out = format!(
+        "invoice  {}  {} .. {}  [{}]\n",
+        i["tenant"].as_str().unwrap_or(""),
+        i["period"]["start"].as_str().unwrap_or(""),
+        i["period"]["end"].as_str().unwrap_or(""),
+        i["status"].as_str().unwrap_or("")
+    );
+    for l in i["lines"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<28} {:<24} {:>12} {currency}{}\n",
+            l["code"].as_str().unwrap_or(""),
+            l["description"].as_str().unwrap_or(""),
+            l["amount"].as_str().unwrap_or(""),
+            if l["paid"].as_bool() == Some(true) { "  paid" } else { "" }
+        ));
+    }
+    for (label, key) in [("total", "total"), ("paid", "paid"), ("amount due", "amount_due")] {
+        out.push_str(&format!("  {label:<53} {:>12} {currency}\n", i[key].as_str().unwrap_or("")));
+    }
+    out
+}
