@@ -57,8 +57,11 @@ pub struct Ledger {
     appended: tokio::sync::watch::Receiver<u64>,
 }
 
-/// How often a command is re-decided after conflicts before giving up.
-const MAX_RETRIES: u32 = 8;
+/// How often a command is re-decided after conflicts before giving up. Each
+/// conflict means another writer committed to the tenant, so the system as a
+/// whole always progresses; the cap only bounds how long one command can be
+/// overtaken. Writers normally own disjoint tenants, so this is rare.
+const MAX_RETRIES: u32 = 1000;
 /// A tenant's in-memory idempotency keys are dropped (by reloading the
 /// tenant from the view) past this many.
 const MAX_RECENT_REQUESTS: usize = 50_000;
@@ -100,7 +103,16 @@ impl Ledger {
 
     /// Waits until every view includes every event this engine appended.
     pub async fn sync(&self) -> anyhow::Result<()> {
-        let target = *self.appended.borrow();
+        self.sync_to(self.appended()).await
+    }
+
+    /// The position of the last event this engine appended.
+    pub fn appended(&self) -> u64 {
+        *self.appended.borrow()
+    }
+
+    /// Waits until every view includes the log up to `target`.
+    pub async fn sync_to(&self, target: u64) -> anyhow::Result<()> {
         for view in [LedgerView::NAME, projections::Activity::NAME] {
             while self.views.checkpoint(view)? < target {
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -1,0 +1,186 @@
+//! The spec's command line contract, end to end through the `ledger` binary,
+//! on both backends; and folding the same log twice gives identical views.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Backend, JetStream};
+use projections::{LedgerView, Projection, ViewStore};
+use serde_json::{json, Value};
+
+const WORKED_EXAMPLE: &str = r#"{"at":"2026-02-01T00:00:00Z","cmd":"define_addon","addon":{"id":"extra-storage","currency":"USD","price":"3.00","recurring":true,"grants":{"storage_gb":"5"}}}
+{"at":"2026-02-01T00:00:00Z","cmd":"define_plan","plan":{"id":"starter","currency":"USD","price":"20.00","per_seat":false,"storage_quota_gb":"2","monthly_token_limit":10000,"token_overage":"block","addons":["extra-storage"]}}
+{"at":"2026-03-01T00:00:00Z","cmd":"subscribe","tenant":"demo","plan":"starter","seats":2}
+{"at":"2026-03-02T00:00:00Z","actor":"demo:user","cmd":"consume_tokens","tenant":"demo","request":"a","tokens":6000}
+{"at":"2026-03-03T00:00:00Z","actor":"demo:user","cmd":"consume_tokens","tenant":"demo","request":"b","tokens":5000}
+{"at":"2026-03-11T00:00:00Z","actor":"demo:admin","cmd":"purchase_addon","tenant":"demo","addon":"extra-storage","purchase":"x1","payment":"invoice"}
+{"at":"2026-04-01T00:00:00Z","cmd":"close_period","tenant":"demo"}
+"#;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ledger(data: &Path, nats: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command.arg("--data").arg(data).env("LEDGER_LOG", "warn");
+    if let Some(url) = nats {
+        command.arg("--nats").arg(url);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn worked_example(data: &Path, nats: Option<&str>) {
+    let file = data.join("example.jsonl");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(&file, WORKED_EXAMPLE).unwrap();
+    let run = ledger(data, nats, &["apply", file.to_str().unwrap()], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = lines(&run.stdout);
+    assert_eq!(out.len(), 7);
+    assert_eq!(out[0], json!({"line": 1, "ok": true, "seq": 1, "duplicate": false}));
+    assert_eq!(out[3], json!({"line": 4, "ok": true, "seq": 4, "duplicate": false}));
+    assert_eq!(out[4]["ok"], false);
+    assert_eq!(out[4]["code"], "token_limit_exceeded");
+    assert_eq!((out[4]["used"].clone(), out[4]["limit"].clone()), (json!(6000), json!(10000)));
+    // The denial was recorded (seq 5), so the purchase lands on 6 and 7.
+    assert_eq!(out[5], json!({"line": 6, "ok": true, "seq": 7, "duplicate": false}));
+    assert_eq!(out[6], json!({"line": 7, "ok": true, "seq": 8, "duplicate": false}));
+
+    let run = ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap(),
+        json!({
+            "tenant": "demo",
+            "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+            "currency": "USD",
+            "status": "final",
+            "lines": [
+                {"code": "plan:starter", "description": "starter", "amount": "20.00", "paid": false},
+                {"code": "addon:x1", "description": "extra-storage", "amount": "2.03", "paid": false}
+            ],
+            "total": "22.03",
+            "paid": "0.00",
+            "amount_due": "22.03"
+        })
+    );
+
+    let run = ledger(data, nats, &["usage", "demo", "--at", "2026-03-20T00:00:00Z", "--json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap(),
+        json!({
+            "tenant": "demo",
+            "plan": "starter",
+            "seats": 2,
+            "status": "active",
+            "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+            "storage": {"used_bytes": 0, "quota_bytes": 7516192768u64},
+            "tokens": {"used": 6000, "limit": 10000},
+            "addons": [{"purchase": "x1", "addon": "extra-storage", "quantity": 1, "status": "active"}]
+        })
+    );
+    // Default: ledger time (April 1), a new period at zero.
+    let run = ledger(data, nats, &["usage", "demo", "--json"], None);
+    let usage: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(usage["period"]["start"], "2026-04-01T00:00:00Z");
+    assert_eq!(usage["tokens"]["used"], 0);
+
+    // Readable tables.
+    let run = ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z"], None);
+    assert!(run.stdout.contains("22.03") && run.stdout.contains("[final]"), "{}", run.stdout);
+    let run = ledger(data, nats, &["usage", "demo"], None);
+    assert!(run.stdout.contains("7516192768"), "{}", run.stdout);
+
+    // Malformed lines: exit 2, nothing of them applied, the rest applied.
+    let input = r#"{"at":"2026-04-02T00:00:00Z","actor":"demo:user","cmd":"consume_tokens","tenant":"demo","request":"c","tokens":10}
+{"at":"2026-04-02T00:00:00Z","cmd":"consume_tokens","tenant":"demo","request":"d"}
+this is not json
+{"at":"2026-03-01T00:00:00Z","actor":"demo:user","cmd":"consume_tokens","tenant":"demo","request":"e","tokens":10}
+{"at":"2026-04-03T00:00:00Z","actor":"demo:user","cmd":"consume_tokens","tenant":"demo","request":"c","tokens":10}
+"#;
+    let run = ledger(data, nats, &["apply", "-"], Some(input));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let out = lines(&run.stdout);
+    let codes: Vec<&str> = out.iter().map(|o| o["code"].as_str().unwrap_or("ok")).collect();
+    assert_eq!(codes, ["ok", "malformed", "malformed", "clock_regression", "ok"]);
+    assert_eq!(out[4]["duplicate"], true, "the same request again is a duplicate");
+    assert_eq!(out[1]["line"], 2);
+    let run = ledger(data, nats, &["usage", "demo", "--json"], None);
+    let usage: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(usage["tokens"]["used"], 10);
+
+    let run = ledger(data, nats, &["usage", "nobody", "--json"], None);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("nobody has no subscription"), "{}", run.stderr);
+}
+
+#[test]
+fn embedded_cli_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    worked_example(dir.path(), None);
+}
+
+#[test]
+fn jetstream_cli_contract() {
+    let backend = JetStream::new();
+    let dir = tempfile::tempdir().unwrap();
+    worked_example(dir.path(), Some(&backend.url()));
+}
+
+#[test]
+fn demo_runs_on_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = ledger(dir.path(), None, &["demo"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for expected in
+        ["22.03", "token_limit_exceeded", "storage_quota_exceeded", "forbidden", "paid", "[final]"]
+    {
+        assert!(run.stdout.contains(expected), "demo output lacks {expected}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn folding_the_same_log_twice_gives_identical_views() {
+    let mut backend = JetStream::new();
+    let data = tempfile::tempdir().unwrap();
+    let scenario: Vec<String> = ledger::demo::SCENARIO.lines().map(str::to_string).collect();
+    let log = backend.open().await;
+    let live = ViewStore::open(&data.path().join("live")).unwrap();
+    let engine = ledger::engine::Ledger::start(log.clone(), live.clone()).await.unwrap();
+    ledger::cli::apply_lines(&engine, &scenario).await.unwrap();
+    let mut dumps = Vec::new();
+    for name in ["one", "two"] {
+        let store = ViewStore::open(&data.path().join(name)).unwrap();
+        ledger::projector::catch_up(&log, &store, &LedgerView).await.unwrap();
+        dumps.push(store.dump(LedgerView::NAME).unwrap());
+    }
+    assert!(dumps[0].len() > 10);
+    assert_eq!(dumps[0], dumps[1], "two folds of one log differ");
+    assert_eq!(dumps[0], live.dump(LedgerView::NAME).unwrap(), "the live view differs from a clean fold");
+}
