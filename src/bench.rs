@@ -40,10 +40,37 @@ pub enum BenchCommand {
         #[arg(long)]
         no_expectations: bool,
     },
+    /// Durable quota decisions through the engine on JetStream, with
+    /// latency percentiles, beside the ingest baseline; then tenants with a
+    /// long history against fresh ones.
+    Decide {
+        #[arg(long, default_value_t = 200_000)]
+        decisions: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Concurrent clients, each waiting for its answer before the next.
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Prior events per tenant in the history comparison.
+        #[arg(long, default_value_t = 10_000)]
+        history: usize,
+        /// Tenants on each side of the history comparison.
+        #[arg(long, default_value_t = 20)]
+        history_tenants: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Decide { decisions, tenants, clients, history, history_tenants } => {
+            anyhow::ensure!(
+                clients >= 1 && tenants >= 1 && history_tenants >= 1,
+                "counts must be at least 1"
+            );
+            let shape =
+                crate::bench_decide::DecideShape { decisions, tenants, clients, history, history_tenants };
+            crate::bench_decide::decide(nats, shape).await
+        }
         BenchCommand::Ingest { events, batch, inflight, tenants, rounds, no_expectations } => {
             anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");
             anyhow::ensure!(inflight >= 1 && tenants >= inflight, "need --tenants >= --inflight >= 1");
@@ -74,10 +101,10 @@ struct IngestShape {
 }
 
 /// xorshift64*: a dependency-free, seeded, reproducible event mix.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -242,7 +269,7 @@ async fn ledger_round<L: EventLog>(
 /// The baseline: the same number of messages of the same sizes, published as
 /// atomic batches by bare async-nats calls, with no encoding, no expectations
 /// and no ledger code in the path.
-async fn baseline_round(
+pub(crate) async fn baseline_round(
     client: &async_nats::Client,
     payloads: &[(String, Bytes)],
     workers: usize,
@@ -285,11 +312,11 @@ async fn baseline_round(
     Ok(started.elapsed())
 }
 
-fn rate(events: usize, elapsed: Duration) -> f64 {
+pub(crate) fn rate(events: usize, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -15,11 +15,12 @@
 //! A cold tenant loads from its row in the `ledger` view plus its events in
 //! the log after that row, never by replaying its whole history.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use events::{Envelope, CATALOG_TENANT};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use projections::domain::{CatalogState, Fact, RequestEntry, Spill, TenantState};
 use projections::{LedgerView, Projection, ViewStore};
@@ -53,6 +54,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Job>,
+    /// The projector tasks, stopped by [`Ledger::shutdown`].
+    projectors: std::sync::Arc<Vec<tokio::task::AbortHandle>>,
     views: ViewStore,
     appended: tokio::sync::watch::Receiver<u64>,
 }
@@ -62,6 +65,9 @@ pub struct Ledger {
 /// whole always progresses; the cap only bounds how long one command can be
 /// overtaken. Writers normally own disjoint tenants, so this is rare.
 const MAX_RETRIES: u32 = 1000;
+/// Batches appended concurrently. The server fsyncs each; with several in
+/// flight their latencies overlap instead of adding up.
+const MAX_GROUPS_IN_FLIGHT: usize = 8;
 /// A tenant's in-memory idempotency keys are dropped (by reloading the
 /// tenant from the view) past this many.
 const MAX_RECENT_REQUESTS: usize = 50_000;
@@ -77,13 +83,14 @@ impl Ledger {
             tenants: HashMap::new(),
             ledger_time_us: 0,
             appended: appended_tx,
+            busy: HashSet::new(),
         };
         engine.ledger_time_us = engine.find_ledger_time().await?;
         engine.catalog = engine.load(CATALOG_TENANT).await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(engine.run(rx));
-        for_each_projection(&log, &views);
-        Ok(Ledger { tx, views, appended })
+        let projectors = std::sync::Arc::new(for_each_projection(&log, &views));
+        Ok(Ledger { tx, projectors, views, appended })
     }
 
     /// Decides and records one command.
@@ -121,6 +128,15 @@ impl Ledger {
         Ok(())
     }
 
+    /// Stops the projectors. Commands already queued are still decided;
+    /// the engine ends when the last handle is dropped. Stopping a projector
+    /// at any point is safe: it resumes from its checkpoint.
+    pub fn shutdown(&self) {
+        for task in self.projectors.iter() {
+            task.abort();
+        }
+    }
+
     pub fn views(&self) -> &ViewStore {
         &self.views
     }
@@ -132,17 +148,21 @@ pub async fn wait(answer: oneshot::Receiver<Reply>) -> Reply {
 }
 
 /// Runs every projection as a task following the log.
-fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) {
-    fn spawn<L: EventLog, P: Projection>(log: &L, views: &ViewStore, projection: P) {
+fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::task::AbortHandle> {
+    fn spawn<L: EventLog, P: Projection>(
+        log: &L,
+        views: &ViewStore,
+        projection: P,
+    ) -> tokio::task::AbortHandle {
         let (log, views) = (log.clone(), views.clone());
         tokio::spawn(async move {
             if let Err(error) = projector::run(&log, &views, &projection, ProjectorOptions::default()).await {
                 tracing::error!(view = P::NAME, %error, "projector stopped");
             }
-        });
+        })
+        .abort_handle()
     }
-    spawn(log, views, LedgerView);
-    spawn(log, views, projections::Activity);
+    vec![spawn(log, views, LedgerView), spawn(log, views, projections::Activity)]
 }
 
 /// A tenant (or the catalog) as the engine holds it.
@@ -183,6 +203,20 @@ struct Engine<L> {
     tenants: HashMap<String, Loaded>,
     ledger_time_us: i64,
     appended: tokio::sync::watch::Sender<u64>,
+    /// Tenants with a batch in flight: their next commands wait for it.
+    busy: HashSet<String>,
+}
+
+/// A batch ready to append and the commands it answers.
+struct Group {
+    staged: Vec<Staged>,
+    batch: AppendBatch,
+}
+
+/// An append that finished, with the commands it answers.
+struct InFlight {
+    staged: Vec<Staged>,
+    result: Result<crate::log::AppendAck, LogError>,
 }
 
 /// A decided command waiting for its batch to commit.
@@ -269,45 +303,83 @@ impl<L: EventLog> Engine<L> {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut queue: VecDeque<Job> = VecDeque::new();
+        let mut inflight: FuturesUnordered<tokio::task::JoinHandle<InFlight>> = FuturesUnordered::new();
+        let mut open = true;
         loop {
-            if queue.is_empty() {
-                match rx.recv().await {
-                    Some(job) => queue.push_back(job),
-                    None => return,
-                }
-            }
             while queue.len() < 4 * MAX_BATCH_MESSAGES {
                 match rx.try_recv() {
                     Ok(job) => queue.push_back(job),
                     Err(_) => break,
                 }
             }
-            self.run_group(&mut queue).await;
+            if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
+                if let Some(group) = self.build_group(&mut queue, !inflight.is_empty()).await {
+                    let log = self.log.clone();
+                    inflight.push(tokio::spawn(async move {
+                        let result = log.append(group.batch).await;
+                        InFlight { staged: group.staged, result }
+                    }));
+                    continue;
+                }
+            }
+            if !open && queue.is_empty() && inflight.is_empty() {
+                return;
+            }
+            tokio::select! {
+                job = rx.recv(), if open => match job {
+                    Some(job) => queue.push_back(job),
+                    None => open = false,
+                },
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    let done = done.expect("append tasks do not panic");
+                    match done.result {
+                        Ok(ack) => self.commit(done.staged, ack.first),
+                        Err(error) => self.abandon(done.staged, error, &mut queue),
+                    }
+                }
+            }
         }
     }
 
-    /// Decides a prefix of the queue and commits it as one batch.
-    async fn run_group(&mut self, queue: &mut VecDeque<Job>) {
-        let time_before = self.ledger_time_us;
+    /// Decides commands from the queue into one batch. Commands of tenants
+    /// already in this group or in a batch in flight stay queued (they must
+    /// see those effects first), as does everything after a held command
+    /// that carries its own `at` (imports keep their order). A catalog
+    /// command travels alone, with nothing else in flight.
+    async fn build_group(&mut self, queue: &mut VecDeque<Job>, others_in_flight: bool) -> Option<Group> {
+        if self.busy.contains(CATALOG_TENANT) {
+            // Every decision reads the catalog: wait for its change to land.
+            return None;
+        }
         let mut staged: Vec<Staged> = Vec::new();
         let mut messages: Vec<AppendMessage> = Vec::new();
         let mut expectations: Vec<Expectation> = Vec::new();
-        while let Some(front) = queue.front() {
-            let tenant = front.submission.command.tenant().unwrap_or(CATALOG_TENANT).to_string();
+        let mut held: VecDeque<Job> = VecDeque::new();
+        while let Some(job) = queue.pop_front() {
+            let tenant = job.submission.command.tenant().unwrap_or(CATALOG_TENANT).to_string();
             let catalog = tenant == CATALOG_TENANT;
-            if staged.iter().any(|s| s.tenant == tenant) || (catalog && !staged.is_empty()) {
+            let busy = self.busy.contains(&tenant) || staged.iter().any(|s| s.tenant == tenant);
+            if catalog && (others_in_flight || !staged.is_empty() || !held.is_empty())
+                || messages.len() + 16 > MAX_BATCH_MESSAGES
+            {
+                queue.push_front(job);
                 break;
             }
-            if messages.len() + 16 > MAX_BATCH_MESSAGES {
-                break;
+            if busy {
+                let ordered = job.submission.at_us.is_some();
+                held.push_back(job);
+                if ordered {
+                    break;
+                }
+                continue;
             }
-            let job = queue.pop_front().expect("front exists");
             if let Err(error) = self.ensure_loaded(&tenant).await {
                 let _ = job.reply.send(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
                 continue;
             }
             let at_us = match job.submission.at_us {
-                Some(at) if at < self.ledger_time_us => {
+                // A retry after a conflict was in order when first decided.
+                Some(at) if at < self.ledger_time_us && job.retries == 0 => {
                     let rejection = Rejection::new(
                         "clock_regression",
                         format!(
@@ -322,8 +394,7 @@ impl<L: EventLog> Engine<L> {
                 Some(at) => at,
                 None => now_us().max(self.ledger_time_us),
             };
-            let decision = self.decide(&tenant, &job.submission, at_us);
-            let (events, denial) = match decision {
+            let (events, denial) = match self.decide(&tenant, &job.submission, at_us) {
                 Err(rejection) => {
                     let _ = job.reply.send(Reply::Rejected { rejection, seq: None });
                     continue;
@@ -363,23 +434,23 @@ impl<L: EventLog> Engine<L> {
                 });
                 envelopes.push((envelope, prev_hash));
             }
-            self.ledger_time_us = at_us;
+            self.ledger_time_us = self.ledger_time_us.max(at_us);
             staged.push(Staged { job, tenant, envelopes, offset, denial });
             if catalog {
                 break;
             }
         }
+        // Held commands go back in front, in their order.
+        while let Some(job) = held.pop_back() {
+            queue.push_front(job);
+        }
         if staged.is_empty() {
-            return;
+            return None;
         }
-        let batch = AppendBatch { messages, expectations };
-        match self.log.append(batch).await {
-            Ok(ack) => self.commit(staged, ack.first),
-            Err(error) => {
-                self.ledger_time_us = time_before;
-                self.abandon(staged, error, queue);
-            }
+        for s in &staged {
+            self.busy.insert(s.tenant.clone());
         }
+        Some(Group { staged, batch: AppendBatch { messages, expectations } })
     }
 
     fn decide(&self, tenant: &str, submission: &Submission, at_us: i64) -> Result<Decision, Rejection> {
@@ -409,7 +480,9 @@ impl<L: EventLog> Engine<L> {
     /// The batch is durable: fold it into memory and answer.
     fn commit(&mut self, staged: Vec<Staged>, first: u64) {
         let mut last = 0;
+        let mut replies = Vec::with_capacity(staged.len());
         for s in staged {
+            self.busy.remove(&s.tenant);
             let catalog = s.tenant == CATALOG_TENANT;
             let loaded =
                 if catalog { &mut self.catalog } else { self.tenants.get_mut(&s.tenant).expect("loaded") };
@@ -426,9 +499,13 @@ impl<L: EventLog> Engine<L> {
                 None => Reply::Ok { seq, duplicate: false },
                 Some(rejection) => Reply::Rejected { rejection, seq: Some(seq) },
             };
-            let _ = s.job.reply.send(reply);
+            replies.push((s.job.reply, reply));
         }
+        // Before answering, so a caller that then syncs waits for this batch.
         self.appended.send_modify(|a| *a = (*a).max(last));
+        for (to, reply) in replies {
+            let _ = to.send(reply);
+        }
     }
 
     /// The batch was not stored: drop what memory may believe about the
@@ -439,6 +516,7 @@ impl<L: EventLog> Engine<L> {
             tracing::debug!(%tenant, "append conflict; reloading and deciding again");
         }
         for s in staged.into_iter().rev() {
+            self.busy.remove(&s.tenant);
             if s.tenant == CATALOG_TENANT {
                 // Reloaded before the next decision (see ensure_loaded).
                 self.catalog = Loaded::default();

@@ -2,6 +2,7 @@
 //! the command line. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod bench;
+mod bench_decide;
 pub mod cli;
 pub mod command;
 pub mod decide;

@@ -1,0 +1,209 @@
+//! `ledger bench decide`: durable quota decisions per second through the
+//! engine on JetStream (`sync_interval: always`), with latency percentiles,
+//! beside the plain atomic-batch publish baseline in the same run; then the
+//! same load on tenants with a long history against tenants without one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use events::Actor;
+use projections::ViewStore;
+
+use crate::bench::{baseline_round, machine, rate, Rng};
+use crate::command::{Command, Submission};
+use crate::engine::{Ledger, Reply};
+use crate::log::{JetStreamLog, JetStreamOptions};
+use crate::natsd::NatsServer;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DecideShape {
+    pub decisions: usize,
+    pub tenants: usize,
+    pub clients: usize,
+    pub history: usize,
+    pub history_tenants: usize,
+}
+
+fn submission(tenant: &str, roll: u64, n: u64) -> Submission {
+    let command = if roll % 10 < 7 {
+        Command::ConsumeTokens {
+            tenant: tenant.into(),
+            request: format!("req-{n:016x}-{roll:08x}"),
+            tokens: 1 + (roll % 2000) as i64,
+        }
+    } else {
+        Command::Upload {
+            tenant: tenant.into(),
+            file: format!("uploads/{n:016x}.bin"),
+            bytes: (roll % 100_000) as i64,
+        }
+    };
+    Submission { at_us: None, actor: Actor::TenantUser { tenant: tenant.into() }, command }
+}
+
+fn admin(command: Command) -> Submission {
+    Submission { at_us: None, actor: Actor::Admin, command }
+}
+
+fn tenant_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
+}
+
+/// `clients` tasks each submit decisions one after another on random tenants
+/// of `prefix-0..tenants`, `total` in all. Returns (elapsed, sorted latencies).
+async fn load(
+    ledger: &Ledger,
+    prefix: &str,
+    tenants: usize,
+    clients: usize,
+    total: usize,
+    seed: u64,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let per_client = total / clients;
+    let prefix: Arc<str> = prefix.into();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let ledger = ledger.clone();
+        let prefix = prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut latencies = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let roll = rng.next();
+                let tenant = tenant_name(&prefix, (roll >> 20) as usize % tenants);
+                let sent = Instant::now();
+                let reply = ledger
+                    .submit(submission(&tenant, roll, (seed << 40) ^ ((c as u64) << 24) ^ i as u64))
+                    .await;
+                latencies.push(sent.elapsed());
+                match reply {
+                    Reply::Ok { .. } | Reply::Rejected { seq: Some(_), .. } => {}
+                    other => anyhow::bail!("decision failed: {other:?}"),
+                }
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok((elapsed, latencies))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+async fn subscribe_all(ledger: &Ledger, prefix: &str, tenants: usize) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(tenants);
+    for i in 0..tenants {
+        let tenant = tenant_name(prefix, i);
+        pending.push(
+            ledger.submit_nowait(admin(Command::Subscribe { tenant, plan: "bench".into(), seats: 1 })).await,
+        );
+    }
+    for answer in pending {
+        match crate::engine::wait(answer).await {
+            Reply::Ok { .. } => {}
+            other => anyhow::bail!("subscribe failed: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()> {
+    let server = match nats {
+        Some(_) => None,
+        None => Some(NatsServer::start()?),
+    };
+    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
+    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let client = log.client().clone();
+    println!(
+        "bench decide: {} decisions (70% consume_tokens, 30% upload) over {} tenants from {} concurrent clients",
+        shape.decisions, shape.tenants, shape.clients
+    );
+    println!(
+        "machine: {}; nats-server {} with sync_interval: always",
+        machine(),
+        client.server_info().version
+    );
+
+    let views_dir = tempfile::tempdir()?;
+    let views = ViewStore::open(views_dir.path())?;
+    let ledger = Ledger::start(log.clone(), views.clone()).await?;
+    let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
+    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
+    anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
+    subscribe_all(&ledger, "t", shape.tenants).await?;
+
+    // The ingest baseline, same run: bare atomic-batch publishes of
+    // decision-sized messages.
+    let js = async_nats::jetstream::new(client.clone());
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BASELINE".into(),
+        subjects: vec!["baseline.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await?;
+    let payloads: Vec<(String, Bytes)> = (0..shape.decisions)
+        .map(|i| {
+            (format!("baseline.t-{:05}.tokens_consumed", i % shape.tenants), Bytes::from(vec![7u8; 150]))
+        })
+        .collect();
+    let baseline = baseline_round(&client, &payloads, 16, 1000).await?;
+
+    let (elapsed, latencies) = load(&ledger, "t", shape.tenants, shape.clients, shape.decisions, 1).await?;
+    let decided = latencies.len();
+    let decisions_rate = rate(decided, elapsed);
+    let baseline_rate = rate(payloads.len(), baseline);
+    println!("durable decisions: {decisions_rate:>10.0}/s ({decided} in {:.1}s)", elapsed.as_secs_f64());
+    println!(
+        "latency p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+    println!("baseline atomic-batch publish: {baseline_rate:>10.0} messages/s");
+    println!("ratio decisions/baseline messages: {:.3}", decisions_rate / baseline_rate);
+
+    // History: `history_tenants` tenants with `history` prior events each,
+    // against as many fresh tenants, both cold in a newly started engine.
+    println!(
+        "history: {} tenants with {} prior events each vs {} fresh tenants, {} clients, cold engine",
+        shape.history_tenants,
+        shape.history,
+        shape.history_tenants,
+        shape.history_tenants.min(shape.clients)
+    );
+    subscribe_all(&ledger, "old", shape.history_tenants).await?;
+    subscribe_all(&ledger, "new", shape.history_tenants).await?;
+    let clients = shape.history_tenants.min(shape.clients);
+    load(&ledger, "old", shape.history_tenants, clients, shape.history * shape.history_tenants, 2).await?;
+    ledger.sync().await?;
+    ledger.shutdown();
+    let cold = Ledger::start(log.clone(), views).await?;
+    let probe = shape.decisions.min(shape.history_tenants * 200);
+    let (new_elapsed, new_lat) = load(&cold, "new", shape.history_tenants, clients, probe, 3).await?;
+    let (old_elapsed, old_lat) = load(&cold, "old", shape.history_tenants, clients, probe, 4).await?;
+    let (new_rate, old_rate) = (rate(new_lat.len(), new_elapsed), rate(old_lat.len(), old_elapsed));
+    println!(
+        "fresh tenants:       {new_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&new_lat, 0.5),
+        percentile(&new_lat, 0.99)
+    );
+    println!(
+        "10k-event tenants:   {old_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&old_lat, 0.5),
+        percentile(&old_lat, 0.99)
+    );
+    println!("ratio history/fresh: {:.3}", old_rate / new_rate);
+    Ok(())
+}
