@@ -13,7 +13,7 @@ use projections::ViewStore;
 use crate::bench::{baseline_round, machine, rate, Rng};
 use crate::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
-use crate::log::{JetStreamLog, JetStreamOptions};
+use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, JetStreamOptions};
 use crate::natsd::NatsServer;
 
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +117,62 @@ async fn subscribe_all(ledger: &Ledger, prefix: &str, tenants: usize) -> anyhow:
     Ok(())
 }
 
+/// Appends `history` token consumptions to each `old-*` tenant straight to
+/// the log, in chained, expectation-checked batches (as the engine would,
+/// only faster than deciding them one by one at low concurrency).
+async fn seed_history(log: &JetStreamLog, tenants: usize, history: usize) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let mut heads = Vec::with_capacity(tenants);
+    for i in 0..tenants {
+        let tenant = tenant_name("old", i);
+        let position = log.tenant_head(&tenant).await?;
+        let mut records = log.read(position, Some(&tenant)).await?;
+        let record = records.next().await.ok_or_else(|| anyhow::anyhow!("{tenant} has no events"))??;
+        let at_us = events::decode(&record.payload)?.at_us;
+        heads.push((tenant, position, events::event_hash(&record.payload), at_us));
+    }
+    let per_batch = (1000 / tenants).max(1);
+    let mut written = 0;
+    let mut n = 0u64;
+    while written < history {
+        let count = per_batch.min(history - written);
+        let mut batch = AppendBatch::default();
+        let mut order = Vec::new();
+        for (index, (tenant, position, hash, at_us)) in heads.iter_mut().enumerate() {
+            batch.expectations.push(Expectation { tenant: tenant.clone(), last_position: *position });
+            for _ in 0..count {
+                n += 1;
+                let envelope = events::Envelope {
+                    event_id: uuid::Uuid::now_v7().as_u128(),
+                    tenant: tenant.clone(),
+                    at_us: *at_us,
+                    actor: Actor::TenantUser { tenant: tenant.clone() },
+                    prev_hash: *hash,
+                    payload: events::Event::TokensConsumed {
+                        request: format!("history-{n:012}"),
+                        tokens: 1,
+                        offline: false,
+                    },
+                };
+                let bytes = events::encode(&envelope)?;
+                *hash = events::event_hash(&bytes);
+                batch.messages.push(AppendMessage {
+                    tenant: tenant.clone(),
+                    kind: "tokens_consumed",
+                    payload: bytes.into(),
+                });
+                order.push(index);
+            }
+        }
+        let ack = log.append(batch).await?;
+        for (i, index) in order.iter().enumerate() {
+            heads[*index].1 = ack.first + i as u64;
+        }
+        written += count;
+    }
+    Ok(())
+}
+
 pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()> {
     let server = match nats {
         Some(_) => None,
@@ -186,8 +242,8 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     subscribe_all(&ledger, "old", shape.history_tenants).await?;
     subscribe_all(&ledger, "new", shape.history_tenants).await?;
     let clients = shape.history_tenants.min(shape.clients);
-    load(&ledger, "old", shape.history_tenants, clients, shape.history * shape.history_tenants, 2).await?;
-    ledger.sync().await?;
+    seed_history(&log, shape.history_tenants, shape.history).await?;
+    ledger.sync_to(log.head().await?).await?;
     ledger.shutdown();
     let cold = Ledger::start(log.clone(), views).await?;
     let probe = shape.decisions.min(shape.history_tenants * 200);
