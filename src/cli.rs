@@ -55,6 +55,9 @@ pub enum Command {
         /// Most events folded per view write.
         #[arg(long, default_value_t = 1000)]
         batch_size: usize,
+        /// Only this view (`ledger` or `activity`); repeatable. Default: all.
+        #[arg(long = "view")]
+        views: Vec<String>,
     },
     /// Apply commands from a JSON Lines file (`-` for stdin); prints one
     /// result line per input line. Exit 2 if any line was malformed.
@@ -150,14 +153,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Usage { tenant, at, json } => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &LedgerView).await?;
+            projector::catch_up(&log, &store, &[&LedgerView]).await?;
             let at = at.as_deref().map(parse_at).transpose()?;
             let usage = crate::report::usage(&store, &tenant, at)?;
             print_view(&usage, json, crate::report::usage_table);
         }
         Command::Invoice { tenant, at, json } => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &LedgerView).await?;
+            projector::catch_up(&log, &store, &[&LedgerView]).await?;
             let at = at.as_deref().map(parse_at).transpose()?;
             let invoice = crate::report::invoice(&store, &tenant, at)?;
             print_view(&invoice, json, crate::report::invoice_table);
@@ -166,16 +169,17 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &Activity).await?;
+            projector::catch_up(&log, &store, &[&Activity]).await?;
             print_activity(&store, tenant.as_deref(), json)?;
         }
-        Command::Project { follow, batch_size } => {
+        Command::Project { follow, batch_size, views } => {
             let store = open_views(&cli.data, &log)?;
+            let selected = projector::select_views(&views)?;
             let until = if follow { None } else { Some(log.head().await?) };
             let checkpoint =
-                projector::run(&log, &store, &Activity, ProjectorOptions { batch_size, until }).await?;
+                projector::run(&log, &store, &selected, ProjectorOptions { batch_size, until }).await?;
             store.flush().await?;
-            println!("{} at position {checkpoint}", Activity::NAME);
+            println!("views at position {checkpoint}");
         }
         Command::Bench(_) => unreachable!("handled above"),
     }

@@ -121,8 +121,8 @@ impl Ledger {
 
     /// Waits until every view includes the log up to `target`.
     pub async fn sync_to(&self, target: u64) -> anyhow::Result<()> {
-        for view in [LedgerView::NAME, projections::Activity::NAME] {
-            while self.views.checkpoint(view)? < target {
+        for view in projector::ALL_VIEWS {
+            while self.views.checkpoint(view.name())? < target {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -148,22 +148,16 @@ pub async fn wait(answer: oneshot::Receiver<Reply>) -> Reply {
     answer.await.unwrap_or_else(|_| Reply::Failed { message: "the ledger engine has stopped".into() })
 }
 
-/// Runs every projection as a task following the log.
+/// Runs one task that follows the log and folds it into every view.
 fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::task::AbortHandle> {
-    fn spawn<L: EventLog, P: Projection>(
-        log: &L,
-        views: &ViewStore,
-        projection: P,
-    ) -> tokio::task::AbortHandle {
-        let (log, views) = (log.clone(), views.clone());
-        tokio::spawn(async move {
-            if let Err(error) = projector::run(&log, &views, &projection, ProjectorOptions::default()).await {
-                tracing::error!(view = P::NAME, %error, "projector stopped");
-            }
-        })
-        .abort_handle()
-    }
-    vec![spawn(log, views, LedgerView), spawn(log, views, projections::Activity)]
+    let (log, views) = (log.clone(), views.clone());
+    let task = tokio::spawn(async move {
+        let options = ProjectorOptions::default();
+        if let Err(error) = projector::run(&log, &views, &projector::ALL_VIEWS, options).await {
+            tracing::error!(%error, "projector stopped");
+        }
+    });
+    vec![task.abort_handle()]
 }
 
 /// A tenant (or the catalog) as the engine holds it.

@@ -177,7 +177,7 @@ async fn folding_the_same_log_twice_gives_identical_views() {
     let mut dumps = Vec::new();
     for name in ["one", "two"] {
         let store = ViewStore::open(&data.path().join(name)).unwrap();
-        ledger::projector::catch_up(&log, &store, &LedgerView).await.unwrap();
+        ledger::projector::catch_up(&log, &store, &[&LedgerView]).await.unwrap();
         dumps.push(store.dump(LedgerView::NAME).unwrap());
     }
     assert!(dumps[0].len() > 10);

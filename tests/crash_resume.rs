@@ -41,7 +41,7 @@ fn kill_until_done(data: &Path, nats: Option<&str>) -> usize {
         if let Some(url) = nats {
             command.arg("--nats").arg(url);
         }
-        command.args(["project", "--batch-size", "7"]).env("LEDGER_LOG", "warn");
+        command.args(["project", "--view", "activity", "--batch-size", "7"]).env("LEDGER_LOG", "warn");
         let mut child = command.stdout(Stdio::null()).spawn().unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let wait_ms = 40 + (seed >> 33) % 400;
@@ -75,7 +75,7 @@ async fn crash_and_resume<B: Backend>(mut backend: B, data: &Path, nats: Option<
     let log = backend.open().await;
     let clean_dir = tempfile::tempdir().unwrap();
     let clean = ViewStore::open(clean_dir.path()).unwrap();
-    ledger::projector::catch_up(&log, &clean, &Activity).await.unwrap();
+    ledger::projector::catch_up(&log, &clean, &[&Activity]).await.unwrap();
     let resumed = ViewStore::open(&data.join("views")).unwrap();
     assert_eq!(resumed.dump(Activity::NAME).unwrap(), clean.dump(Activity::NAME).unwrap());
     let total: u64 = clean
