@@ -13,7 +13,7 @@ use projections::ViewStore;
 use crate::bench::{baseline_round, machine, rate, Rng};
 use crate::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
-use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, JetStreamOptions};
+use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, JetStreamOptions, Source};
 use crate::natsd::NatsServer;
 
 #[derive(Debug, Clone, Copy)]

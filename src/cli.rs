@@ -9,7 +9,7 @@ use projections::{Activity, ActivityRow, LedgerView, Projection, ViewStore};
 
 use crate::engine::Ledger;
 
-use crate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamLog, JetStreamOptions, LogRecord};
+use crate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamLog, JetStreamOptions, LogRecord, Source};
 use crate::projector::{self, ProjectorOptions};
 
 #[derive(Debug, Parser)]
@@ -174,7 +174,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Project { follow, batch_size, views } => {
             let store = open_views(&cli.data, &log)?;
-            let selected = projector::select_views(&views)?;
+            let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
             let until = if follow { None } else { Some(log.head().await?) };
             let checkpoint =
                 projector::run(&log, &store, &selected, ProjectorOptions { batch_size, until }).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{batch, expect, Backend, Embedded, JetStream};
 use futures_util::StreamExt;
-use ledger::log::{AppendBatch, EventLog, LogError, LogRecord, MAX_BATCH_MESSAGES};
+use ledger::log::{AppendBatch, EventLog, LogError, LogRecord, Source, MAX_BATCH_MESSAGES};
 
 async fn read_n<L: EventLog>(log: &L, from: u64, tenant: Option<&str>, n: usize) -> Vec<LogRecord> {
     let mut stream = log.read(from, tenant).await.unwrap();

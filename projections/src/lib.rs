@@ -103,12 +103,67 @@ pub fn decode_row<T: serde::de::DeserializeOwned>(view: &'static str, bytes: &[u
         .map_err(|e| ViewError::Corrupt { view, reason: e.to_string() })
 }
 
+/// A projection as a runtime drives it: object-safe, so one reader can feed
+/// several views.
+pub trait View: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Folds `records` (all after the view's checkpoint); returns the new checkpoint.
+    fn fold(&self, store: &ViewStore, records: &[Record]) -> Result<u64, ViewError>;
+}
+
+impl<P: Projection> View for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+    fn fold(&self, store: &ViewStore, records: &[Record]) -> Result<u64, ViewError> {
+        store.apply_batch(self, records)
+    }
+}
+
+/// Every view the ledger keeps.
+pub const ALL_VIEWS: [&dyn View; 2] = [&LedgerView, &Activity];
+
+/// The views named (all when `names` is empty), or the first unknown name.
+pub fn select_views(names: &[String]) -> Result<Vec<&'static dyn View>, String> {
+    if names.is_empty() {
+        return Ok(ALL_VIEWS.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            ALL_VIEWS.iter().copied().find(|v| v.name() == name).ok_or_else(|| {
+                let known: Vec<&str> = ALL_VIEWS.iter().map(|v| v.name()).collect();
+                format!("unknown view {name:?} (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
 /// One log record as the fold sees it: decoded, or why it could not be.
 pub struct Record {
     pub position: u64,
     /// SHA-256 of the record's bytes.
     pub hash: [u8; 32],
     pub event: Result<events::Envelope, events::EventError>,
+}
+
+impl Record {
+    /// Decodes a record read from the log and checks it sits on the subject
+    /// its envelope names, so a message published under another tenant's
+    /// subject is refused too.
+    pub fn decode(position: u64, subject: &str, payload: &[u8]) -> Record {
+        let event = events::decode(payload).and_then(|envelope| {
+            if envelope.subject() == subject {
+                Ok(envelope)
+            } else {
+                Err(events::EventError::Invalid(format!(
+                    "event for {} found on subject {subject}",
+                    envelope.subject()
+                )))
+            }
+        });
+        Record { position, hash: events::event_hash(payload), event }
+    }
 }
 
 /// The sled database holding every view.

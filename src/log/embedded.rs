@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream};
+use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream, Source};
 
 /// How many records one scan of the tree yields to a reader.
 const READ_CHUNK: usize = 1024;
@@ -140,12 +140,16 @@ impl EventLog for EmbeddedLog {
         Ok(ack)
     }
 
-    async fn head(&self) -> Result<u64, LogError> {
-        Ok(*self.inner.durable_head.borrow())
-    }
-
     async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
         Ok(read_u64(self.inner.tree.get(tenant_key(tenant)).map_err(storage)?))
+    }
+}
+
+impl Source for EmbeddedLog {
+    type Error = LogError;
+
+    async fn head(&self) -> Result<u64, LogError> {
+        Ok(*self.inner.durable_head.borrow())
     }
 
     async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {

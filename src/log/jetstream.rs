@@ -18,7 +18,7 @@ use async_nats::{HeaderMap, Request};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream};
+use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream, Source};
 
 pub const STREAM_NAME: &str = "LEDGER";
 
@@ -199,12 +199,6 @@ impl EventLog for JetStreamLog {
         unreachable!("batch.check() refuses empty batches")
     }
 
-    async fn head(&self) -> Result<u64, LogError> {
-        let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(unavailable)?;
-        Ok(info.state.last_sequence)
-    }
-
     async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
         let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
         match self.stream.get_last_raw_message_by_subject(&filter).await {
@@ -212,6 +206,16 @@ impl EventLog for JetStreamLog {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
             Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+impl Source for JetStreamLog {
+    type Error = LogError;
+
+    async fn head(&self) -> Result<u64, LogError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?;
+        Ok(info.state.last_sequence)
     }
 
     async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {

@@ -15,7 +15,6 @@ use std::collections::HashSet;
 use std::future::Future;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 
 pub use embedded::EmbeddedLog;
 pub use jetstream::{JetStreamLog, JetStreamOptions, STREAM_NAME};
@@ -60,14 +59,6 @@ pub struct AppendBatch {
 pub struct AppendAck {
     pub first: u64,
     pub last: u64,
-}
-
-/// One message as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogRecord {
-    pub position: u64,
-    pub subject: String,
-    pub payload: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,26 +122,19 @@ impl AppendBatch {
     }
 }
 
-/// A stream of records that follows the tail: it ends only on error or drop.
-pub type RecordStream = BoxStream<'static, Result<LogRecord, LogError>>;
+pub use replay::{LogRecord, Source};
 
-/// The log contract. Implementations are cheap to clone and share.
-pub trait EventLog: Send + Sync + Clone + 'static {
+/// A stream of records that follows the tail: it ends only on error or drop.
+pub type RecordStream = replay::RecordStream<LogError>;
+
+/// The log contract: the read side (`replay::Source`: `head`, `read`) plus
+/// appends. Implementations are cheap to clone and share.
+pub trait EventLog: Source<Error = LogError> {
     /// Appends the batch atomically and durably, or stores nothing.
     fn append(&self, batch: AppendBatch) -> impl Future<Output = Result<AppendAck, LogError>> + Send;
 
-    /// The last position in the log (0 when empty).
-    fn head(&self) -> impl Future<Output = Result<u64, LogError>> + Send;
-
     /// The position of the tenant's last event (0 when it has none).
     fn tenant_head(&self, tenant: &str) -> impl Future<Output = Result<u64, LogError>> + Send;
-
-    /// Records from `from` on (only the tenant's when given), then follows the tail.
-    fn read(
-        &self,
-        from: u64,
-        tenant: Option<&str>,
-    ) -> impl Future<Output = Result<RecordStream, LogError>> + Send;
 }
 
 /// Either backend, chosen at run time from `--nats`.
@@ -177,16 +161,20 @@ impl EventLog for AnyLog {
             AnyLog::JetStream(l) => l.append(batch).await,
         }
     }
-    async fn head(&self) -> Result<u64, LogError> {
-        match self {
-            AnyLog::Embedded(l) => l.head().await,
-            AnyLog::JetStream(l) => l.head().await,
-        }
-    }
     async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
         match self {
             AnyLog::Embedded(l) => l.tenant_head(tenant).await,
             AnyLog::JetStream(l) => l.tenant_head(tenant).await,
+        }
+    }
+}
+
+impl Source for AnyLog {
+    type Error = LogError;
+    async fn head(&self) -> Result<u64, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.head().await,
+            AnyLog::JetStream(l) => l.head().await,
         }
     }
     async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {
