@@ -181,8 +181,15 @@ impl Loaded {
         }
     }
 
+    /// Folds an event, or skips it when it breaks the hash chain (exactly as
+    /// the views do, so memory and views agree).
     fn fold(&mut self, catalog: bool, fact: &Fact<'_>) {
         self.log_position = fact.position;
+        let chain = if catalog { &self.catalog.chain } else { &self.state.chain };
+        if !chain.continued_by(fact) {
+            tracing::warn!(position = fact.position, "skipping an event that breaks the hash chain");
+            return;
+        }
         if catalog {
             self.catalog.apply(fact);
         } else if let Some(Spill::Request { request, entry }) = self.state.apply(fact) {

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{batch, Backend, Embedded, JetStream};
+use common::{Backend, Embedded, JetStream};
 use ledger::log::{AppendMessage, EventLog};
 
 fn ledger(data: &Path, nats: Option<&str>, args: &[&str]) -> (bool, String, String) {
@@ -24,7 +24,8 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 async fn events_and_activity<B: Backend>(mut backend: B, data: &Path, nats: Option<&str>) {
     let log = backend.open().await;
-    log.append(batch(&["acme", "beta", "acme", "acme"], 0)).await.unwrap();
+    let mut chained = common::Chained::default();
+    log.append(chained.batch(&["acme", "beta", "acme", "acme"], 0)).await.unwrap();
     // A message that did not come from the ledger: printed as undecodable,
     // never counted.
     log.append(ledger::log::AppendBatch {

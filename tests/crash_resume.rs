@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{batch, Backend, Embedded, JetStream};
+use common::{Backend, Embedded, JetStream};
 use ledger::log::EventLog;
 use projections::{Activity, Projection, ViewStore};
 
@@ -17,9 +17,10 @@ const EVENTS: u64 = 30_000;
 async fn fill<L: EventLog>(log: &L) {
     let tenants = ["acme", "beta", "gamma", "delta", "epsilon", "zeta", "eta"];
     let mut n = 0;
+    let mut chained = common::Chained::default();
     while n < EVENTS {
         let names: Vec<&str> = (0..1000).map(|i| tenants[((n + i) * 7919 % 7) as usize]).collect();
-        log.append(batch(&names, n)).await.unwrap();
+        log.append(chained.batch(&names, n)).await.unwrap();
         n += 1000;
     }
 }

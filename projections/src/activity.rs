@@ -16,6 +16,9 @@ pub struct ActivityRow {
     pub first_position: u64,
     pub last_position: u64,
     pub last_at_us: i64,
+    /// Hash of the last event counted: events that do not continue the
+    /// tenant's chain are not counted.
+    pub last_hash: [u8; 32],
 }
 
 pub struct Activity;
@@ -35,6 +38,10 @@ impl Projection for Activity {
             let key = Activity::key(&event.tenant);
             let mut row: ActivityRow = rows.get(&key)?.unwrap_or_default();
             assert!(fact.position > row.last_position, "activity: positions go backwards");
+            if event.prev_hash != row.last_hash {
+                continue;
+            }
+            row.last_hash = fact.hash;
             if row.events == 0 {
                 row.first_position = fact.position;
             }

@@ -32,6 +32,14 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Whether `fact` continues this chain: its `prev_hash` is the hash of
+    /// the last event accepted (all zeros before the first). An event that
+    /// does not was not written by the ledger's decider (a raw publish, a
+    /// forgery) and is never folded.
+    pub fn continued_by(&self, fact: &Fact<'_>) -> bool {
+        fact.envelope.prev_hash == self.last_hash
+    }
+
     fn advance(&mut self, fact: &Fact<'_>) {
         assert!(fact.position > self.last_position, "positions go backwards");
         self.last_position = fact.position;

@@ -118,7 +118,15 @@ impl Projection for LedgerView {
                 if catalog.is_none() {
                     catalog = Some(rows.get(Self::CATALOG_KEY)?.unwrap_or_default());
                 }
-                catalog.as_mut().expect("loaded").apply(fact);
+                let catalog = catalog.as_mut().expect("loaded");
+                if catalog.chain.continued_by(fact) {
+                    catalog.apply(fact);
+                } else {
+                    tracing::warn!(
+                        position = fact.position,
+                        "skipping a catalog event that breaks the hash chain"
+                    );
+                }
                 continue;
             }
             if !tenants.contains_key(&envelope.tenant) {
@@ -126,6 +134,10 @@ impl Projection for LedgerView {
                 tenants.insert(envelope.tenant.clone(), state);
             }
             let state = tenants.get_mut(&envelope.tenant).expect("loaded");
+            if !state.chain.continued_by(fact) {
+                tracing::warn!(tenant = %envelope.tenant, position = fact.position, "skipping an event that breaks the tenant's hash chain");
+                continue;
+            }
             match state.apply(fact) {
                 None => {}
                 Some(Spill::Request { request, entry }) => {

@@ -266,12 +266,34 @@ mod tests {
     use events::samples::sample;
     use events::EventKind;
 
+    /// Sample events as the ledger writes them: chained per tenant.
     fn records(kinds: &[EventKind], from: u64) -> Vec<Record> {
+        let mut last: std::collections::HashMap<String, [u8; 32]> = Default::default();
         kinds
             .iter()
             .enumerate()
-            .map(|(i, k)| Record { position: from + i as u64, hash: [0; 32], event: Ok(sample(*k)) })
+            .map(|(i, k)| {
+                let mut envelope = sample(*k);
+                envelope.prev_hash = last.get(&envelope.tenant).copied().unwrap_or([0; 32]);
+                let hash = events::event_hash(&events::encode(&envelope).unwrap());
+                last.insert(envelope.tenant.clone(), hash);
+                Record { position: from + i as u64, hash, event: Ok(envelope) }
+            })
             .collect()
+    }
+
+    #[test]
+    fn events_that_break_the_chain_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ViewStore::open(dir.path()).unwrap();
+        store.apply_batch(&Activity, &records(&[EventKind::Subscribed], 1)).unwrap();
+        // A well-formed event whose prev_hash is not the tenant's last hash.
+        let forged = Record { position: 2, hash: [9; 32], event: Ok(sample(EventKind::TokensConsumed)) };
+        store.apply_batch(&Activity, &[forged]).unwrap();
+        let row: ActivityRow =
+            decode_row("activity", &store.tree("activity").unwrap().get(b"acme").unwrap().unwrap()).unwrap();
+        assert_eq!(row.events, 1);
+        assert_eq!(store.checkpoint("activity").unwrap(), 2);
     }
 
     #[test]
@@ -317,9 +339,10 @@ mod tests {
         let many = tempfile::tempdir().unwrap();
         let a = ViewStore::open(one.path()).unwrap();
         let b = ViewStore::open(many.path()).unwrap();
-        a.apply_batch(&Activity, &records(&kinds, 1)).unwrap();
-        for (i, chunk) in kinds.chunks(7).enumerate() {
-            b.apply_batch(&Activity, &records(chunk, 1 + 7 * i as u64)).unwrap();
+        let all = records(&kinds, 1);
+        a.apply_batch(&Activity, &all).unwrap();
+        for chunk in all.chunks(7) {
+            b.apply_batch(&Activity, chunk).unwrap();
         }
         assert_eq!(a.digest("activity").unwrap(), b.digest("activity").unwrap());
     }

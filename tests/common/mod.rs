@@ -40,6 +40,32 @@ pub fn batch(tenants: &[&str], first_n: u64) -> AppendBatch {
     }
 }
 
+/// Builds batches whose events chain per tenant (each `prev_hash` is the
+/// hash of the tenant's previous event), as the engine writes them; views
+/// skip events that do not.
+#[derive(Default)]
+pub struct Chained {
+    last: std::collections::HashMap<String, [u8; 32]>,
+}
+
+impl Chained {
+    pub fn batch(&mut self, tenants: &[&str], first_n: u64) -> AppendBatch {
+        let mut messages = Vec::with_capacity(tenants.len());
+        for (i, tenant) in tenants.iter().enumerate() {
+            let mut envelope = event(tenant, first_n + i as u64);
+            envelope.prev_hash = self.last.get(*tenant).copied().unwrap_or([0; 32]);
+            let bytes = events::encode(&envelope).unwrap();
+            self.last.insert(tenant.to_string(), events::event_hash(&bytes));
+            messages.push(AppendMessage {
+                tenant: tenant.to_string(),
+                kind: envelope.kind().name(),
+                payload: Bytes::from(bytes),
+            });
+        }
+        AppendBatch { messages, expectations: Vec::new() }
+    }
+}
+
 pub fn expect(tenant: &str, last_position: u64) -> Expectation {
     Expectation { tenant: tenant.to_string(), last_position }
 }
