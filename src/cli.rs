@@ -29,6 +29,28 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Rebuild every view from the log and compare it with the live views,
+    /// re-derive every finalized invoice, and report every message the
+    /// ledger did not write. Exits 1 on any finding.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which state a query answers from: today's views, or the log as it stood.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AsOf {
+    /// Answer from the log up to this position, not from today's view.
+    #[arg(long, conflicts_with = "as_of")]
+    pub as_of_seq: Option<u64>,
+    /// Answer from the log as it stood at this instant (RFC 3339).
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print decoded events from the log.
     Events {
@@ -71,6 +93,8 @@ pub enum Command {
         at: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        as_of: AsOf,
     },
     /// A tenant's invoice for the period holding an instant.
     Invoice {
@@ -80,7 +104,24 @@ pub enum Command {
         at: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        as_of: AsOf,
     },
+    /// Rebuild views from the log into a fresh directory.
+    Replay {
+        /// Where to write the rebuilt views (must not hold views yet).
+        #[arg(long)]
+        into: PathBuf,
+        /// Stop at this log position (default: the head).
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// Only this view (`ledger` or `activity`); repeatable. Default: all.
+        #[arg(long = "view")]
+        views: Vec<String>,
+    },
+    /// Audit the ledger against its log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run a realistic multi-tenant scenario on a fresh embedded ledger and
     /// print usage and invoices.
     Demo {
@@ -151,19 +192,24 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_views(&cli.data, &log)?;
             return apply(log, store, &file).await;
         }
-        Command::Usage { tenant, at, json } => {
-            let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &[&LedgerView]).await?;
-            let at = at.as_deref().map(parse_at).transpose()?;
+        Command::Usage { tenant, at, json, as_of } => {
+            let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             let usage = crate::report::usage(&store, &tenant, at)?;
             print_view(&usage, json, crate::report::usage_table);
         }
-        Command::Invoice { tenant, at, json } => {
-            let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &[&LedgerView]).await?;
-            let at = at.as_deref().map(parse_at).transpose()?;
+        Command::Invoice { tenant, at, json, as_of } => {
+            let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             let invoice = crate::report::invoice(&store, &tenant, at)?;
             print_view(&invoice, json, crate::report::invoice_table);
+        }
+        Command::Replay { into, to_seq, views } => {
+            let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
+            let reached = crate::audit::replay_into(&log, &into, to_seq, &selected).await?;
+            println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
+        }
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let store = open_views(&cli.data, &log)?;
+            return crate::audit::verify(&log, &store, json).await;
         }
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
@@ -184,6 +230,44 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn names(views: &[&dyn projector::View]) -> String {
+    views.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The views a query reads: today's (caught up), or a scratch rebuild of the
+/// log up to `--as-of-seq` / `--as-of`. The instant asked about defaults to
+/// `--as-of`. The scratch directory lives as long as the returned guard.
+async fn query_state(
+    data: &Path,
+    log: &AnyLog,
+    at: Option<String>,
+    as_of: &AsOf,
+) -> anyhow::Result<(ViewStore, Option<i64>, Option<tempfile::TempDir>)> {
+    let mut at = at.as_deref().map(parse_at).transpose()?;
+    let as_of_us = as_of.as_of.as_deref().map(parse_at).transpose()?;
+    let to = match (as_of.as_of_seq, as_of_us) {
+        (Some(seq), _) => Some(seq),
+        (None, Some(t)) => {
+            at = at.or(Some(t));
+            Some(crate::audit::position_at(log, t).await?)
+        }
+        (None, None) => None,
+    };
+    match to {
+        None => {
+            let store = open_views(data, log)?;
+            projector::catch_up(log, &store, &[&LedgerView]).await?;
+            Ok((store, at, None))
+        }
+        Some(to) => {
+            let scratch = tempfile::tempdir()?;
+            let dir = scratch.path().join("views");
+            crate::audit::replay_into(log, &dir, Some(to), &[&LedgerView]).await?;
+            Ok((ViewStore::open(&dir)?, at, Some(scratch)))
+        }
+    }
 }
 
 fn parse_at(text: &str) -> anyhow::Result<i64> {

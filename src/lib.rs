@@ -1,6 +1,7 @@
 //! The `ledger` service: the event log backends, the projector runtime and
 //! the command line. See `docs/ARCHITECTURE.md` for the map.
 
+pub mod audit;
 pub mod bench;
 mod bench_decide;
 pub mod cli;

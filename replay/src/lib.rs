@@ -6,6 +6,8 @@
 //! rows and checkpoint commit together (`projections::ViewStore::apply_batch`),
 //! so the loop can be killed at any point and started again.
 
+pub mod audit;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,7 @@ pub enum ReplayError {
     View(#[from] projections::ViewError),
 }
 
-fn source<E: std::error::Error + Send + Sync + 'static>(e: E) -> ReplayError {
+pub(crate) fn source<E: std::error::Error + Send + Sync + 'static>(e: E) -> ReplayError {
     ReplayError::Source(Box::new(e))
 }
 

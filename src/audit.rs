@@ -1,0 +1,152 @@
+//! `ledger replay`, `ledger audit verify` and the point-in-time queries:
+//! everything that re-derives state from the log instead of trusting views.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use projections::{View, ViewStore};
+use replay::audit::{audit_log, compare_views, Finding};
+use replay::Progress;
+
+use crate::log::EventLog;
+use crate::projector::ALL_VIEWS;
+
+/// A progress line on a terminal: position, events/s and time left.
+struct TerminalProgress {
+    started: Instant,
+    last: Instant,
+    start: Option<u64>,
+}
+
+impl Progress for TerminalProgress {
+    fn update(&mut self, reached: u64, target: Option<u64>) {
+        let start = *self.start.get_or_insert(reached);
+        let done = target.is_some_and(|t| reached >= t);
+        if self.last.elapsed() < Duration::from_millis(250) && !done {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = (reached - start) as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
+        let target = target.unwrap_or(reached);
+        let eta = if rate > 0.0 { (target.saturating_sub(reached)) as f64 / rate } else { 0.0 };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\rreplay: {reached}/{target} events  {rate:>9.0} events/s  ETA {eta:>5.0}s ");
+        if done {
+            let _ = writeln!(err);
+        }
+    }
+}
+
+/// Rebuilds `views` from the log into a fresh directory, up to `to` (default:
+/// the head). Shows a progress line on a terminal, tracing logs otherwise.
+pub async fn replay_into<L: EventLog>(
+    log: &L,
+    dir: &Path,
+    to: Option<u64>,
+    views: &[&dyn View],
+) -> anyhow::Result<u64> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
+    }
+    let head = log.head().await?;
+    let until = to.unwrap_or(head).min(head);
+    let store = ViewStore::open(dir)?;
+    let options = replay::Options { until: Some(until), ..Default::default() };
+    let reached = if until == 0 {
+        0
+    } else if std::io::stderr().is_terminal() {
+        let mut progress = TerminalProgress { started: Instant::now(), last: Instant::now(), start: None };
+        replay::run(log, &store, views, options, &mut progress).await?
+    } else {
+        replay::run(log, &store, views, options, &mut replay::LogProgress::new()).await?
+    };
+    store.flush().await?;
+    Ok(reached)
+}
+
+/// The last position whose event happened at or before `t_us` (events are
+/// recorded in non-decreasing `at` order). 0 when none did.
+pub async fn position_at<L: EventLog>(log: &L, t_us: i64) -> anyhow::Result<u64> {
+    let head = log.head().await?;
+    let mut last = 0;
+    if head == 0 {
+        return Ok(0);
+    }
+    let mut records = log.read(1, None).await?;
+    while let Some(record) = records.next().await {
+        let record = record?;
+        if let Ok(envelope) = record.decode().event {
+            if envelope.at_us > t_us {
+                break;
+            }
+        }
+        last = record.position;
+        if record.position >= head {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+fn finding_json(f: &Finding) -> serde_json::Value {
+    serde_json::json!({
+        "kind": f.kind, "position": f.position, "view": f.view, "key": f.key, "detail": f.detail,
+    })
+}
+
+/// `ledger audit verify`.
+pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyhow::Result<ExitCode> {
+    let head = log.head().await?;
+    crate::projector::run(log, live, &ALL_VIEWS, replay::Options { until: Some(head), ..Default::default() })
+        .await?;
+    let scratch = tempfile::tempdir()?;
+    let rebuilt_dir = scratch.path().join("views");
+    replay_into(log, &rebuilt_dir, Some(head), &ALL_VIEWS).await?;
+    let rebuilt = ViewStore::open(&rebuilt_dir)?;
+    let mut findings = compare_views(live, &rebuilt, &ALL_VIEWS)?;
+    let summary = audit_log(log, head).await?;
+    findings.extend(summary.findings.iter().cloned());
+    if json {
+        let views: Vec<serde_json::Value> = ALL_VIEWS
+            .iter()
+            .map(|v| {
+                let digest =
+                    live.digest(v.name()).map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                serde_json::json!({"view": v.name(), "digest": digest.unwrap_or_default()})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": findings.is_empty(),
+                "head": head,
+                "events": summary.events,
+                "invoices_checked": summary.invoices_checked,
+                "views": views,
+                "findings": findings.iter().map(finding_json).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!("log: {} events up to position {head}", summary.events);
+        for view in ALL_VIEWS {
+            let differs = findings.iter().any(|f| f.view == Some(view.name()));
+            println!(
+                "view {:<10} {}",
+                view.name(),
+                if differs { "DIFFERS from a clean rebuild" } else { "matches a clean rebuild" }
+            );
+        }
+        println!("finalized invoices re-derived: {}", summary.invoices_checked);
+        for f in &findings {
+            let at = f.position.map(|p| format!(" at position {p}")).unwrap_or_default();
+            let key = f.key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
+            let view = f.view.map(|v| format!(" view {v}")).unwrap_or_default();
+            println!("FINDING {}{at}{view}{key}: {}", f.kind, f.detail);
+        }
+        println!("{}", if findings.is_empty() { "audit: OK" } else { "audit: FAILED" });
+    }
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
