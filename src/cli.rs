@@ -37,6 +37,18 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Price the period holding T as if the tenant had been on another plan,
+    /// from the same events, beside the real invoice.
+    WhatIf {
+        tenant: String,
+        #[arg(long)]
+        plan: String,
+        /// RFC 3339; default: ledger time.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which state a query answers from: today's views, or the log as it stood.
@@ -93,6 +105,9 @@ pub enum Command {
         at: Option<String>,
         #[arg(long)]
         json: bool,
+        /// List the events and arithmetic behind each figure.
+        #[arg(long, conflicts_with_all = ["as_of", "as_of_seq"])]
+        explain: bool,
         #[command(flatten)]
         as_of: AsOf,
     },
@@ -104,6 +119,9 @@ pub enum Command {
         at: Option<String>,
         #[arg(long)]
         json: bool,
+        /// List the events and arithmetic behind each figure.
+        #[arg(long, conflicts_with_all = ["as_of", "as_of_seq"])]
+        explain: bool,
         #[command(flatten)]
         as_of: AsOf,
     },
@@ -192,20 +210,41 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_views(&cli.data, &log)?;
             return apply(log, store, &file).await;
         }
-        Command::Usage { tenant, at, json, as_of } => {
+        Command::Usage { tenant, at, json, explain, as_of } => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
-            let usage = crate::report::usage(&store, &tenant, at)?;
-            print_view(&usage, json, crate::report::usage_table);
+            if explain {
+                let usage = crate::explain::usage(&log, &store, &tenant, at).await?;
+                print_view(&usage, json, |u| {
+                    format!(
+                        "{}{}\n",
+                        crate::report::usage_table(u),
+                        serde_json::to_string_pretty(&u["explain"]).unwrap_or_default()
+                    )
+                });
+            } else {
+                print_view(&crate::report::usage(&store, &tenant, at)?, json, crate::report::usage_table);
+            }
         }
-        Command::Invoice { tenant, at, json, as_of } => {
+        Command::Invoice { tenant, at, json, explain, as_of } => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
-            let invoice = crate::report::invoice(&store, &tenant, at)?;
-            print_view(&invoice, json, crate::report::invoice_table);
+            if explain {
+                let invoice = crate::explain::invoice(&log, &store, &tenant, at).await?;
+                print_view(&invoice, json, crate::explain::invoice_table);
+            } else {
+                print_view(&crate::report::invoice(&store, &tenant, at)?, json, crate::report::invoice_table);
+            }
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
             let reached = crate::audit::replay_into(&log, &into, to_seq, &selected).await?;
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
+        }
+        Command::Audit(AuditCommand::WhatIf { tenant, plan, at, json }) => {
+            let store = open_views(&cli.data, &log)?;
+            projector::catch_up(&log, &store, &[&LedgerView]).await?;
+            let at = at.as_deref().map(parse_at).transpose()?;
+            let report = crate::explain::what_if(&store, &tenant, &plan, at)?;
+            print_view(&report, json, crate::explain::what_if_table);
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let store = open_views(&cli.data, &log)?;

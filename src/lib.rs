@@ -9,6 +9,7 @@ pub mod command;
 pub mod decide;
 pub mod demo;
 pub mod engine;
+pub mod explain;
 pub mod log;
 pub mod natsd;
 pub mod projector;

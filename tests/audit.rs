@@ -198,3 +198,67 @@ async fn point_in_time_answers_match_what_usage_printed_then() {
         assert_eq!(&serde_json::from_str::<Value>(&then).unwrap(), usage, "as of {at}");
     }
 }
+
+#[test]
+fn explain_adds_up_and_what_if_reprices() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (code, _, err) = ledger_bin(dir.path(), None, &["demo", "--keep", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for tenant in ["demo", "acme", "globex"] {
+        let (code, out, err) = ledger_bin(
+            &data,
+            None,
+            &["invoice", tenant, "--at", "2026-03-10T00:00:00Z", "--explain", "--json"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let invoice: Value = serde_json::from_str(&out).unwrap();
+        let explained = invoice["explain"].as_array().unwrap();
+        assert_eq!(explained.len(), invoice["lines"].as_array().unwrap().len(), "{tenant}");
+        let sum: rust_decimal::Decimal = explained
+            .iter()
+            .map(|l| l["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap())
+            .sum();
+        assert_eq!(
+            sum.to_string(),
+            invoice["total"].as_str().unwrap(),
+            "{tenant}: lines add up to the total"
+        );
+        for line in explained {
+            let exact: rust_decimal::Decimal = line["exact"].as_str().unwrap().parse().unwrap();
+            let rounded =
+                exact.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            let amount: rust_decimal::Decimal = line["amount"].as_str().unwrap().parse().unwrap();
+            assert_eq!(rounded, amount, "{tenant} {}", line["code"]);
+            assert!(!line["events"].as_array().unwrap().is_empty(), "{tenant} {}: no events", line["code"]);
+        }
+    }
+    let (_, out, _) =
+        ledger_bin(&data, None, &["invoice", "acme", "--at", "2026-03-10T00:00:00Z", "--explain", "--json"]);
+    let invoice: Value = serde_json::from_str(&out).unwrap();
+    let plan_line = &invoice["explain"][0];
+    assert_eq!(plan_line["code"], "plan:team");
+    let kinds: Vec<&str> =
+        plan_line["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["subscribed", "seats_changed"]);
+    assert!(plan_line["arithmetic"].as_str().unwrap().contains("17539200 seat-seconds"), "{plan_line}");
+
+    let (code, out, err) = ledger_bin(&data, None, &["usage", "demo", "--explain", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let usage: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["explain"]["storage"]["files"].as_array().unwrap().len(), 2, "two live files");
+
+    let (code, out, err) = ledger_bin(
+        &data,
+        None,
+        &["audit", "what-if", "demo", "--plan", "team", "--at", "2026-03-10T00:00:00Z", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["actual"]["total"], "22.03");
+    assert_eq!(report["what_if"]["total"], "18.03", "team: 8.00 x 2 seats + the same add-on");
+    assert_eq!(report["difference"], "-4.00");
+    let (code, _, err) = ledger_bin(&data, None, &["audit", "what-if", "demo", "--plan", "team-eu"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("currency_mismatch"), "{err}");
+}
