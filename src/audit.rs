@@ -46,7 +46,7 @@ pub async fn replay_into<L: EventLog>(
     log: &L,
     dir: &Path,
     to: Option<u64>,
-    views: &[&dyn View],
+    views: &[&'static dyn View],
 ) -> anyhow::Result<u64> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
@@ -54,7 +54,7 @@ pub async fn replay_into<L: EventLog>(
     let head = log.head().await?;
     let until = to.unwrap_or(head).min(head);
     let store = ViewStore::open(dir)?;
-    let options = replay::Options { until: Some(until), ..Default::default() };
+    let options = replay::Options { until: Some(until), batch_size: replay::CATCH_UP_BATCH };
     let reached = if until == 0 {
         0
     } else if std::io::stderr().is_terminal() {

@@ -17,7 +17,7 @@ pub fn decode_record(record: &LogRecord) -> projections::Record {
 pub async fn run<L: EventLog>(
     log: &L,
     store: &projections::ViewStore,
-    views: &[&dyn View],
+    views: &[&'static dyn View],
     options: ProjectorOptions,
 ) -> anyhow::Result<u64> {
     Ok(replay::run(log, store, views, options, &mut replay::LogProgress::new()).await?)
@@ -27,7 +27,7 @@ pub async fn run<L: EventLog>(
 pub async fn catch_up<L: EventLog>(
     log: &L,
     store: &projections::ViewStore,
-    views: &[&dyn View],
+    views: &[&'static dyn View],
 ) -> anyhow::Result<u64> {
     Ok(replay::catch_up(log, store, views).await?)
 }

@@ -18,6 +18,12 @@ use crate::{Fact, Projection, Rows, ViewError, ViewStore};
 
 pub struct LedgerView;
 
+/// Decoded tenant rows as last written, kept between batches.
+type TenantMemo = std::collections::HashMap<String, TenantState>;
+
+/// Tenants kept decoded between batches (about 1 KB each).
+const MAX_MEMO_TENANTS: usize = 200_000;
+
 /// A finalized invoice as its `PeriodFinalized` event recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalInvoice {
@@ -130,7 +136,11 @@ impl Projection for LedgerView {
                 continue;
             }
             if !tenants.contains_key(&envelope.tenant) {
-                let state = rows.get(&Self::state_key(&envelope.tenant))?.unwrap_or_default();
+                let memo: &mut TenantMemo = rows.memo();
+                let state = match memo.remove(&envelope.tenant) {
+                    Some(state) => state,
+                    None => rows.get(&Self::state_key(&envelope.tenant))?.unwrap_or_default(),
+                };
                 tenants.insert(envelope.tenant.clone(), state);
             }
             let state = tenants.get_mut(&envelope.tenant).expect("loaded");
@@ -152,9 +162,14 @@ impl Projection for LedgerView {
         if let Some(catalog) = catalog {
             rows.put(Self::CATALOG_KEY.to_vec(), &catalog);
         }
-        for (tenant, state) in tenants {
-            rows.put(Self::state_key(&tenant), &state);
+        for (tenant, state) in &tenants {
+            rows.put(Self::state_key(tenant), state);
         }
+        let memo: &mut TenantMemo = rows.memo();
+        if memo.len() + tenants.len() > MAX_MEMO_TENANTS {
+            memo.clear();
+        }
+        memo.extend(tenants);
         rows.put(Self::TIME_KEY.to_vec(), &time_us);
         Ok(())
     }

@@ -58,13 +58,28 @@ pub struct Rows<'a> {
     view: &'static str,
     tree: &'a sled::Tree,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    memo: &'a mut Option<Memo>,
 }
+
+/// A view's decoded rows kept between batches, so a long fold does not read
+/// and decode the same row again each batch. It only ever holds what this
+/// store wrote, and it is dropped whenever a batch fails to commit.
+type Memo = Box<dyn std::any::Any + Send>;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_little_endian().with_variable_int_encoding()
 }
 
 impl Rows<'_> {
+    /// The view's memo (see [`Memo`]), created empty on first use.
+    pub fn memo<T: Default + Send + 'static>(&mut self) -> &mut T {
+        let memo = self.memo.get_or_insert_with(|| Box::new(T::default()));
+        if !memo.is::<T>() {
+            *memo = Box::new(T::default());
+        }
+        memo.downcast_mut::<T>().expect("just made this type")
+    }
+
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
         assert_ne!(key.first(), Some(&META_PREFIX), "row keys may not use the meta prefix");
         if let Some(value) = self.overlay.get(key) {
@@ -170,6 +185,7 @@ impl Record {
 #[derive(Clone)]
 pub struct ViewStore {
     db: sled::Db,
+    memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
 }
 
 impl ViewStore {
@@ -182,7 +198,7 @@ impl ViewStore {
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        Ok(ViewStore { db })
+        Ok(ViewStore { db, memos: Default::default() })
     }
 
     pub fn tree(&self, view: &str) -> Result<sled::Tree, ViewError> {
@@ -204,7 +220,8 @@ impl ViewStore {
     pub fn apply_batch<P: Projection>(&self, projection: &P, records: &[Record]) -> Result<u64, ViewError> {
         let tree = self.tree(P::NAME)?;
         let mut checkpoint = self.checkpoint(P::NAME)?;
-        let mut rows = Rows { view: P::NAME, tree: &tree, overlay: BTreeMap::new() };
+        let mut memo = self.memos.lock().expect("memo lock").remove(P::NAME);
+        let mut rows = Rows { view: P::NAME, tree: &tree, overlay: BTreeMap::new(), memo: &mut memo };
         let mut facts = Vec::with_capacity(records.len());
         for record in records {
             assert!(
@@ -231,6 +248,10 @@ impl ViewStore {
         }
         write.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
         tree.apply_batch(write)?;
+        // Only a committed batch keeps its memo; a failed one drops it (the `?`s above).
+        if let Some(memo) = memo {
+            self.memos.lock().expect("memo lock").insert(P::NAME, memo);
+        }
         Ok(checkpoint)
     }
 

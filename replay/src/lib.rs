@@ -62,6 +62,10 @@ pub(crate) fn source<E: std::error::Error + Send + Sync + 'static>(e: E) -> Repl
     ReplayError::Source(Box::new(e))
 }
 
+/// Records per view write when catching up to a known position: large, so a
+/// tenant's rows are read and written once for many of its events.
+pub const CATCH_UP_BATCH: usize = 20_000;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Most records folded per view write.
@@ -113,12 +117,44 @@ impl Progress for LogProgress {
     }
 }
 
+/// Folds one batch into every view (each on its own thread: views are
+/// independent trees) and returns their new checkpoints.
+fn fold_all(
+    store: &ViewStore,
+    views: &[&'static dyn View],
+    checkpoints: &[u64],
+    records: &[Record],
+) -> Result<Vec<u64>, projections::ViewError> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = views
+            .iter()
+            .zip(checkpoints)
+            .map(|(view, checkpoint)| {
+                scope.spawn(move || {
+                    let first_new = records.partition_point(|r| r.position <= *checkpoint);
+                    if first_new < records.len() {
+                        view.fold(store, &records[first_new..])
+                    } else {
+                        Ok(*checkpoint)
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a view fold panicked")).collect()
+    })
+}
+
+type Folding = std::thread::JoinHandle<Result<Vec<u64>, projections::ViewError>>;
+
 /// Folds the log into `views` until `options.until` (or forever). Returns
 /// the lowest checkpoint reached.
+///
+/// Reading and folding overlap: while one batch is folded on other
+/// threads, the next is read and decoded.
 pub async fn run<S: Source>(
     log: &S,
     store: &ViewStore,
-    views: &[&dyn View],
+    views: &[&'static dyn View],
     options: Options,
     progress: &mut dyn Progress,
 ) -> Result<u64, ReplayError> {
@@ -130,26 +166,43 @@ pub async fn run<S: Source>(
     }
     let start = lowest(&checkpoints);
     let mut chunks = log.read(start + 1, None).await.map_err(source)?.ready_chunks(options.batch_size.max(1));
-    while let Some(chunk) = chunks.next().await {
-        let mut records = Vec::with_capacity(chunk.len());
+    let mut records: Vec<Record> = Vec::with_capacity(options.batch_size);
+    let mut folding: Option<Folding> = None;
+    let mut done = false;
+    while !done {
+        let Some(chunk) = chunks.next().await else { break };
         for item in chunk {
             let record = item.map_err(source)?;
             if options.until.is_some_and(|until| record.position > until) {
+                done = true;
                 break;
             }
+            done = options.until.is_some_and(|until| record.position >= until);
             records.push(record.decode());
         }
-        for (view, checkpoint) in views.iter().zip(checkpoints.iter_mut()) {
-            let first_new = records.partition_point(|r| r.position <= *checkpoint);
-            if first_new < records.len() {
-                *checkpoint = view.fold(store, &records[first_new..])?;
-            }
+        // Following the tail, fold what is ready at once (latency); catching
+        // up to a known position, fold full batches (throughput).
+        if options.until.is_some() && !done && records.len() < options.batch_size {
+            continue;
         }
-        let reached = lowest(&checkpoints);
-        progress.update(reached, options.until);
-        if options.until.is_some_and(|until| reached >= until) {
-            break;
+        if let Some(previous) = folding.take() {
+            checkpoints = previous.join().expect("the fold thread panicked")?;
+            progress.update(lowest(&checkpoints), options.until);
         }
+        let batch = std::mem::take(&mut records);
+        let (store, views, known) = (store.clone(), views.to_vec(), checkpoints.clone());
+        let fold = std::thread::spawn(move || fold_all(&store, &views, &known, &batch));
+        if options.until.is_none() {
+            // Following the tail: finish now, so the views are current.
+            checkpoints = fold.join().expect("the fold thread panicked")?;
+            progress.update(lowest(&checkpoints), options.until);
+        } else {
+            folding = Some(fold);
+        }
+    }
+    if let Some(previous) = folding.take() {
+        checkpoints = previous.join().expect("the fold thread panicked")?;
+        progress.update(lowest(&checkpoints), options.until);
     }
     Ok(lowest(&checkpoints))
 }
@@ -158,8 +211,9 @@ pub async fn run<S: Source>(
 pub async fn catch_up<S: Source>(
     log: &S,
     store: &ViewStore,
-    views: &[&dyn View],
+    views: &[&'static dyn View],
 ) -> Result<u64, ReplayError> {
     let head = log.head().await.map_err(source)?;
-    run(log, store, views, Options { until: Some(head), ..Default::default() }, &mut LogProgress::new()).await
+    let options = Options { until: Some(head), batch_size: CATCH_UP_BATCH };
+    run(log, store, views, options, &mut LogProgress::new()).await
 }
