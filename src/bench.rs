@@ -326,6 +326,33 @@ pub(crate) async fn baseline_round(
     Ok(started.elapsed())
 }
 
+/// The JetStream log a benchmark runs on: `--nats` when given, else a
+/// nats-server of its own (random port, temporary store, `sync_interval:
+/// always`) that lives as long as the returned guard.
+pub(crate) async fn connect(nats: Option<&str>) -> anyhow::Result<(Option<NatsServer>, JetStreamLog)> {
+    let server = match nats {
+        Some(_) => None,
+        None => Some(NatsServer::start()?),
+    };
+    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
+    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    Ok((server, log))
+}
+
+/// The stream the plain atomic-batch publisher baseline writes to.
+pub(crate) async fn create_baseline_stream(client: &async_nats::Client) -> anyhow::Result<()> {
+    async_nats::jetstream::new(client.clone())
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "BASELINE".into(),
+            subjects: vec!["baseline.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            allow_atomic_publish: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
 pub(crate) fn rate(events: usize, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
 }
@@ -344,22 +371,9 @@ pub(crate) fn machine() -> String {
 }
 
 async fn ingest(nats: Option<&str>, shape: IngestShape) -> anyhow::Result<()> {
-    let server = match nats {
-        Some(_) => None,
-        None => Some(NatsServer::start()?),
-    };
-    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
-    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let (_server, log) = connect(nats).await?;
     let client = log.client().clone();
-    let js = async_nats::jetstream::new(client.clone());
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "BASELINE".into(),
-        subjects: vec!["baseline.>".into()],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await?;
+    create_baseline_stream(&client).await?;
 
     println!(
         "bench ingest: {} events per path, batches of {}, {} in flight, {} tenants, {} rounds",
@@ -447,12 +461,7 @@ async fn bare_read(client: &async_nats::Client, head: u64) -> anyhow::Result<Dur
 
 async fn replay(nats: Option<&str>, events: usize, tenants: usize, rounds: usize) -> anyhow::Result<()> {
     use crate::log::Source;
-    let server = match nats {
-        Some(_) => None,
-        None => Some(NatsServer::start()?),
-    };
-    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
-    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let (_server, log) = connect(nats).await?;
     let client = log.client().clone();
     println!("bench replay: {events} realistic events over {tenants} tenants, all views, {rounds} rounds");
     println!("machine: {}; nats-server {}", machine(), client.server_info().version);

@@ -10,11 +10,10 @@ use bytes::Bytes;
 use events::Actor;
 use projections::ViewStore;
 
-use crate::bench::{baseline_round, machine, rate, Rng};
+use crate::bench::{baseline_round, connect, create_baseline_stream, machine, rate, Rng};
 use crate::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
-use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, JetStreamOptions, Source};
-use crate::natsd::NatsServer;
+use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, Source};
 
 #[derive(Debug, Clone, Copy)]
 pub struct DecideShape {
@@ -174,12 +173,7 @@ async fn seed_history(log: &JetStreamLog, tenants: usize, history: usize) -> any
 }
 
 pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()> {
-    let server = match nats {
-        Some(_) => None,
-        None => Some(NatsServer::start()?),
-    };
-    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
-    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let (_server, log) = connect(nats).await?;
     let client = log.client().clone();
     println!(
         "bench decide: {} decisions (70% consume_tokens, 30% upload) over {} tenants from {} concurrent clients",
@@ -201,15 +195,7 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
 
     // The ingest baseline, same run: bare atomic-batch publishes of
     // decision-sized messages.
-    let js = async_nats::jetstream::new(client.clone());
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "BASELINE".into(),
-        subjects: vec!["baseline.>".into()],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await?;
+    create_baseline_stream(&client).await?;
     let payloads: Vec<(String, Bytes)> = (0..shape.decisions)
         .map(|i| {
             (format!("baseline.t-{:05}.tokens_consumed", i % shape.tenants), Bytes::from(vec![7u8; 150]))

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use projections::domain::{CatalogState, Chain, Fact, TenantState};
 use projections::invoice::{price_period, PricedPeriod};
 use projections::period::period_bounds_us;
-use projections::{LedgerView, ViewStore};
+use projections::ViewStore;
 use serde_json::{json, Value};
 
 use crate::log::EventLog;
@@ -128,11 +128,17 @@ fn line_events<'a>(
     out
 }
 
-fn load(views: &ViewStore, tenant: &str) -> Result<(TenantState, CatalogState, i64), QueryError> {
-    let state = LedgerView::tenant(views, tenant)?
-        .filter(|s| s.subscription.is_some())
-        .ok_or_else(|| QueryError::NotSubscribed(tenant.to_string()))?;
-    Ok((state, LedgerView::catalog(views)?, LedgerView::ledger_time_us(views)?))
+/// The tenant's state, the catalog, the instant asked about (default: ledger
+/// time) and the period holding it.
+fn load_at(
+    views: &ViewStore,
+    tenant: &str,
+    at_us: Option<i64>,
+) -> Result<(TenantState, CatalogState, i64, u32), QueryError> {
+    let subject = crate::report::load(views, tenant)?;
+    let at_us = at_us.unwrap_or(subject.now_us);
+    let k = crate::report::period_at(&subject, tenant, at_us)?;
+    Ok((subject.state, subject.catalog, at_us, k))
 }
 
 /// `ledger invoice TENANT --at T --explain`.
@@ -142,11 +148,7 @@ pub async fn invoice<L: EventLog>(
     tenant: &str,
     at_us: Option<i64>,
 ) -> anyhow::Result<Value> {
-    let (state, catalog, now) = load(views, tenant)?;
-    let at_us = at_us.unwrap_or(now);
-    let k = state
-        .period_at(at_us)
-        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))?;
+    let (state, catalog, at_us, k) = load_at(views, tenant, at_us)?;
     let priced = price_period(&state, &catalog, k).expect("subscribed");
     let all = tenant_events(log, tenant).await?;
     let mut invoice = crate::report::invoice(views, tenant, Some(at_us))?;
@@ -179,11 +181,7 @@ pub async fn usage<L: EventLog>(
     tenant: &str,
     at_us: Option<i64>,
 ) -> anyhow::Result<Value> {
-    let (state, catalog, now) = load(views, tenant)?;
-    let at_us = at_us.unwrap_or(now);
-    let k = state
-        .period_at(at_us)
-        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))?;
+    let (state, catalog, at_us, k) = load_at(views, tenant, at_us)?;
     let (start, end) = period_bounds_us(state.subscription.as_ref().expect("subscribed").anchor_us, k);
     let all = tenant_events(log, tenant).await?;
     let live_files: Vec<Value> = state
@@ -267,11 +265,7 @@ pub fn invoice_table(i: &Value) -> String {
 /// priced from the same events as if every plan segment had been on `plan`
 /// (same seats, same add-ons, `plan`'s token rules), beside the real one.
 pub fn what_if(views: &ViewStore, tenant: &str, plan: &str, at_us: Option<i64>) -> anyhow::Result<Value> {
-    let (state, catalog, now) = load(views, tenant)?;
-    let at_us = at_us.unwrap_or(now);
-    let k = state
-        .period_at(at_us)
-        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))?;
+    let (state, catalog, _, k) = load_at(views, tenant, at_us)?;
     let new_plan = catalog.plans.get(plan).ok_or_else(|| anyhow::anyhow!("unknown_plan: no plan {plan}"))?;
     let actual = price_period(&state, &catalog, k).expect("subscribed");
     anyhow::ensure!(

@@ -46,20 +46,21 @@ pub enum QueryError {
     View(#[from] projections::ViewError),
 }
 
-struct Subject {
-    state: TenantState,
-    catalog: CatalogState,
-    now_us: i64,
+/// A subscribed tenant's folded state, the catalog, and ledger time.
+pub(crate) struct Subject {
+    pub state: TenantState,
+    pub catalog: CatalogState,
+    pub now_us: i64,
 }
 
-fn load(views: &ViewStore, tenant: &str) -> Result<Subject, QueryError> {
+pub(crate) fn load(views: &ViewStore, tenant: &str) -> Result<Subject, QueryError> {
     let state = LedgerView::tenant(views, tenant)?
         .filter(|s| s.subscription.is_some())
         .ok_or_else(|| QueryError::NotSubscribed(tenant.to_string()))?;
     Ok(Subject { state, catalog: LedgerView::catalog(views)?, now_us: LedgerView::ledger_time_us(views)? })
 }
 
-fn period_at(subject: &Subject, tenant: &str, at_us: i64) -> Result<u32, QueryError> {
+pub(crate) fn period_at(subject: &Subject, tenant: &str, at_us: i64) -> Result<u32, QueryError> {
     subject
         .state
         .period_at(at_us)

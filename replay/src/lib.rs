@@ -64,7 +64,7 @@ pub(crate) fn source<E: std::error::Error + Send + Sync + 'static>(e: E) -> Repl
 
 /// Records per view write when catching up to a known position: large, so a
 /// tenant's rows are read and written once for many of its events.
-pub const CATCH_UP_BATCH: usize = 20_000;
+pub const CATCH_UP_BATCH: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
