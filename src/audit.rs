@@ -42,12 +42,14 @@ impl Progress for TerminalProgress {
 
 /// Rebuilds `views` from the log into a fresh directory, up to `to` (default:
 /// the head). Shows a progress line on a terminal, tracing logs otherwise.
+/// Returns the position reached and the open store (sled locks its
+/// directory, so callers use this handle rather than opening it again).
 pub async fn replay_into<L: EventLog>(
     log: &L,
     dir: &Path,
     to: Option<u64>,
     views: &[&'static dyn View],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, ViewStore)> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
     }
@@ -64,7 +66,7 @@ pub async fn replay_into<L: EventLog>(
         replay::run(log, &store, views, options, &mut replay::LogProgress::new()).await?
     };
     store.flush().await?;
-    Ok(reached)
+    Ok((reached, store))
 }
 
 /// The last position whose event happened at or before `t_us` (events are
@@ -103,9 +105,7 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
     crate::projector::run(log, live, &ALL_VIEWS, replay::Options { until: Some(head), ..Default::default() })
         .await?;
     let scratch = tempfile::tempdir()?;
-    let rebuilt_dir = scratch.path().join("views");
-    replay_into(log, &rebuilt_dir, Some(head), &ALL_VIEWS).await?;
-    let rebuilt = ViewStore::open(&rebuilt_dir)?;
+    let (_, rebuilt) = replay_into(log, &scratch.path().join("views"), Some(head), &ALL_VIEWS).await?;
     let mut findings = compare_views(live, &rebuilt, &ALL_VIEWS)?;
     let summary = audit_log(log, head).await?;
     findings.extend(summary.findings.iter().cloned());

@@ -236,7 +236,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
-            let reached = crate::audit::replay_into(&log, &into, to_seq, &selected).await?;
+            let (reached, _) = crate::audit::replay_into(&log, &into, to_seq, &selected).await?;
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
         }
         Command::Audit(AuditCommand::WhatIf { tenant, plan, at, json }) => {
@@ -302,9 +302,10 @@ async fn query_state(
         }
         Some(to) => {
             let scratch = tempfile::tempdir()?;
-            let dir = scratch.path().join("views");
-            crate::audit::replay_into(log, &dir, Some(to), &[&LedgerView]).await?;
-            Ok((ViewStore::open(&dir)?, at, Some(scratch)))
+            let (_, store) =
+                crate::audit::replay_into(log, &scratch.path().join("views"), Some(to), &[&LedgerView])
+                    .await?;
+            Ok((store, at, Some(scratch)))
         }
     }
 }

@@ -181,6 +181,25 @@ impl Record {
     }
 }
 
+/// Opens a sled database, waiting up to 5 s for its directory lock: a
+/// process that just ended (or a handle just dropped, whose background
+/// flusher is still finishing) may hold it a moment longer.
+pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            // sled reports a held lock as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The sled database holding every view.
 #[derive(Clone)]
 pub struct ViewStore {
@@ -190,14 +209,14 @@ pub struct ViewStore {
 
 impl ViewStore {
     pub fn open(dir: &Path) -> Result<ViewStore, ViewError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Views are derived and carry their checkpoint, so they need no
             // fsync per batch: after a crash sled recovers a consistent
             // prefix of batches and the projector resumes from its checkpoint.
             .flush_every_ms(Some(500))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        let db = open_sled(&config)?;
         Ok(ViewStore { db, memos: Default::default() })
     }
 

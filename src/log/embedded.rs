@@ -81,14 +81,13 @@ impl EmbeddedLog {
     /// Opens (or creates) the log in `dir`. sled locks the directory, so one
     /// process at a time owns an embedded log.
     pub fn open(dir: &Path) -> Result<EmbeddedLog, LogError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Appends fsync explicitly; the background flush only bounds what
             // an idle process leaves in memory.
             .flush_every_ms(Some(500))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(storage)?;
+            .mode(sled::Mode::HighThroughput);
+        let db = projections::open_sled(&config).map_err(storage)?;
         let tree = db.open_tree("log").map_err(storage)?;
         let head = read_u64(tree.get(b"h").map_err(storage)?);
         let (durable_head, _) = watch::channel(head);
