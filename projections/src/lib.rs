@@ -323,6 +323,19 @@ mod tests {
     }
 
     #[test]
+    fn open_waits_for_a_lock_that_is_about_to_be_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ViewStore::open(dir.path()).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = ViewStore::open(dir.path());
+        releaser.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+    }
+
+    #[test]
     fn events_that_break_the_chain_are_not_counted() {
         let dir = tempfile::tempdir().unwrap();
         let store = ViewStore::open(dir.path()).unwrap();
