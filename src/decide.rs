@@ -211,7 +211,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
         Command::Cancel { tenant } => {
             authorize(actor, Some(tenant), Who::Admin)?;
             let sub = require_active(state, tenant)?;
-            let last = state.period_at(at_us).expect("at is not before the anchor (clock_regression)");
+            let last = period_of(state, at_us)?;
             let first = sub.closed_periods;
             let cancel = Event::SubscriptionCancelled;
             // Price the unclosed periods as they stand once cancelled.
@@ -302,7 +302,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             if let TokenOverage::BillPer1k { .. } = plan.token_overage {
                 return Ok(Decision::Accept(vec![accept]));
             }
-            let period = state.period_at(at_us).expect("at is not before the anchor");
+            let period = period_of(state, at_us)?;
             let used = state.tokens_used(period);
             let limit = state.token_limit_at(catalog, at_us);
             if used.saturating_add(tokens) <= limit {
@@ -434,6 +434,18 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(vec![finalize(state, catalog, k)]))
         }
     }
+}
+
+/// The period holding `at_us`. Ledger time keeps commands after the anchor;
+/// only a command retried after another writer's conflict could carry an
+/// older `at`, and it is refused rather than priced before the subscription.
+fn period_of(state: &TenantState, at_us: i64) -> Result<u32, Rejection> {
+    state.period_at(at_us).ok_or_else(|| {
+        Rejection::new(
+            "clock_regression",
+            format!("at {} is before the subscription began", crate::report::rfc3339(at_us)),
+        )
+    })
 }
 
 fn finalize(state: &TenantState, catalog: &CatalogState, k: u32) -> Event {
