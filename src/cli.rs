@@ -62,6 +62,23 @@ pub struct AsOf {
     pub as_of: Option<String>,
 }
 
+/// What `usage` and `invoice` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Query {
+    pub tenant: String,
+    /// The instant whose period (and token limit) to show, RFC 3339;
+    /// default: ledger time.
+    #[arg(long)]
+    pub at: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// List the events and arithmetic behind each figure.
+    #[arg(long, conflicts_with_all = ["as_of", "as_of_seq"])]
+    pub explain: bool,
+    #[command(flatten)]
+    pub as_of: AsOf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print decoded events from the log.
@@ -97,34 +114,9 @@ pub enum Command {
     /// result line per input line. Exit 2 if any line was malformed.
     Apply { file: String },
     /// A tenant's usage: plan, seats, storage, tokens, add-ons.
-    Usage {
-        tenant: String,
-        /// The instant whose period and token limit to show (RFC 3339;
-        /// default: ledger time).
-        #[arg(long)]
-        at: Option<String>,
-        #[arg(long)]
-        json: bool,
-        /// List the events and arithmetic behind each figure.
-        #[arg(long, conflicts_with_all = ["as_of", "as_of_seq"])]
-        explain: bool,
-        #[command(flatten)]
-        as_of: AsOf,
-    },
+    Usage(Query),
     /// A tenant's invoice for the period holding an instant.
-    Invoice {
-        tenant: String,
-        /// RFC 3339; default: ledger time.
-        #[arg(long)]
-        at: Option<String>,
-        #[arg(long)]
-        json: bool,
-        /// List the events and arithmetic behind each figure.
-        #[arg(long, conflicts_with_all = ["as_of", "as_of_seq"])]
-        explain: bool,
-        #[command(flatten)]
-        as_of: AsOf,
-    },
+    Invoice(Query),
     /// Rebuild views from the log into a fresh directory.
     Replay {
         /// Where to write the rebuilt views (must not hold views yet).
@@ -210,7 +202,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_views(&cli.data, &log)?;
             return apply(log, store, &file).await;
         }
-        Command::Usage { tenant, at, json, explain, as_of } => {
+        Command::Usage(Query { tenant, at, json, explain, as_of }) => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             if explain {
                 let usage = crate::explain::usage(&log, &store, &tenant, at).await?;
@@ -225,7 +217,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_view(&crate::report::usage(&store, &tenant, at)?, json, crate::report::usage_table);
             }
         }
-        Command::Invoice { tenant, at, json, explain, as_of } => {
+        Command::Invoice(Query { tenant, at, json, explain, as_of }) => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             if explain {
                 let invoice = crate::explain::invoice(&log, &store, &tenant, at).await?;
