@@ -8,9 +8,12 @@
 //! when another writer got there first, the tenant is reloaded and its
 //! commands decided again.
 //!
-//! A group is a prefix of the queue. It ends before a second command of a
-//! tenant already in it (that command must see the first one's effect), and
-//! a catalog command travels alone (tenants' commands may depend on it).
+//! A group holds at most one command per tenant: a tenant's next command
+//! waits until the batch carrying the previous one has committed, since it
+//! must see its effect; commands of other tenants go past it, except that
+//! commands carrying their own `at` (imports) keep their order. Two batches
+//! are in flight at once. A catalog command travels alone, with nothing else
+//! in flight (every decision reads the catalog).
 //!
 //! A cold tenant loads from its row in the `ledger` view plus its events in
 //! the log after that row, never by replaying its whole history.
