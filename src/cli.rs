@@ -382,7 +382,7 @@ fn at_rfc3339(at_us: i64) -> String {
 }
 
 fn event_json(record: &LogRecord) -> serde_json::Value {
-    match projector::decode_record(record).event {
+    match record.decode().event {
         Ok(e) => serde_json::json!({
             "position": record.position,
             "subject": record.subject,
@@ -425,7 +425,7 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
         if json {
             writeln!(out, "{}", event_json(&record))?;
         } else {
-            match projector::decode_record(&record).event {
+            match record.decode().event {
                 Ok(e) => writeln!(
                     out,
                     "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",

@@ -245,7 +245,7 @@ impl<L: EventLog> Engine<L> {
         if head > 0 {
             let mut records = self.log.read(head, None).await?;
             if let Some(record) = records.next().await {
-                if let Ok(envelope) = projector::decode_record(&record?).event {
+                if let Ok(envelope) = record?.decode().event {
                     time = time.max(envelope.at_us);
                 }
             }
@@ -273,7 +273,7 @@ impl<L: EventLog> Engine<L> {
             let mut records = self.log.read(start, Some(tenant)).await?;
             while let Some(record) = records.next().await {
                 let record = record?;
-                let decoded = projector::decode_record(&record);
+                let decoded = record.decode();
                 match &decoded.event {
                     Ok(envelope) => loaded
                         .fold(catalog, &Fact { position: record.position, hash: decoded.hash, envelope }),

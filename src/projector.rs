@@ -5,12 +5,7 @@
 pub use projections::{select_views, View, ALL_VIEWS};
 pub use replay::Options as ProjectorOptions;
 
-use crate::log::{EventLog, LogRecord};
-
-/// Decodes a record and checks it sits on the subject its envelope names.
-pub fn decode_record(record: &LogRecord) -> projections::Record {
-    record.decode()
-}
+use crate::log::EventLog;
 
 /// Folds the log into `views` until `options.until` (or forever), logging
 /// progress. Returns the lowest checkpoint reached.
