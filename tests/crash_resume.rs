@@ -25,13 +25,13 @@ async fn fill<L: EventLog>(log: &L) {
     }
 }
 
-fn checkpoint(data: &Path) -> u64 {
-    ViewStore::open(&data.join("views")).unwrap().checkpoint(Activity::NAME).unwrap()
+fn checkpoint(data: &Path, view: &str) -> u64 {
+    ViewStore::open(&data.join("views")).unwrap().checkpoint(view).unwrap()
 }
 
 /// Runs `ledger project` and SIGKILLs it at a pseudo-random moment, until one
 /// run finishes by itself. Returns how many kills left a view part-way.
-fn kill_until_done(data: &Path, nats: Option<&str>) -> usize {
+fn kill_until_done(data: &Path, nats: Option<&str>, view: &str, events: u64) -> usize {
     let mut mid_stream_kills = 0;
     let mut seed = 0x2545_f491_u64;
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -42,7 +42,7 @@ fn kill_until_done(data: &Path, nats: Option<&str>) -> usize {
         if let Some(url) = nats {
             command.arg("--nats").arg(url);
         }
-        command.args(["project", "--view", "activity", "--batch-size", "7"]).env("LEDGER_LOG", "warn");
+        command.args(["project", "--view", view, "--batch-size", "7"]).env("LEDGER_LOG", "warn");
         let mut child = command.stdout(Stdio::null()).spawn().unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let wait_ms = 40 + (seed >> 33) % 400;
@@ -56,8 +56,8 @@ fn kill_until_done(data: &Path, nats: Option<&str>) -> usize {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        let at = checkpoint(data);
-        if at > 0 && at < EVENTS {
+        let at = checkpoint(data, view);
+        if at > 0 && at < events {
             mid_stream_kills += 1;
         }
     }
@@ -69,9 +69,9 @@ async fn crash_and_resume<B: Backend>(mut backend: B, data: &Path, nats: Option<
     // The embedded log is locked by whoever opens it: let the child have it.
     drop(log);
 
-    let kills = kill_until_done(data, nats.as_deref());
+    let kills = kill_until_done(data, nats.as_deref(), Activity::NAME, EVENTS);
     assert!(kills >= 3, "only {kills} kills landed mid-stream; the test proved little");
-    assert_eq!(checkpoint(data), EVENTS);
+    assert_eq!(checkpoint(data, Activity::NAME), EVENTS);
 
     let log = backend.open().await;
     let clean_dir = tempfile::tempdir().unwrap();
@@ -102,4 +102,55 @@ async fn jetstream_projector_survives_repeated_kills() {
     let data = tempfile::tempdir().unwrap();
     let url = backend.url();
     crash_and_resume(backend, data.path(), Some(url)).await;
+}
+
+/// The `ledger` view (state rows, request keys, invoices, a memo of decoded
+/// rows between batches) resumes exactly too, on a log the engine wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_ledger_view_survives_repeated_kills() {
+    let backend = Embedded::new();
+    let data = backend.dir.path().to_path_buf();
+    let mut lines = vec![
+        r#"{"cmd":"define_plan","plan":{"id":"p","currency":"USD","price":"5.00","per_seat":true,"storage_quota_gb":"1","monthly_token_limit":100000000,"token_overage":"block","addons":[]}}"#.to_string(),
+    ];
+    let tenants = ["acme", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"];
+    for t in tenants {
+        lines.push(format!(r#"{{"cmd":"subscribe","tenant":"{t}","plan":"p","seats":2}}"#));
+    }
+    for i in 0..6000 {
+        let t = tenants[i % tenants.len()];
+        lines.push(if i % 4 == 0 {
+            format!(r#"{{"actor":"{t}:user","cmd":"upload","tenant":"{t}","file":"f{i}","bytes":{i}}}"#)
+        } else {
+            format!(r#"{{"actor":"{t}:user","cmd":"consume_tokens","tenant":"{t}","request":"r{i}","tokens":{}}}"#, i + 1)
+        });
+    }
+    let events = {
+        let log = ledger::log::EmbeddedLog::open(&data.join("log")).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let engine = ledger::engine::Ledger::start(log.clone(), ViewStore::open(scratch.path()).unwrap())
+            .await
+            .unwrap();
+        let (results, _) = ledger::cli::apply_lines(&engine, &lines).await.unwrap();
+        assert!(results.iter().all(|r| r["ok"] == true));
+        engine.shutdown();
+        ledger::log::Source::head(&log).await.unwrap()
+    };
+    // The engine's task drops its log handle once the last Ledger is gone;
+    // opening the log in the child waits for sled's lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let kills = kill_until_done(&data, None, projections::LedgerView::NAME, events);
+    assert!(kills >= 3, "only {kills} kills landed mid-stream; the test proved little");
+    assert_eq!(checkpoint(&data, projections::LedgerView::NAME), events);
+
+    let log = ledger::log::EmbeddedLog::open(&data.join("log")).unwrap();
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean = ViewStore::open(clean_dir.path()).unwrap();
+    ledger::projector::catch_up(&log, &clean, &[&projections::LedgerView]).await.unwrap();
+    let resumed = ViewStore::open(&data.join("views")).unwrap();
+    assert_eq!(
+        resumed.dump(projections::LedgerView::NAME).unwrap(),
+        clean.dump(projections::LedgerView::NAME).unwrap()
+    );
 }
