@@ -86,20 +86,6 @@ impl LedgerView {
         Self::get(store, &Self::invoice_key(tenant, period))
     }
 
-    /// Every finalized invoice of a tenant, by period.
-    pub fn final_invoices(store: &ViewStore, tenant: &str) -> Result<Vec<(u32, FinalInvoice)>, ViewError> {
-        let prefix = Self::invoice_prefix(tenant);
-        store
-            .tree(Self::NAME)?
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                let period = u32::from_be_bytes(key[prefix.len()..].try_into().expect("4-byte period"));
-                Ok((period, crate::decode_row(Self::NAME, &value)?))
-            })
-            .collect()
-    }
-
     /// The `at` of the newest event folded (0 when none).
     pub fn ledger_time_us(store: &ViewStore) -> Result<i64, ViewError> {
         Ok(Self::get(store, Self::TIME_KEY)?.unwrap_or(0))
