@@ -183,6 +183,7 @@ impl Generator {
             tenant: name,
             at_us: self.at_us,
             prev_hash,
+            offline: None,
             payload,
         }
     }

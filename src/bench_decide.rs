@@ -38,11 +38,11 @@ fn submission(tenant: &str, roll: u64, n: u64) -> Submission {
             bytes: (roll % 100_000) as i64,
         }
     };
-    Submission { at_us: None, actor: Actor::TenantUser { tenant: tenant.into() }, command }
+    Submission::new(Actor::TenantUser { tenant: tenant.into() }, command)
 }
 
 fn admin(command: Command) -> Submission {
-    Submission { at_us: None, actor: Actor::Admin, command }
+    Submission::new(Actor::Admin, command)
 }
 
 fn tenant_name(prefix: &str, i: usize) -> String {
@@ -147,6 +147,7 @@ async fn seed_history(log: &JetStreamLog, tenants: usize, history: usize) -> any
                     at_us: *at_us,
                     actor: Actor::TenantUser { tenant: tenant.clone() },
                     prev_hash: *hash,
+                    offline: None,
                     payload: events::Event::TokensConsumed {
                         request: format!("history-{n:012}"),
                         tokens: 1,

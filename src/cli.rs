@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
@@ -139,6 +140,21 @@ pub enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Serve commands and queries over NATS (needs --nats), with the billing
+    /// clock. Runs until Ctrl-C or SIGTERM.
+    Serve {
+        /// How often the billing clock looks for ended periods, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        clock_interval_ms: u64,
+    },
+    /// Print the nats-server `authorization` block that isolates tenants:
+    /// one credential per tenant role, the control panel, the ledger.
+    /// Passwords are generated and printed in the block; keep it secret.
+    NatsConfig {
+        /// A tenant to create credentials for; repeatable.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
     /// Benchmarks; each prints its figures and ratios.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -195,6 +211,32 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Command::Demo { keep } = &cli.command {
         return crate::demo::run(keep.as_deref()).await.map(|()| ExitCode::SUCCESS);
+    }
+    if let Command::NatsConfig { tenants } = &cli.command {
+        let password = || uuid::Uuid::new_v4().simple().to_string();
+        let mut credentials = Vec::new();
+        for tenant in tenants {
+            anyhow::ensure!(
+                events::valid_tenant_id(tenant),
+                "tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}"
+            );
+            credentials.push(crate::serve::TenantCredentials {
+                tenant: tenant.clone(),
+                admin_password: password(),
+                user_password: password(),
+            });
+        }
+        print!("{}", crate::serve::nats_authorization(&password(), &password(), &credentials));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Serve { clock_interval_ms } = cli.command {
+        let Some(url) = cli.nats.as_deref() else {
+            anyhow::bail!("serve needs --nats URL (or LEDGER_NATS): it serves over NATS");
+        };
+        let options =
+            crate::serve::ServeOptions { clock_interval: Duration::from_millis(clock_interval_ms.max(1)) };
+        crate::serve::run(url, &cli.data, cli.replicas, options).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     let log = open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?;
     match cli.command {
@@ -258,7 +300,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             store.flush().await?;
             println!("views at position {checkpoint}");
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Serve { .. } | Command::NatsConfig { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -393,6 +437,7 @@ fn event_json(record: &LogRecord) -> serde_json::Value {
             "kind": e.kind().name(),
             "prev_hash": hex(&e.prev_hash),
             "payload": e.payload,
+            "admitted_offline_at": e.offline.as_ref().map(|o| at_rfc3339(o.admitted_at_us)),
         }),
         Err(error) => serde_json::json!({
             "position": record.position,

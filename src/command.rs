@@ -42,6 +42,31 @@ pub struct Submission {
     pub at_us: Option<i64>,
     pub actor: Actor,
     pub command: Command,
+    /// When a client admitted this upload or token use from its cached
+    /// quota while the ledger was unreachable (`admitted_offline_at`): the
+    /// ledger records it without a quota check, marked offline.
+    pub admitted_offline_at_us: Option<i64>,
+}
+
+impl Submission {
+    pub fn new(actor: Actor, command: Command) -> Submission {
+        Submission { at_us: None, actor, command, admitted_offline_at_us: None }
+    }
+}
+
+/// Takes the optional `admitted_offline_at` field out of a command's fields.
+pub fn take_admitted_offline(fields: &mut Map<String, Value>) -> Result<Option<i64>, Rejection> {
+    let at_us = match fields.remove("admitted_offline_at") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => parse_at(&s)?,
+        Some(other) => {
+            return Err(Rejection::malformed(format!("admitted_offline_at must be a string, not {other}")))
+        }
+    };
+    match fields.get("cmd").and_then(Value::as_str) {
+        Some("upload" | "consume_tokens") => Ok(Some(at_us)),
+        _ => Err(Rejection::malformed("only upload and consume_tokens can be admitted offline")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,5 +376,6 @@ pub fn parse_line(line: &str) -> Result<Submission, Rejection> {
         })?,
         Some(other) => return Err(Rejection::malformed(format!("actor must be a string, not {other}"))),
     };
-    Ok(Submission { at_us, actor, command: parse_command(fields)? })
+    let admitted_offline_at_us = take_admitted_offline(&mut fields)?;
+    Ok(Submission { at_us, actor, command: parse_command(fields)?, admitted_offline_at_us })
 }

@@ -30,6 +30,9 @@ pub struct Context<'a> {
     pub at_us: i64,
     /// For `consume_tokens`: the request key's earlier accepted use, if any.
     pub earlier_request: Option<RequestEntry>,
+    /// A client already admitted this upload or token use offline: record
+    /// it without the quota check (the use has happened).
+    pub admitted_offline: bool,
 }
 
 /// Who may send a command.
@@ -223,6 +226,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 actor: (*actor).clone(),
                 prev_hash: [0; 32],
                 payload: cancel.clone(),
+                offline: None,
             };
             after.apply(&Fact { position: state.chain.last_position + 1, hash: [0; 32], envelope: &scratch });
             // The digest covers the history before this command, which a
@@ -252,7 +256,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
             let used = state.used_bytes;
             let quota = state.quota_bytes(catalog);
-            if used.saturating_add(bytes) <= quota {
+            if ctx.admitted_offline || used.saturating_add(bytes) <= quota {
                 Ok(Decision::Accept(vec![Event::FileStored { file: file.clone(), bytes }]))
             } else {
                 Ok(Decision::Deny {
@@ -298,8 +302,9 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 };
             }
             let plan = &catalog.plans[&sub.plan];
-            let accept = Event::TokensConsumed { request: request.clone(), tokens, offline: false };
-            if let TokenOverage::BillPer1k { .. } = plan.token_overage {
+            let accept =
+                Event::TokensConsumed { request: request.clone(), tokens, offline: ctx.admitted_offline };
+            if ctx.admitted_offline || matches!(plan.token_overage, TokenOverage::BillPer1k { .. }) {
                 return Ok(Decision::Accept(vec![accept]));
             }
             let period = period_of(state, at_us)?;

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use events::{Envelope, CATALOG_TENANT};
+use events::{Envelope, Event, CATALOG_TENANT};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use projections::domain::{CatalogState, Fact, RequestEntry, Spill, TenantState};
@@ -155,12 +155,50 @@ pub async fn wait(answer: oneshot::Receiver<Reply>) -> Reply {
 fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::task::AbortHandle> {
     let (log, views) = (log.clone(), views.clone());
     let task = tokio::spawn(async move {
-        let options = ProjectorOptions::default();
-        if let Err(error) = projector::run(&log, &views, &projector::ALL_VIEWS, options).await {
-            tracing::error!(%error, "projector stopped");
+        // A lost connection ends the read; the views keep their checkpoints,
+        // so the projector starts again from there once the log answers.
+        // A read that silently stalls (an ordered consumer notices a server
+        // restart only after missed heartbeats, tens of seconds) is caught
+        // by the watchdog: the log has events the views lack, and the views
+        // have not moved for STALL_LIMIT.
+        loop {
+            let options = ProjectorOptions::default();
+            tokio::select! {
+                result = projector::run(&log, &views, &projector::ALL_VIEWS, options) => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "projector interrupted; resuming in 1 s");
+                    }
+                }
+                () = stalled(&log, &views) => tracing::warn!("projector stalled behind the log; restarting it"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     vec![task.abort_handle()]
+}
+
+/// How long the views may stand still while the log is ahead of them.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
+
+/// Returns once the views have stood still behind the log for [`STALL_LIMIT`].
+async fn stalled<L: EventLog>(log: &L, views: &ViewStore) {
+    let lowest =
+        || projector::ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0);
+    let mut last = (lowest(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = lowest();
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+            continue;
+        }
+        let behind = log.head().await.is_ok_and(|head| head > now);
+        if !behind {
+            last.1 = tokio::time::Instant::now();
+        } else if last.1.elapsed() >= STALL_LIMIT {
+            return;
+        }
+    }
 }
 
 /// A tenant (or the catalog) as the engine holds it.
@@ -428,6 +466,12 @@ impl<L: EventLog> Engine<L> {
                     at_us,
                     actor: job.submission.actor.clone(),
                     prev_hash,
+                    // A client's clock may run ahead of the ledger's; the
+                    // admission cannot be later than the recording.
+                    offline: job.submission.admitted_offline_at_us.and_then(|admitted_at_us| {
+                        matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
+                            .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at_us) })
+                    }),
                     payload,
                 };
                 let bytes = events::encode(&envelope).expect("the decider only emits valid events");
@@ -478,6 +522,7 @@ impl<L: EventLog> Engine<L> {
             actor: &submission.actor,
             at_us,
             earlier_request,
+            admitted_offline: submission.admitted_offline_at_us.is_some(),
         };
         decide(&ctx, &submission.command)
     }

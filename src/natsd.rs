@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub struct NatsServer {
-    child: Child,
+    /// `None` while stopped.
+    child: Option<Child>,
     url: String,
     store_dir: PathBuf,
+    /// More configuration (authorization) kept for restarts.
+    extra: String,
+    port: Option<u16>,
     /// Holds the config and ports file, and the store unless one was given.
     _work: tempfile::TempDir,
 }
@@ -51,46 +55,75 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl NatsServer {
     /// A fresh server with a fresh temporary store.
     pub fn start() -> anyhow::Result<NatsServer> {
+        NatsServer::start_configured("")
+    }
+
+    /// A fresh server whose config also holds `extra` (an `authorization`
+    /// block, say).
+    pub fn start_configured(extra: &str) -> anyhow::Result<NatsServer> {
         let work = tempfile::tempdir()?;
         let store = work.path().join("store");
-        NatsServer::start_with(work, store)
+        NatsServer::start_with(work, store, extra.to_string())
     }
 
     /// A server over an existing store directory (to restart one).
     pub fn start_on_store(store_dir: &Path) -> anyhow::Result<NatsServer> {
-        NatsServer::start_with(tempfile::tempdir()?, store_dir.to_path_buf())
+        NatsServer::start_with(tempfile::tempdir()?, store_dir.to_path_buf(), String::new())
     }
 
-    fn start_with(work: tempfile::TempDir, store_dir: PathBuf) -> anyhow::Result<NatsServer> {
+    fn start_with(work: tempfile::TempDir, store_dir: PathBuf, extra: String) -> anyhow::Result<NatsServer> {
+        let mut server =
+            NatsServer { child: None, url: String::new(), store_dir, extra, port: None, _work: work };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts the process: on a random port the first time, then on the
+    /// same port (so clients reconnect to the URL they know).
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = binary()?;
-        let config = work.path().join("nats.conf");
-        let ports = work.path().join("ports");
+        let config = self._work.path().join("nats.conf");
+        let ports = self._work.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
         std::fs::create_dir_all(&ports)?;
+        let listen = match self.port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => "127.0.0.1:-1".to_string(),
+        };
         // sync_interval: always makes every acknowledged write fsynced, the
         // setting durable deployments use and our figures are measured with.
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:-1\"\nports_file_dir: {ports:?}\n\
-                 jetstream {{\n  store_dir: {store_dir:?}\n  sync_interval: always\n}}\n"
+                "listen: \"{listen}\"\nports_file_dir: {ports:?}\n\
+                 jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{}\n",
+                self.store_dir, self.extra
             ),
         )?;
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = NatsServer { child, url: String::new(), store_dir, _work: work };
-        server.url = server.wait_for_port(&ports)?;
-        Ok(server)
+        self.child = Some(
+            Command::new(&binary)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?,
+        );
+        self.url = self.wait_for_port(&ports)?;
+        self.port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
+        Ok(())
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same store and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
     }
 
     fn wait_for_port(&mut self, ports: &Path) -> anyhow::Result<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
                 bail!("nats-server exited at start: {status}");
             }
             for entry in std::fs::read_dir(ports)? {
@@ -118,8 +151,10 @@ impl NatsServer {
 
     /// Stops the server (SIGKILL: an unclean stop is the harder case).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

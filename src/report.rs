@@ -122,6 +122,26 @@ pub fn invoice(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Va
     Ok(invoice_json(tenant, priced.start_us, priced.end_us, "draft", &priced.invoice))
 }
 
+/// `ledger.query.<tenant>.invoices`: every period of a tenant so far, with
+/// status and totals (a cancelled tenant's list ends at its last period).
+pub fn invoices(views: &ViewStore, tenant: &str) -> Result<Value, QueryError> {
+    let subject = load(views, tenant)?;
+    let sub = subject.state.subscription.as_ref().expect("loaded only when subscribed");
+    let last = match sub.cancelled_at_us {
+        Some(_) => sub.closed_periods.saturating_sub(1),
+        None => period_at(&subject, tenant, subject.now_us)?,
+    };
+    let mut periods = Vec::new();
+    for k in 0..=last {
+        let one = invoice(views, tenant, Some(period_bounds_us(sub.anchor_us, k).0))?;
+        periods.push(json!({
+            "period": one["period"], "status": one["status"], "currency": one["currency"],
+            "total": one["total"], "paid": one["paid"], "amount_due": one["amount_due"],
+        }));
+    }
+    Ok(json!({"tenant": tenant, "invoices": periods}))
+}
+
 /// The readable form of `usage`.
 pub fn usage_table(u: &Value) -> String {
     let mut out = String::new();

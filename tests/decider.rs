@@ -68,6 +68,7 @@ impl World {
             actor: &submission.actor,
             at_us: at(t),
             earlier_request,
+            admitted_offline: submission.admitted_offline_at_us.is_some(),
         };
         decide(&ctx, &submission.command)
     }
@@ -90,6 +91,10 @@ impl World {
                 at_us: at(t),
                 actor: actor.clone(),
                 prev_hash: [0; 32],
+                offline: parse_line(line).unwrap().admitted_offline_at_us.and_then(|admitted_at_us| {
+                    matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
+                        .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at(t)) })
+                }),
                 payload,
             };
             events::encode(&envelope).expect("the decider emits valid events");
@@ -401,4 +406,41 @@ fn close_period_and_cancel() {
     ] {
         w.rejects(line, "2026-05-17T00:00:00Z", "not_subscribed");
     }
+}
+
+#[test]
+fn uses_admitted_offline_are_recorded_without_the_quota_check() {
+    let mut w = World::subscribed("starter", 1);
+    let gb = 1u64 << 30;
+    let offline = r#""admitted_offline_at":"2026-03-09T23:00:00Z""#;
+    w.ok(r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"a","tokens":9000}"#, T);
+    // Over the limit, but a client already admitted it while the ledger was
+    // unreachable: recorded (marked offline), not denied.
+    let late = format!(
+        r#"{{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"o1","tokens":3000,{offline}}}"#
+    );
+    assert_eq!(w.ok(&late, T), [Event::TokensConsumed { request: "o1".into(), tokens: 3000, offline: true }]);
+    assert_eq!(w.state.tokens_used(0), 12_000);
+    // Delivered twice (a retry): the same key, a duplicate.
+    assert!(matches!(w.when(&late, T), Ok(Decision::Duplicate { .. })));
+    // Online decisions still hold the line.
+    w.denies(
+        r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"b","tokens":1}"#,
+        T,
+        "token_limit_exceeded",
+    );
+    let upload = format!(
+        r#"{{"actor":"acme:user","cmd":"upload","tenant":"acme","file":"big","bytes":{},{offline}}}"#,
+        3 * gb
+    );
+    assert_eq!(w.ok(&upload, T), [Event::FileStored { file: "big".into(), bytes: 3 * gb }]);
+    // Authorization and subscription rules are not relaxed offline.
+    w.rejects(
+        &format!(r#"{{"actor":"beta:user","cmd":"consume_tokens","tenant":"acme","request":"x","tokens":1,{offline}}}"#),
+        T,
+        "forbidden",
+    );
+    // Only uploads and token use can be admitted offline.
+    let seats = format!(r#"{{"cmd":"set_seats","tenant":"acme","seats":2,{offline}}}"#);
+    assert_eq!(parse_line(&seats).expect_err("refused").code, "malformed");
 }

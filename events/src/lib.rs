@@ -8,14 +8,16 @@
 pub mod codec;
 pub mod samples;
 pub mod v1;
+pub mod v2;
 mod validate;
 
 pub use codec::{decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};
 pub use validate::{valid_id, valid_tenant_id};
 
-/// The current event shapes. While only v1 exists they are the v1 types; when
-/// v2 arrives these aliases move and `codec` upcasts v1 bytes.
-pub type Envelope = v1::EnvelopeV1;
+/// The current event shapes: the v2 envelope around the v1 payloads. `codec`
+/// upcasts v1 bytes.
+pub type Envelope = v2::EnvelopeV2;
+pub type Offline = v2::OfflineV2;
 pub type Event = v1::EventV1;
 pub type Actor = v1::ActorV1;
 pub type Plan = v1::PlanV1;

@@ -13,8 +13,23 @@ fn dec(s: &str) -> Decimal {
 /// 2026-03-01T00:00:00Z in microseconds.
 pub const SAMPLE_AT_US: i64 = 1_772_323_200_000_000;
 
-/// One fixed envelope of the given kind.
-pub fn sample(kind: EventKind) -> EnvelopeV1 {
+/// One fixed envelope of the given kind, in the current shape.
+pub fn sample(kind: EventKind) -> crate::Envelope {
+    sample_v1(kind).into()
+}
+
+/// A token use a client admitted offline an hour before it was recorded.
+pub fn sample_offline() -> crate::Envelope {
+    let mut envelope = sample(EventKind::TokensConsumed);
+    if let crate::Event::TokensConsumed { offline, .. } = &mut envelope.payload {
+        *offline = true;
+    }
+    envelope.offline = Some(crate::Offline { admitted_at_us: SAMPLE_AT_US - 3_600_000_000 });
+    envelope
+}
+
+/// One fixed envelope of the given kind, as schema version 1 shaped it.
+pub fn sample_v1(kind: EventKind) -> EnvelopeV1 {
     let tenant = "acme".to_string();
     let payload = match kind {
         EventKind::PlanDefined => EventV1::PlanDefined {

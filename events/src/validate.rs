@@ -94,6 +94,22 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
     check(chrono::DateTime::from_timestamp_micros(envelope.at_us).is_some(), || {
         format!("at {} is out of range", envelope.at_us)
     })?;
+    if let Some(offline) = &envelope.offline {
+        check(matches!(envelope.payload, Event::FileStored { .. } | Event::TokensConsumed { .. }), || {
+            format!("a {} event cannot be admitted offline", envelope.kind().name())
+        })?;
+        check(offline.admitted_at_us <= envelope.at_us, || "admitted offline after it was recorded".into())?;
+        check(chrono::DateTime::from_timestamp_micros(offline.admitted_at_us).is_some(), || {
+            format!("offline admission at {} is out of range", offline.admitted_at_us)
+        })?;
+    }
+    if let Event::TokensConsumed { offline, .. } = &envelope.payload {
+        // v1 marked offline token use in the payload; v2 marks it on the
+        // envelope (for uploads too). Writers keep the two in step.
+        check(*offline == envelope.offline.is_some(), || {
+            "the payload's offline flag disagrees with the envelope".into()
+        })?;
+    }
     match &envelope.payload {
         Event::PlanDefined { plan } => check_plan(plan),
         Event::AddonDefined { addon } => check_addon(addon),

@@ -1,45 +1,69 @@
-//! Golden bytes: every event kind's v1 encoding is committed under
-//! `tests/golden/v1/` and must never change. A failure here means persisted
-//! bytes would no longer decode: make a new schema version instead of editing
-//! v1. Run with `LEDGER_BLESS_GOLDEN=1` only when adding a new kind or version.
+//! Golden bytes: every event kind's encoding in each schema version is
+//! committed under `tests/golden/v<N>/` and must never change. A failure here
+//! means persisted bytes would no longer decode: make a new schema version
+//! instead of editing an old one. Run with `LEDGER_BLESS_GOLDEN=1` only when
+//! adding a new kind or version (it writes missing fixtures, never replaces).
 
 use std::path::PathBuf;
 
-use events::samples::sample;
+use events::samples::{sample, sample_offline, sample_v1};
 use events::{decode, encode, EventKind};
 
-fn fixture(kind: EventKind) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1").join(format!("{}.bin", kind.name()))
+fn dir(version: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"))
+}
+
+fn golden(version: u16, name: &str, current: &[u8]) -> Vec<u8> {
+    let path = dir(version).join(format!("{name}.bin"));
+    if std::env::var_os("LEDGER_BLESS_GOLDEN").is_some() && !path.exists() {
+        std::fs::create_dir_all(dir(version)).unwrap();
+        std::fs::write(&path, current).unwrap();
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()))
 }
 
 #[test]
-fn every_kind_matches_its_committed_bytes() {
-    let bless = std::env::var_os("LEDGER_BLESS_GOLDEN").is_some();
-    for kind in EventKind::ALL {
-        let envelope = sample(kind);
+fn every_kind_matches_its_committed_v2_bytes() {
+    let mut cases: Vec<(String, events::Envelope)> =
+        EventKind::ALL.iter().map(|k| (k.name().to_string(), sample(*k))).collect();
+    cases.push(("tokens_consumed_offline".into(), sample_offline()));
+    for (name, envelope) in cases {
         let bytes = encode(&envelope).expect("sample encodes");
-        let path = fixture(kind);
-        if bless && !path.exists() {
-            std::fs::write(&path, &bytes).unwrap();
-        }
+        assert_eq!(&bytes[..2], &2u16.to_le_bytes());
+        let golden = golden(2, &name, &bytes);
+        assert_eq!(bytes, golden, "{name} encodes differently from its fixture");
+        assert_eq!(decode(&golden).expect("fixture decodes"), envelope, "{name}");
+    }
+}
+
+#[test]
+fn v1_bytes_still_decode_and_upcast() {
+    for kind in EventKind::ALL {
+        let path = dir(1).join(format!("{}.bin", kind.name()));
         let golden =
             std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()));
-        assert_eq!(bytes, golden, "{} encodes differently from its fixture", kind.name());
-        assert_eq!(decode(&golden).expect("fixture decodes"), envelope, "{}", kind.name());
+        assert_eq!(&golden[..2], &1u16.to_le_bytes());
+        let upcast: events::Envelope = sample_v1(kind).into();
+        assert_eq!(upcast.offline, None);
+        assert_eq!(decode(&golden).expect("v1 fixture decodes"), upcast, "{}", kind.name());
     }
 }
 
 #[test]
 fn fixtures_are_exactly_the_known_kinds() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let mut expected: Vec<String> = EventKind::ALL.iter().map(|k| format!("{}.bin", k.name())).collect();
-    expected.sort();
-    assert_eq!(names, expected);
+    for version in [1u16, 2] {
+        let mut names: Vec<String> = std::fs::read_dir(dir(version))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = EventKind::ALL.iter().map(|k| format!("{}.bin", k.name())).collect();
+        if version == 2 {
+            expected.push("tokens_consumed_offline.bin".into());
+        }
+        expected.sort();
+        assert_eq!(names, expected, "fixtures of v{version}");
+    }
 }
 
 #[test]
@@ -56,7 +80,7 @@ fn decode_rejects_garbage_without_panicking() {
     trailing.push(0);
     assert!(decode(&trailing).is_err());
     // A forged length prefix claiming gigabytes must not allocate them.
-    let mut huge = vec![1, 0];
+    let mut huge = vec![2, 0];
     huge.extend_from_slice(&[0xff; 40]);
     assert!(decode(&huge).is_err());
 }
@@ -68,6 +92,14 @@ fn validation_runs_on_both_sides() {
         *tokens = 0;
     }
     assert!(matches!(encode(&bad), Err(events::EventError::Invalid(_))));
+
+    // Only uploads and token use can be admitted offline, and not after recording.
+    let mut offline_seats = sample(EventKind::SeatsChanged);
+    offline_seats.offline = Some(events::Offline { admitted_at_us: offline_seats.at_us });
+    assert!(matches!(encode(&offline_seats), Err(events::EventError::Invalid(_))));
+    let mut admitted_later = sample_offline();
+    admitted_later.offline = Some(events::Offline { admitted_at_us: admitted_later.at_us + 1 });
+    assert!(matches!(encode(&admitted_later), Err(events::EventError::Invalid(_))));
 
     // Bytes that decode but break a rule (as a forged publish might) are refused.
     let mut forged = encode(&sample(EventKind::TokensConsumed)).unwrap();

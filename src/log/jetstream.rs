@@ -83,11 +83,11 @@ struct CommitReply {
 impl JetStreamLog {
     /// Connects, checks the server version, and creates the stream if needed.
     pub async fn connect(options: &JetStreamOptions) -> Result<JetStreamLog, LogError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("ledger")
-            .connect(&options.url)
+        let (address, connect) = crate::nats::options(&options.url, "ledger", None);
+        let client = connect
+            .connect(&address)
             .await
-            .map_err(|e| LogError::Unavailable(format!("cannot connect to {}: {e}", options.url)))?;
+            .map_err(|e| LogError::Unavailable(format!("cannot connect to {address}: {e}")))?;
         let found = client.server_info().version;
         if !server_supports_atomic_batches(&found) {
             return Err(LogError::ServerTooOld { found });

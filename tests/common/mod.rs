@@ -16,6 +16,7 @@ pub fn event(tenant: &str, n: u64) -> Envelope {
         at_us: events::samples::SAMPLE_AT_US + n as i64,
         actor: Actor::TenantUser { tenant: tenant.to_string() },
         prev_hash: [0; 32],
+        offline: None,
         payload: if n % 3 == 0 {
             Event::FileStored { file: format!("f{n}"), bytes: n }
         } else {

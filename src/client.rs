@@ -1,0 +1,622 @@
+//! `ledger::client`: the Rust client tenant applications and the control
+//! panel use to talk to `ledger serve`.
+//!
+//! - Typed calls for every command and query of the spec's service contract.
+//! - Retries reuse the same idempotency key (the token `request`, the
+//!   upload's file id, the `purchase`), so a retried command is applied once.
+//! - The offline fallback (tenant clients with a cache directory): the
+//!   client keeps the last quota figures it read from the ledger in a local
+//!   sled file. When the ledger cannot be reached it decides uploads and
+//!   token use itself, but only
+//!   - while those figures are at most `max_staleness` old (after that it
+//!     fails closed: it denies, code `ledger_unreachable`), and
+//!   - up to `offline_share` of the quota that was left when they were read
+//!     (beyond that it denies, code `offline_limit_exceeded`).
+//!
+//!   What it admits goes into a durable local outbox (flushed to disk before
+//!   the call returns), and is delivered with its original keys and
+//!   `admitted_offline_at` once the ledger answers again, before any new
+//!   upload or token use is decided online. The ledger records those events
+//!   as admitted offline, without a quota check: the use has happened.
+//!
+//! The overshoot this allows is bounded and stated: a client admits at most
+//! `offline_share x (quota - used)` of what it last saw; the ledger ends
+//! above its quota only by what other writers used after that reading, plus
+//! what other offline clients admitted from the same reading.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+
+/// Whom a client speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `<tenant>:user`: usage and quota decisions.
+    User,
+    /// `<tenant>:admin`: also seats and add-ons.
+    Admin,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OfflineConfig {
+    /// Directory of the local quota cache and outbox (a sled database).
+    pub dir: PathBuf,
+    /// Quota figures older than this are not trusted: offline, deny.
+    pub max_staleness: Duration,
+    /// Share (0 to 1) of the quota left at the last reading that may be
+    /// admitted while offline.
+    pub offline_share: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `nats://user:password@host:port`.
+    pub url: String,
+    /// Per request attempt.
+    pub request_timeout: Duration,
+    /// Attempts per command before the ledger counts as unreachable.
+    pub attempts: u32,
+    /// The inbox prefix the credential may subscribe to (the shipped
+    /// configuration gives each credential its own: `_INBOX_<user>`).
+    pub inbox_prefix: Option<String>,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            url: url.into(),
+            request_timeout: Duration::from_secs(2),
+            attempts: 3,
+            inbox_prefix: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No ledger answered (after every attempt). Retry later; commands
+    /// with idempotency keys can be re-sent as they were.
+    #[error("the ledger did not answer: {0}")]
+    Unreachable(String),
+    /// The reply was not what the service contract says: a version mismatch.
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+    /// The local cache or outbox could not be read or written.
+    #[error("local cache: {0}")]
+    Cache(String),
+}
+
+/// The answer to a command: the object `ledger apply` prints for a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub ok: bool,
+    pub seq: Option<u64>,
+    pub duplicate: bool,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// Decided by this client from its cache while the ledger was
+    /// unreachable (and queued for delivery).
+    pub offline: bool,
+    /// The whole reply.
+    pub raw: Value,
+}
+
+impl Answer {
+    fn from_reply(raw: Value) -> Result<Answer, ClientError> {
+        let ok = raw["ok"].as_bool().ok_or_else(|| ClientError::Protocol(format!("no \"ok\" in {raw}")))?;
+        Ok(Answer {
+            ok,
+            seq: raw["seq"].as_u64(),
+            duplicate: raw["duplicate"].as_bool().unwrap_or(false),
+            code: raw["code"].as_str().map(str::to_string),
+            message: raw["message"].as_str().map(str::to_string),
+            offline: false,
+            raw,
+        })
+    }
+
+    fn local(ok: bool, code: Option<&str>, message: String) -> Answer {
+        let mut raw = json!({"ok": ok, "offline": true});
+        if let Some(code) = code {
+            raw["code"] = json!(code);
+            raw["message"] = json!(message);
+        }
+        Answer {
+            ok,
+            seq: None,
+            duplicate: false,
+            code: code.map(str::to_string),
+            message: code.map(|_| message),
+            offline: true,
+            raw,
+        }
+    }
+}
+
+/// Request/reply with retries.
+#[derive(Clone)]
+struct Transport {
+    nats: async_nats::Client,
+    config: ClientConfig,
+}
+
+impl Transport {
+    async fn connect(config: ClientConfig) -> Result<Transport, ClientError> {
+        let (address, options) =
+            crate::nats::options(&config.url, "ledger-client", config.inbox_prefix.as_deref());
+        // Connect even while the server is down: the client reconnects in
+        // the background and the offline fallback covers the gap.
+        let nats = options
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .request_timeout(Some(config.request_timeout))
+            .connect(&address)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        Ok(Transport { nats, config })
+    }
+
+    /// Sends `body` to `subject` until a reply arrives, at most `attempts`
+    /// times. The body is the same every time, idempotency key included.
+    async fn request(&self, subject: &str, body: &Value) -> Result<Value, ClientError> {
+        let payload: bytes::Bytes = serde_json::to_vec(body).expect("JSON encodes").into();
+        let mut last_error = String::new();
+        for attempt in 0..self.config.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+            }
+            match self.nats.request(subject.to_string(), payload.clone()).await {
+                Ok(message) => {
+                    return serde_json::from_slice(&message.payload)
+                        .map_err(|e| ClientError::Protocol(format!("reply is not JSON: {e}")))
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        Err(ClientError::Unreachable(last_error))
+    }
+}
+
+/// The quota figures last read from the ledger, and what was admitted
+/// offline against them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QuotaSnapshot {
+    pub read_at_us: i64,
+    pub period_end_us: i64,
+    pub storage_used_bytes: u64,
+    pub storage_quota_bytes: u64,
+    pub tokens_used: u64,
+    pub tokens_limit: u64,
+    /// Admitted offline since the reading (reset by the next reading).
+    pub offline_bytes: u64,
+    pub offline_tokens: u64,
+}
+
+/// The local sled database of an offline-capable client.
+struct Cache {
+    db: sled::Db,
+    config: OfflineConfig,
+}
+
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+
+impl Cache {
+    fn err(e: impl std::fmt::Display) -> ClientError {
+        ClientError::Cache(e.to_string())
+    }
+
+    fn snapshot(&self) -> Result<Option<QuotaSnapshot>, ClientError> {
+        match self.db.get(SNAPSHOT_KEY).map_err(Self::err)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(Self::err),
+        }
+    }
+
+    fn put_snapshot(&self, snapshot: &QuotaSnapshot) -> Result<(), ClientError> {
+        self.db
+            .insert(SNAPSHOT_KEY, serde_json::to_vec(snapshot).expect("JSON encodes"))
+            .map_err(Self::err)?;
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<sled::Tree, ClientError> {
+        self.db.open_tree("outbox").map_err(Self::err)
+    }
+
+    /// Queued commands in the order they were admitted.
+    fn queued(&self) -> Result<Vec<(sled::IVec, Value)>, ClientError> {
+        self.outbox()?
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(Self::err)?;
+                Ok((key, serde_json::from_slice(&value).map_err(Self::err)?))
+            })
+            .collect()
+    }
+}
+
+/// A tenant application's client (`<tenant>:user` or `<tenant>:admin`).
+#[derive(Clone)]
+pub struct Client {
+    transport: Transport,
+    tenant: String,
+    role: Role,
+    cache: Option<Arc<Mutex<Cache>>>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Client {
+    /// Connects (or keeps trying in the background) as `tenant`'s `role`.
+    pub async fn connect(
+        config: ClientConfig,
+        tenant: &str,
+        role: Role,
+        offline: Option<OfflineConfig>,
+    ) -> Result<Client, ClientError> {
+        let cache = match offline {
+            None => None,
+            Some(config) => {
+                let db = sled::Config::new().path(&config.dir).open().map_err(Cache::err)?;
+                Some(Arc::new(Mutex::new(Cache { db, config })))
+            }
+        };
+        Ok(Client { transport: Transport::connect(config).await?, tenant: tenant.to_string(), role, cache })
+    }
+
+    fn subject(&self, command: &str) -> String {
+        format!("ledger.cmd.{}.{}.{command}", self.tenant, self.role.name())
+    }
+
+    async fn command(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
+        Answer::from_reply(self.transport.request(&self.subject(command), &body).await?)
+    }
+
+    /// Stores a file of `bytes` (the file id is the idempotency key).
+    pub async fn upload(&self, file: &str, bytes: u64) -> Result<Answer, ClientError> {
+        self.metered("upload", json!({"file": file, "bytes": bytes})).await
+    }
+
+    pub async fn delete_file(&self, file: &str) -> Result<Answer, ClientError> {
+        self.command("delete_file", json!({"file": file})).await
+    }
+
+    /// Uses `tokens` under the idempotency key `request`.
+    pub async fn consume_tokens(&self, request: &str, tokens: u64) -> Result<Answer, ClientError> {
+        self.metered("consume_tokens", json!({"request": request, "tokens": tokens})).await
+    }
+
+    pub async fn set_seats(&self, seats: u32) -> Result<Answer, ClientError> {
+        self.command("set_seats", json!({"seats": seats})).await
+    }
+
+    /// `payment`: `"invoice"` or `"card"`.
+    pub async fn purchase_addon(
+        &self,
+        addon: &str,
+        purchase: &str,
+        quantity: u32,
+        payment: &str,
+    ) -> Result<Answer, ClientError> {
+        self.command(
+            "purchase_addon",
+            json!({"addon": addon, "purchase": purchase, "quantity": quantity, "payment": payment}),
+        )
+        .await
+    }
+
+    pub async fn cancel_addon(&self, purchase: &str) -> Result<Answer, ClientError> {
+        self.command("cancel_addon", json!({"purchase": purchase})).await
+    }
+
+    /// Several commands in one request (`{"cmd": ..., fields}` each); the
+    /// answers come back in order. Not covered by the offline fallback.
+    pub async fn batch(&self, commands: Vec<Value>) -> Result<Vec<Answer>, ClientError> {
+        let reply = self.transport.request(&self.subject("batch"), &json!({ "commands": commands })).await?;
+        match reply["results"].as_array() {
+            Some(results) => results.iter().cloned().map(Answer::from_reply).collect(),
+            None => Err(ClientError::Protocol(format!("batch reply without results: {reply}"))),
+        }
+    }
+
+    async fn query(&self, view: &str, at: Option<&str>) -> Result<Value, ClientError> {
+        let body = match at {
+            Some(at) => json!({ "at": at }),
+            None => json!({}),
+        };
+        self.transport.request(&format!("ledger.query.{}.{view}", self.tenant), &body).await
+    }
+
+    /// The `usage` object (`ledger usage --json`); refreshes the quota cache.
+    pub async fn usage(&self, at: Option<&str>) -> Result<Value, ClientError> {
+        let usage = self.query("usage", at).await?;
+        if at.is_none() && usage.get("tokens").is_some() {
+            self.remember(&usage).await?;
+        }
+        Ok(usage)
+    }
+
+    pub async fn invoice(&self, at: Option<&str>) -> Result<Value, ClientError> {
+        self.query("invoice", at).await
+    }
+
+    pub async fn invoices(&self) -> Result<Value, ClientError> {
+        self.query("invoices", None).await
+    }
+
+    /// Reads the ledger's current quota figures into the cache.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        self.usage(None).await.map(|_| ())
+    }
+
+    async fn remember(&self, usage: &Value) -> Result<(), ClientError> {
+        let Some(cache) = &self.cache else { return Ok(()) };
+        let number = |v: &Value| v.as_u64().ok_or_else(|| ClientError::Protocol(format!("not a count: {v}")));
+        let period_end_us = crate::command::parse_at(usage["period"]["end"].as_str().unwrap_or(""))
+            .map_err(|r| ClientError::Protocol(r.message))?;
+        let snapshot = QuotaSnapshot {
+            read_at_us: now_us(),
+            period_end_us,
+            storage_used_bytes: number(&usage["storage"]["used_bytes"])?,
+            storage_quota_bytes: number(&usage["storage"]["quota_bytes"])?,
+            tokens_used: number(&usage["tokens"]["used"])?,
+            tokens_limit: number(&usage["tokens"]["limit"])?,
+            offline_bytes: 0,
+            offline_tokens: 0,
+        };
+        let cache = cache.lock().await;
+        // Only a reading taken with the outbox empty reflects what this
+        // client admitted; otherwise keep counting against the old one.
+        if cache.outbox()?.is_empty() {
+            cache.put_snapshot(&snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// What this client admitted offline and has not delivered yet.
+    pub async fn outbox_len(&self) -> Result<usize, ClientError> {
+        match &self.cache {
+            None => Ok(0),
+            Some(cache) => Ok(cache.lock().await.outbox()?.len()),
+        }
+    }
+
+    /// The cached quota figures, if any.
+    pub async fn snapshot(&self) -> Result<Option<QuotaSnapshot>, ClientError> {
+        match &self.cache {
+            None => Ok(None),
+            Some(cache) => cache.lock().await.snapshot(),
+        }
+    }
+
+    /// Delivers the outbox in order, with the original keys. Stops at the
+    /// first command the ledger does not answer (kept for next time).
+    /// Returns how many were delivered.
+    pub async fn deliver_outbox(&self) -> Result<usize, ClientError> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        let cache = cache.lock().await;
+        self.deliver_locked(&cache).await
+    }
+
+    async fn deliver_locked(&self, cache: &Cache) -> Result<usize, ClientError> {
+        let mut delivered = 0;
+        for (key, body) in cache.queued()? {
+            let command = body["cmd"].as_str().unwrap_or_default().to_string();
+            let answer = self.command(&command, body.clone()).await?;
+            if !answer.ok {
+                // Offline admissions skip the quota check, so only a change
+                // of subscription (cancelled meanwhile) can refuse one.
+                tracing::warn!(%command, code = ?answer.code, "the ledger refused a command admitted offline");
+            }
+            cache.outbox()?.remove(key).map_err(Cache::err)?;
+            cache.db.flush_async().await.map_err(Cache::err)?;
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Uploads and token use: online when the ledger answers (after the
+    /// outbox is delivered), else decided from the cache.
+    async fn metered(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
+        let Some(cache) = &self.cache else { return self.command(command, body).await };
+        let cache = cache.lock().await;
+        let online = async {
+            self.deliver_locked(&cache).await?;
+            self.command(command, body.clone()).await
+        };
+        match online.await {
+            Err(ClientError::Unreachable(reason)) => {
+                self.decide_offline(&cache, command, body, &reason).await
+            }
+            Ok(answer) => {
+                if answer.ok && !answer.duplicate {
+                    // Keep the reading current between refreshes.
+                    if let Some(mut snapshot) = cache.snapshot()? {
+                        snapshot.tokens_used += body["tokens"].as_u64().unwrap_or(0);
+                        snapshot.storage_used_bytes += body["bytes"].as_u64().unwrap_or(0);
+                        cache.put_snapshot(&snapshot)?;
+                    }
+                }
+                drop(cache);
+                self.refresh_if_old().await;
+                Ok(answer)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Re-reads the quota figures once they are a quarter of the staleness
+    /// limit old, so an outage starts from a recent reading.
+    async fn refresh_if_old(&self) {
+        let Some(cache) = &self.cache else { return };
+        let (old, limit) = {
+            let cache = cache.lock().await;
+            let read_at = cache.snapshot().ok().flatten().map_or(0, |s| s.read_at_us);
+            (read_at, cache.config.max_staleness)
+        };
+        if now_us() - old > (limit / 4).as_micros() as i64 {
+            if let Err(error) = self.refresh().await {
+                tracing::debug!(%error, "could not refresh the quota cache");
+            }
+        }
+    }
+
+    async fn decide_offline(
+        &self,
+        cache: &Cache,
+        command: &str,
+        mut body: Value,
+        reason: &str,
+    ) -> Result<Answer, ClientError> {
+        let now = now_us();
+        let Some(mut snapshot) = cache.snapshot()? else {
+            return Ok(Answer::local(
+                false,
+                Some("ledger_unreachable"),
+                format!("{reason}; no cached quota"),
+            ));
+        };
+        let age = Duration::from_micros((now - snapshot.read_at_us).max(0) as u64);
+        if age > cache.config.max_staleness || now >= snapshot.period_end_us {
+            return Ok(Answer::local(
+                false,
+                Some("ledger_unreachable"),
+                format!("{reason}; the cached quota is {}s old or from an ended period", age.as_secs()),
+            ));
+        }
+        // The same key queued already: the same answer (idempotent).
+        let key_field = if command == "upload" { "file" } else { "request" };
+        for (_, queued) in cache.queued()? {
+            if queued["cmd"] == command && queued[key_field] == body[key_field] {
+                let mut answer = Answer::local(true, None, String::new());
+                answer.duplicate = true;
+                return Ok(answer);
+            }
+        }
+        let share = cache.config.offline_share.clamp(0.0, 1.0);
+        let budget = |quota: u64, used: u64| (quota.saturating_sub(used) as f64 * share).floor() as u64;
+        let (amount, admitted, allowed, what) = if command == "upload" {
+            let amount = body["bytes"].as_u64().unwrap_or(0);
+            let allowed = budget(snapshot.storage_quota_bytes, snapshot.storage_used_bytes);
+            (amount, snapshot.offline_bytes, allowed, "bytes")
+        } else {
+            let amount = body["tokens"].as_u64().unwrap_or(0);
+            (amount, snapshot.offline_tokens, budget(snapshot.tokens_limit, snapshot.tokens_used), "tokens")
+        };
+        if admitted.saturating_add(amount) > allowed {
+            return Ok(Answer::local(
+                false,
+                Some("offline_limit_exceeded"),
+                format!("{reason}; {admitted} + {amount} {what} is over the offline allowance of {allowed}"),
+            ));
+        }
+        body["cmd"] = json!(command);
+        body["admitted_offline_at"] = json!(crate::report::rfc3339(now));
+        let outbox = cache.outbox()?;
+        let id = cache.db.generate_id().map_err(Cache::err)?;
+        outbox
+            .insert(id.to_be_bytes(), serde_json::to_vec(&body).expect("JSON encodes"))
+            .map_err(Cache::err)?;
+        if command == "upload" {
+            snapshot.offline_bytes += amount;
+        } else {
+            snapshot.offline_tokens += amount;
+        }
+        cache.put_snapshot(&snapshot)?;
+        // Durable before the caller is told yes.
+        cache.db.flush_async().await.map_err(Cache::err)?;
+        Ok(Answer::local(true, None, String::new()))
+    }
+}
+
+/// The control panel's client: `ledger.admin.<command>`.
+#[derive(Clone)]
+pub struct AdminClient {
+    transport: Transport,
+}
+
+impl AdminClient {
+    pub async fn connect(config: ClientConfig) -> Result<AdminClient, ClientError> {
+        Ok(AdminClient { transport: Transport::connect(config).await? })
+    }
+
+    /// Any command by name with its fields (`tenant` included where it has one).
+    pub async fn command(&self, command: &str, fields: Value) -> Result<Answer, ClientError> {
+        Answer::from_reply(self.transport.request(&format!("ledger.admin.{command}"), &fields).await?)
+    }
+
+    /// `plan`: the `define_plan` plan object of the spec.
+    pub async fn define_plan(&self, plan: Value) -> Result<Answer, ClientError> {
+        self.command("define_plan", json!({ "plan": plan })).await
+    }
+
+    pub async fn define_addon(&self, addon: Value) -> Result<Answer, ClientError> {
+        self.command("define_addon", json!({ "addon": addon })).await
+    }
+
+    pub async fn subscribe(&self, tenant: &str, plan: &str, seats: u32) -> Result<Answer, ClientError> {
+        self.command("subscribe", json!({"tenant": tenant, "plan": plan, "seats": seats})).await
+    }
+
+    pub async fn change_plan(&self, tenant: &str, plan: &str) -> Result<Answer, ClientError> {
+        self.command("change_plan", json!({"tenant": tenant, "plan": plan})).await
+    }
+
+    pub async fn cancel(&self, tenant: &str) -> Result<Answer, ClientError> {
+        self.command("cancel", json!({ "tenant": tenant })).await
+    }
+
+    /// `outcome`: `"paid"` or `"failed"`.
+    pub async fn settle_payment(
+        &self,
+        tenant: &str,
+        purchase: &str,
+        outcome: &str,
+        reference: Option<&str>,
+    ) -> Result<Answer, ClientError> {
+        let mut fields = Map::new();
+        fields.insert("tenant".into(), json!(tenant));
+        fields.insert("purchase".into(), json!(purchase));
+        fields.insert("outcome".into(), json!(outcome));
+        if let Some(reference) = reference {
+            fields.insert("reference".into(), json!(reference));
+        }
+        self.command("settle_payment", Value::Object(fields)).await
+    }
+
+    pub async fn close_period(&self, tenant: &str) -> Result<Answer, ClientError> {
+        self.command("close_period", json!({ "tenant": tenant })).await
+    }
+
+    pub async fn batch(&self, commands: Vec<Value>) -> Result<Vec<Answer>, ClientError> {
+        let reply = self.transport.request("ledger.admin.batch", &json!({ "commands": commands })).await?;
+        match reply["results"].as_array() {
+            Some(results) => results.iter().cloned().map(Answer::from_reply).collect(),
+            None => Err(ClientError::Protocol(format!("batch reply without results: {reply}"))),
+        }
+    }
+
+    /// A tenant's `usage`, `invoice` or `invoices` view.
+    pub async fn query(&self, tenant: &str, view: &str, at: Option<&str>) -> Result<Value, ClientError> {
+        let body = match at {
+            Some(at) => json!({ "at": at }),
+            None => json!({}),
+        };
+        self.transport.request(&format!("ledger.query.{tenant}.{view}"), &body).await
+    }
+}

@@ -1,0 +1,56 @@
+//! Connecting to nats-server, with the credentials a URL carries.
+//!
+//! async-nats 0.51 parses `nats://user:password@host:port` but does not send
+//! the user and password it finds there, so they are taken out of the URL
+//! here and passed as options. The URL's other parts are kept as they are.
+
+use std::time::Duration;
+
+/// Splits `scheme://user:password@rest` into the URL without credentials
+/// and the credentials (percent-encoding is not decoded: ids and passwords
+/// of the shipped configuration are plain).
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (format!("{scheme}{host}"), Some((user.to_string(), password.to_string())))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+/// Connection options for `url`'s credentials, with a name shown by the
+/// server's monitoring and an inbox prefix the credential may subscribe to.
+pub fn options(url: &str, name: &str, inbox_prefix: Option<&str>) -> (String, async_nats::ConnectOptions) {
+    let (address, credentials) = split_credentials(url);
+    let mut options = async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5));
+    if let Some((user, password)) = credentials {
+        options = options.user_and_password(user, password);
+    }
+    if let Some(prefix) = inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
+    (address, options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        assert_eq!(split_credentials("nats://127.0.0.1:4222"), ("nats://127.0.0.1:4222".into(), None));
+        assert_eq!(
+            split_credentials("nats://acme-user:s3cret@127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), Some(("acme-user".into(), "s3cret".into())))
+        );
+        assert_eq!(
+            split_credentials("ledger:pw@localhost"),
+            ("localhost".into(), Some(("ledger".into(), "pw".into())))
+        );
+    }
+}

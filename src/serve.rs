@@ -1,0 +1,421 @@
+//! `ledger serve`: the ledger as a NATS service (the spec's "Service
+//! contract").
+//!
+//! Three endpoints of one async-nats `service` (so `nats micro ls` finds it),
+//! each a queue subscription in the service's queue group, so requests are
+//! split among however many `serve` instances run against one stream:
+//! - `ledger.cmd.<tenant>.<role>.<command>` (and `.batch`): the actor is
+//!   `<tenant>:<role>`, taken from the subject NATS authorized, never from
+//!   the body;
+//! - `ledger.admin.<command>` (and `.batch`): the control panel (`admin`);
+//! - `ledger.query.<tenant>.<view>`: `usage`, `invoice`, `invoices`.
+//!
+//! Every request the service receives gets a JSON reply, `ok: false` with a
+//! code when it fails. Two instances may both decide for one tenant: the
+//! per-tenant expected sequence on every append makes the later one reload
+//! and decide again (see `engine`), so they never corrupt a tenant.
+//!
+//! The billing clock is a task of every instance: it finalizes each period
+//! that has ended with an admin `close_period`. The decider makes that
+//! exactly-once however many instances race or restart: a second
+//! `close_period` for the same tenant finds the next period not ended and is
+//! rejected, recording nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use events::Actor;
+use futures_util::StreamExt;
+use projections::domain::TenantState;
+use projections::period::period_bounds_us;
+use projections::{LedgerView, Projection, ViewStore};
+use serde_json::{json, Map, Value};
+
+use crate::command::{parse_command, take_admitted_offline, Command, Rejection, Submission};
+use crate::engine::{Ledger, Reply};
+use crate::log::{EventLog, JetStreamLog};
+use crate::report::{self, rejection_json, reply_json, QueryError};
+
+/// The name the service registers under (NATS service discovery).
+pub const SERVICE_NAME: &str = "ledger";
+/// Most commands in one batch request.
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+/// How long a query waits for the views to include the tenant's newest event.
+const QUERY_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How often the billing clock looks for ended periods.
+    pub clock_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { clock_interval: Duration::from_secs(10) }
+    }
+}
+
+struct Context {
+    ledger: Ledger,
+    log: JetStreamLog,
+}
+
+/// A running service. Dropping it does not stop it; call [`Server::stop`].
+pub struct Server {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    service: async_nats::service::Service,
+    ledger: Ledger,
+}
+
+impl Server {
+    /// Starts the engine, the projectors, the service endpoints and the
+    /// billing clock over `log` and `views`.
+    pub async fn start(log: JetStreamLog, views: ViewStore, options: ServeOptions) -> anyhow::Result<Server> {
+        let ledger = Ledger::start(log.clone(), views.clone()).await?;
+        let client = log.client().clone();
+        let service = client
+            .service_builder()
+            .description("Event-sourced subscription ledger: commands, queries, billing clock")
+            .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
+        let context = Arc::new(Context { ledger: ledger.clone(), log });
+        let mut tasks = Vec::new();
+        for (name, subject) in
+            [("command", "ledger.cmd.*.*.*"), ("admin", "ledger.admin.*"), ("query", "ledger.query.*.*")]
+        {
+            let endpoint = service
+                .endpoint_builder()
+                .name(name)
+                .add(subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("adding endpoint {subject}: {e}"))?;
+            tasks.push(tokio::spawn(serve_endpoint(endpoint, context.clone())));
+        }
+        tasks.push(tokio::spawn(billing_clock(ledger.clone(), options.clock_interval)));
+        tracing::info!("serving ledger.cmd.>, ledger.admin.>, ledger.query.>");
+        Ok(Server { tasks, service, ledger })
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Stops taking requests and the clock, then the projectors.
+    pub async fn stop(self) {
+        let _ = self.service.stop().await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.ledger.shutdown();
+        let _ = self.ledger.views().flush().await;
+    }
+}
+
+/// `ledger serve`: runs until interrupted (Ctrl-C or SIGTERM).
+pub async fn run(
+    url: &str,
+    data: &std::path::Path,
+    replicas: usize,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
+    let log = crate::cli::open_log(data, Some(url), replicas).await?;
+    let views = crate::cli::open_views(data, &log)?;
+    let crate::log::AnyLog::JetStream(log) = log else { unreachable!("opened with a NATS URL") };
+    let server = Server::start(log, views, options).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping");
+    server.stop().await;
+    Ok(())
+}
+
+async fn serve_endpoint(mut endpoint: async_nats::service::endpoint::Endpoint, context: Arc<Context>) {
+    while let Some(request) = endpoint.next().await {
+        let context = context.clone();
+        // Each request on its own task: the engine group-commits whatever
+        // arrives together, so concurrency here is throughput.
+        tokio::spawn(async move {
+            let answer = route(&context, &request.message.subject, &request.message.payload).await;
+            let body = serde_json::to_vec(&answer).expect("replies serialize");
+            if let Err(error) = request.respond(Ok(body.into())).await {
+                tracing::warn!(%error, subject = %request.message.subject, "could not send a reply");
+            }
+        });
+    }
+}
+
+async fn route(context: &Context, subject: &str, body: &[u8]) -> Value {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let result = match tokens.as_slice() {
+        ["ledger", "cmd", tenant, role, command] => match tenant_actor(tenant, role) {
+            Ok(actor) if *command == "batch" => batch(context, Some(tenant), &actor, body).await,
+            Ok(actor) => match fields(body) {
+                Ok(fields) => Ok(one(context, Some(tenant), &actor, command, fields).await),
+                Err(rejection) => Err(rejection),
+            },
+            Err(rejection) => Err(rejection),
+        },
+        ["ledger", "admin", "batch"] => batch(context, None, &Actor::Admin, body).await,
+        ["ledger", "admin", command] => match fields(body) {
+            Ok(fields) => Ok(one(context, None, &Actor::Admin, command, fields).await),
+            Err(rejection) => Err(rejection),
+        },
+        ["ledger", "query", tenant, view] => query(context, tenant, view, body).await,
+        _ => Err(Rejection::malformed(format!("no endpoint for subject {subject}"))),
+    };
+    result.unwrap_or_else(|rejection| rejection_json(&rejection))
+}
+
+fn tenant_actor(tenant: &str, role: &str) -> Result<Actor, Rejection> {
+    if !events::valid_tenant_id(tenant) {
+        return Err(Rejection::malformed(format!("tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}")));
+    }
+    match role {
+        "admin" | "user" => Ok(Actor::parse(&format!("{tenant}:{role}")).expect("valid actor")),
+        other => Err(Rejection::malformed(format!("role {other:?} is neither admin nor user"))),
+    }
+}
+
+/// A request body as command fields (an empty body is no fields).
+fn fields(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(Rejection::malformed("the body must be a JSON object")),
+        Err(e) => Err(Rejection::malformed(format!("not JSON: {e}"))),
+    }
+}
+
+/// Builds the submission for one command. The subject, not the body, says
+/// who sends it, which command it is and (on `ledger.cmd.`) which tenant it
+/// is about; the ledger's clock sets `at`.
+fn submission(
+    tenant: Option<&str>,
+    actor: &Actor,
+    command: &str,
+    mut fields: Map<String, Value>,
+) -> Result<Submission, Rejection> {
+    for ignored in ["actor", "at", "cmd"] {
+        fields.remove(ignored);
+    }
+    if tenant.is_some() && matches!(command, "define_plan" | "define_addon") {
+        return Err(Rejection::new(
+            "forbidden",
+            format!("{command} is for the control panel (ledger.admin.)"),
+        ));
+    }
+    fields.insert("cmd".into(), Value::String(command.to_string()));
+    if let Some(tenant) = tenant {
+        fields.insert("tenant".into(), Value::String(tenant.to_string()));
+    }
+    let admitted_offline_at_us = take_admitted_offline(&mut fields)?;
+    let command: Command = parse_command(fields)?;
+    Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us })
+}
+
+async fn one(
+    context: &Context,
+    tenant: Option<&str>,
+    actor: &Actor,
+    command: &str,
+    fields: Map<String, Value>,
+) -> Value {
+    match submission(tenant, actor, command, fields) {
+        Ok(submission) => reply_json(&context.ledger.submit(submission).await),
+        Err(rejection) => rejection_json(&rejection),
+    }
+}
+
+/// `{"commands": [...]}` -> `{"results": [...]}` in order. Commands are
+/// queued in order (a tenant's commands are decided in that order) and
+/// group-committed together; a malformed one is answered and skipped.
+async fn batch(
+    context: &Context,
+    tenant: Option<&str>,
+    actor: &Actor,
+    body: &[u8],
+) -> Result<Value, Rejection> {
+    let mut fields = fields(body)?;
+    let Some(Value::Array(commands)) = fields.remove("commands") else {
+        return Err(Rejection::malformed("a batch is {\"commands\": [...]}"));
+    };
+    if commands.len() > MAX_BATCH_COMMANDS {
+        return Err(Rejection::malformed(format!(
+            "{} commands is over the batch limit of {MAX_BATCH_COMMANDS}",
+            commands.len()
+        )));
+    }
+    let mut pending = Vec::with_capacity(commands.len());
+    for item in commands {
+        let parsed = match item {
+            Value::Object(mut fields) => match fields.remove("cmd") {
+                Some(Value::String(name)) if name != "batch" => submission(tenant, actor, &name, fields),
+                _ => Err(Rejection::malformed("each batch command needs a \"cmd\" (not \"batch\")")),
+            },
+            _ => Err(Rejection::malformed("each batch command is a JSON object")),
+        };
+        pending.push(match parsed {
+            Ok(submission) => Ok(context.ledger.submit_nowait(submission).await),
+            Err(rejection) => Err(rejection),
+        });
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for entry in pending {
+        results.push(match entry {
+            Ok(answer) => reply_json(&crate::engine::wait(answer).await),
+            Err(rejection) => rejection_json(&rejection),
+        });
+    }
+    Ok(json!({"results": results}))
+}
+
+async fn query(context: &Context, tenant: &str, view: &str, body: &[u8]) -> Result<Value, Rejection> {
+    if !events::valid_tenant_id(tenant) {
+        return Err(Rejection::malformed(format!("tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}")));
+    }
+    let mut fields = fields(body)?;
+    let at_us = match fields.remove("at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(crate::command::parse_at(&s)?),
+        Some(other) => return Err(Rejection::malformed(format!("at must be a string, not {other}"))),
+    };
+    if let Some(field) = fields.keys().next() {
+        return Err(Rejection::malformed(format!("unknown field {field:?} (a query takes only \"at\")")));
+    }
+    // Read your writes: answer once the views include the tenant's newest
+    // event, whichever instance appended it.
+    let unavailable = |e: String| Rejection::new("unavailable", e);
+    let head = context.log.tenant_head(tenant).await.map_err(|e| unavailable(e.to_string()))?;
+    tokio::time::timeout(QUERY_SYNC_TIMEOUT, context.ledger.sync_to(head))
+        .await
+        .map_err(|_| unavailable("the views are behind the log; try again".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let views = context.ledger.views();
+    let answer = match view {
+        "usage" => report::usage(views, tenant, at_us),
+        "invoice" => report::invoice(views, tenant, at_us),
+        "invoices" => report::invoices(views, tenant),
+        other => {
+            return Err(Rejection::malformed(format!("unknown view {other:?} (usage, invoice, invoices)")))
+        }
+    };
+    answer.map_err(|e| match e {
+        QueryError::NotSubscribed(_) => Rejection::new("not_subscribed", e.to_string()),
+        QueryError::BeforeSubscription(..) => Rejection::malformed(e.to_string()),
+        QueryError::View(e) => unavailable(e.to_string()),
+    })
+}
+
+/// Finalizes every ended period, every `interval`.
+async fn billing_clock(ledger: Ledger, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match close_ended_periods(&ledger).await {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(closed, "billing clock finalized periods"),
+            Err(error) => tracing::warn!(%error, "billing clock: will try again"),
+        }
+    }
+}
+
+/// Issues `close_period` (as the control panel) for every active tenant
+/// whose earliest unclosed period has ended by the wall clock, until its
+/// next one has not. Returns how many periods were finalized.
+pub async fn close_ended_periods(ledger: &Ledger) -> anyhow::Result<u32> {
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut due = Vec::new();
+    for item in ledger.views().tree(LedgerView::NAME)?.scan_prefix(b"s/") {
+        let (key, value) = item?;
+        let state: TenantState = projections::decode_row(LedgerView::NAME, &value)?;
+        let Some(sub) = state.subscription.as_ref().filter(|s| s.cancelled_at_us.is_none()) else { continue };
+        if period_bounds_us(sub.anchor_us, sub.closed_periods).1 <= now_us {
+            due.push(String::from_utf8_lossy(&key[2..]).into_owned());
+        }
+    }
+    let mut closed = 0;
+    for tenant in due {
+        // A tenant the ledger was down for may owe several periods; the cap
+        // only stops a runaway loop (a century of months).
+        for _ in 0..1200 {
+            let close = Submission::new(Actor::Admin, Command::ClosePeriod { tenant: tenant.clone() });
+            match ledger.submit(close).await {
+                Reply::Ok { .. } => closed += 1,
+                Reply::Rejected { rejection, .. } if rejection.code == "period_not_ended" => break,
+                other => {
+                    tracing::warn!(%tenant, reply = ?other, "billing clock could not close a period");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(closed)
+}
+
+/// One tenant's two credentials in the NATS configuration.
+#[derive(Debug, Clone)]
+pub struct TenantCredentials {
+    pub tenant: String,
+    pub admin_password: String,
+    pub user_password: String,
+}
+
+/// The inbox prefix a credential may receive replies on: its own, so no
+/// credential can read another's replies (`_INBOX.>` would be shared).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// The `authorization` block of the shipped nats-server configuration:
+/// - `ledger` (the service): everything, and the only user that may publish
+///   to the `LEDGER` stream's subjects (`ledger.v1.>`) or use JetStream;
+/// - `panel` (the control panel): `ledger.admin.>` and every tenant's views;
+/// - per tenant `<t>-admin` and `<t>-user`: their own role's command
+///   subjects `ledger.cmd.<t>.<role>.>` and their tenant's views
+///   `ledger.query.<t>.>`, nothing else.
+///
+/// Each non-ledger user receives replies only on its own inbox prefix.
+pub fn nats_authorization(
+    ledger_password: &str,
+    panel_password: &str,
+    tenants: &[TenantCredentials],
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("strings encode");
+    let user = |name: &str, password: &str, publish: &[String]| {
+        let publish: Vec<String> = publish.iter().map(|s| quote(s)).collect();
+        format!(
+            "    {{ user: {}, password: {}, permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n    }} }}\n",
+            quote(name),
+            quote(password),
+            publish.join(", "),
+            quote(&format!("{}.>", inbox_prefix(name)))
+        )
+    };
+    let mut out = String::from("authorization {\n  users = [\n");
+    out.push_str(&format!(
+        "    {{ user: \"ledger\", password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
+        quote(ledger_password)
+    ));
+    out.push_str(&user("panel", panel_password, &["ledger.admin.>".into(), "ledger.query.>".into()]));
+    for t in tenants {
+        let tenant = &t.tenant;
+        assert!(events::valid_tenant_id(tenant), "tenant ids are checked by the caller");
+        for (role, password) in [("admin", &t.admin_password), ("user", &t.user_password)] {
+            out.push_str(&user(
+                &format!("{tenant}-{role}"),
+                password,
+                &[format!("ledger.cmd.{tenant}.{role}.>"), format!("ledger.query.{tenant}.>")],
+            ));
+        }
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
