@@ -69,6 +69,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         history_tenants: usize,
     },
+    /// Decisions through `ledger serve` (NATS request/reply) from concurrent
+    /// tenant clients, beside the in-process engine on the same load.
+    Serve {
+        #[arg(long, default_value_t = 100_000)]
+        decisions: usize,
+        /// Concurrent tenant clients (one tenant each).
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// NATS connections the clients share.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()> {
@@ -84,6 +96,10 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
             let shape =
                 crate::bench_decide::DecideShape { decisions, tenants, clients, history, history_tenants };
             crate::bench_decide::decide(nats, shape).await
+        }
+        BenchCommand::Serve { decisions, clients, connections } => {
+            anyhow::ensure!(clients >= 1 && connections >= 1, "counts must be at least 1");
+            crate::bench_decide::serve(nats, decisions, clients, connections).await
         }
         BenchCommand::Ingest { events, batch, inflight, tenants, rounds, no_expectations } => {
             anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");

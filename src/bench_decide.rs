@@ -250,3 +250,106 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     println!("ratio history/fresh: {:.3}", old_rate / new_rate);
     Ok(())
 }
+
+/// `clients` tenant clients (tenant `prefix-<c>` each), sharing
+/// `connections` NATS connections, each sending decisions through the
+/// service one after another, `total` in all.
+async fn load_service(
+    url: &str,
+    prefix: &str,
+    clients: usize,
+    connections: usize,
+    total: usize,
+    seed: u64,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    use crate::client::{Client, ClientConfig, Role};
+    let mut config = ClientConfig::new(url);
+    config.request_timeout = Duration::from_secs(30);
+    config.attempts = 1;
+    let mut pool = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        pool.push(async_nats::connect(url).await?);
+    }
+    let per_client = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Client::with_connection(
+            pool[c % connections].clone(),
+            config.clone(),
+            &tenant_name(prefix, c),
+            Role::User,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut latencies = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let roll = rng.next();
+                let sent = Instant::now();
+                let answer = if roll % 10 < 7 {
+                    client.consume_tokens(&format!("req-{c:05}-{i:08}"), 1 + roll % 2000).await?
+                } else {
+                    client.upload(&format!("uploads/{c:05}-{i:08}.bin"), roll % 100_000).await?
+                };
+                latencies.push(sent.elapsed());
+                anyhow::ensure!(answer.ok, "decision failed: {}", answer.raw);
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok((elapsed, latencies))
+}
+
+/// `ledger bench serve`.
+pub async fn serve(
+    nats: Option<&str>,
+    decisions: usize,
+    clients: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let (server, log) = connect(nats).await?;
+    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
+    println!(
+        "bench serve: {decisions} decisions (70% consume_tokens, 30% upload) from {clients} concurrent tenant \
+         clients over {connections} NATS connections, through `ledger serve`; then the same load on the \
+         in-process engine"
+    );
+    println!(
+        "machine: {}; nats-server {} with sync_interval: always",
+        machine(),
+        log.client().server_info().version
+    );
+    let views_dir = tempfile::tempdir()?;
+    let views = ViewStore::open(views_dir.path())?;
+    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
+    let service = crate::serve::Server::start(log.clone(), views, options).await?;
+    let ledger = service.ledger().clone();
+    let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
+    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
+    anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
+    subscribe_all(&ledger, "svc", clients).await?;
+    subscribe_all(&ledger, "eng", clients).await?;
+
+    let (svc_elapsed, svc_lat) = load_service(&url, "svc", clients, connections, decisions, 5).await?;
+    let (eng_elapsed, eng_lat) = load(&ledger, "eng", clients, clients, decisions, 6).await?;
+    let (svc_rate, eng_rate) = (rate(svc_lat.len(), svc_elapsed), rate(eng_lat.len(), eng_elapsed));
+    println!(
+        "through the service: {svc_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&svc_lat, 0.5),
+        percentile(&svc_lat, 0.99)
+    );
+    println!(
+        "in-process engine:   {eng_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&eng_lat, 0.5),
+        percentile(&eng_lat, 0.99)
+    );
+    println!("ratio service/in-process: {:.3}", svc_rate / eng_rate);
+    service.stop().await;
+    Ok(())
+}

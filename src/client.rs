@@ -279,6 +279,17 @@ impl Client {
         Ok(Client { transport: Transport::connect(config).await?, tenant: tenant.to_string(), role, cache })
     }
 
+    /// A client over a connection the application already has (many
+    /// tenants' clients may share one), without the offline fallback.
+    pub fn with_connection(
+        nats: async_nats::Client,
+        config: ClientConfig,
+        tenant: &str,
+        role: Role,
+    ) -> Client {
+        Client { transport: Transport { nats, config }, tenant: tenant.to_string(), role, cache: None }
+    }
+
     fn subject(&self, command: &str) -> String {
         format!("ledger.cmd.{}.{}.{command}", self.tenant, self.role.name())
     }

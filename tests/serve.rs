@@ -496,3 +496,43 @@ async fn a_client_survives_a_server_stop_and_restart() {
     assert_eq!(used, 13_000 + late);
     assert!(overshoot <= bound);
 }
+
+/// Where nats-py is (`scripts/python-nats` installs it; `scripts/test` sets
+/// LEDGER_PYTHONPATH).
+fn python_path() -> String {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/pylib");
+    std::env::var("LEDGER_PYTHONPATH").ok().unwrap_or_else(|| {
+        assert!(installed.exists(), "nats-py is missing: run scripts/test (or scripts/python-nats)");
+        installed.to_string_lossy().into_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_example_works_with_plain_nats_py() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let example = readme.split("```python\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
+    let tenants = [TenantCredentials {
+        tenant: "acme".into(),
+        admin_password: "a-pw".into(),
+        user_password: "u-pw".into(),
+    }];
+    let server =
+        NatsServer::start_configured(&nats_authorization("ledger-pw", "panel-pw", &tenants)).unwrap();
+    let (_dir, data) = scratch();
+    let ledger_url = with_credentials(server.url(), "ledger", "ledger-pw");
+    let _serve = Serve::spawn(&ledger_url, &data.join("a"), 60_000);
+    wait_for_service(&ledger_url, 1).await;
+    let mut panel_config = config(&with_credentials(server.url(), "panel", "panel-pw"));
+    panel_config.inbox_prefix = Some(inbox_prefix("panel"));
+    let panel = AdminClient::connect(panel_config).await.unwrap();
+    catalog_and_tenants(&panel, &["acme"]).await;
+
+    let script = example.replace("nats://127.0.0.1:4222", server.url()).replace("<password>", "u-pw");
+    let out =
+        Command::new("python3").arg("-c").arg(&script).env("PYTHONPATH", python_path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("'ok': True") && lines[0].contains("'duplicate': False"), "{stdout}");
+    assert!(lines[1].contains("'used': 1200"), "{stdout}");
+}
