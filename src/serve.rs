@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_nats::service::ServiceExt;
 use events::Actor;
 use futures_util::StreamExt;
-use projections::domain::TenantState;
 use projections::period::period_bounds_us;
+use projections::TenantRow;
 use projections::{LedgerView, Projection, ViewStore};
 use serde_json::{json, Map, Value};
 
@@ -335,7 +335,7 @@ pub async fn close_ended_periods(ledger: &Ledger) -> anyhow::Result<u32> {
     let mut due = Vec::new();
     for item in ledger.views().tree(LedgerView::NAME)?.scan_prefix(b"s/") {
         let (key, value) = item?;
-        let state: TenantState = projections::decode_row(LedgerView::NAME, &value)?;
+        let state = projections::decode_row::<TenantRow>(LedgerView::NAME, &value)?.state;
         let Some(sub) = state.subscription.as_ref().filter(|s| s.cancelled_at_us.is_none()) else { continue };
         if period_bounds_us(sub.anchor_us, sub.closed_periods).1 <= now_us {
             due.push(String::from_utf8_lossy(&key[2..]).into_owned());

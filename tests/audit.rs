@@ -82,9 +82,9 @@ fn verify_catches_a_view_altered_behind_its_back() {
     {
         let views = ViewStore::open(&data.join("views")).unwrap();
         let tree = views.tree("ledger").unwrap();
-        let mut state: projections::domain::TenantState =
+        let mut state: projections::TenantRow =
             projections::decode_row("ledger", &tree.get(b"s/acme").unwrap().unwrap()).unwrap();
-        state.used_bytes += 5;
+        state.state.used_bytes += 5;
         let bytes = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
         tree.insert(b"s/acme", bytes).unwrap();
         tree.flush().unwrap();
