@@ -26,11 +26,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::Mutex;
+use sled::Transactional;
+use tokio::sync::RwLock;
 
 /// Whom a client speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,13 +206,26 @@ pub struct QuotaSnapshot {
     pub offline_tokens: u64,
 }
 
-/// The local sled database of an offline-capable client.
+/// The local sled database of an offline-capable client, and what orders
+/// the client's uses of it.
 struct Cache {
     db: sled::Db,
     config: OfflineConfig,
+    /// Online decisions hold it shared (many at once); delivering the
+    /// outbox and deciding offline hold it exclusively. So nothing is
+    /// decided online while the outbox has something to deliver, and
+    /// nothing is admitted offline while an online decision is in flight.
+    gate: RwLock<()>,
+    /// Serializes read-modify-writes of the snapshot.
+    snapshot_lock: std::sync::Mutex<()>,
+    /// After the ledger failed to answer, decide offline without waiting
+    /// for the network until then (a circuit breaker).
+    offline_until: std::sync::Mutex<Option<Instant>>,
 }
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// How long the client decides offline before trying the ledger again.
+const OFFLINE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Cache {
     fn err(e: impl std::fmt::Display) -> ClientError {
@@ -232,6 +246,17 @@ impl Cache {
         Ok(())
     }
 
+    /// Changes the snapshot, if there is one, atomically with respect to
+    /// other changes.
+    fn update_snapshot(&self, change: impl FnOnce(&mut QuotaSnapshot)) -> Result<(), ClientError> {
+        let _serial = self.snapshot_lock.lock().expect("snapshot lock");
+        if let Some(mut snapshot) = self.snapshot()? {
+            change(&mut snapshot);
+            self.put_snapshot(&snapshot)?;
+        }
+        Ok(())
+    }
+
     fn outbox(&self) -> Result<sled::Tree, ClientError> {
         self.db.open_tree("outbox").map_err(Self::err)
     }
@@ -246,6 +271,18 @@ impl Cache {
             })
             .collect()
     }
+
+    fn offline_now(&self) -> bool {
+        self.offline_until.lock().expect("circuit lock").is_some_and(|until| Instant::now() < until)
+    }
+
+    fn went_offline(&self) {
+        *self.offline_until.lock().expect("circuit lock") = Some(Instant::now() + OFFLINE_PROBE_INTERVAL);
+    }
+
+    fn came_back(&self) {
+        *self.offline_until.lock().expect("circuit lock") = None;
+    }
 }
 
 /// A tenant application's client (`<tenant>:user` or `<tenant>:admin`).
@@ -254,7 +291,7 @@ pub struct Client {
     transport: Transport,
     tenant: String,
     role: Role,
-    cache: Option<Arc<Mutex<Cache>>>,
+    cache: Option<Arc<Cache>>,
 }
 
 fn now_us() -> i64 {
@@ -263,6 +300,8 @@ fn now_us() -> i64 {
 
 impl Client {
     /// Connects (or keeps trying in the background) as `tenant`'s `role`.
+    /// With `offline`, a background task also delivers the outbox once the
+    /// ledger answers again (it ends when the last clone is dropped).
     pub async fn connect(
         config: ClientConfig,
         tenant: &str,
@@ -272,11 +311,38 @@ impl Client {
         let cache = match offline {
             None => None,
             Some(config) => {
-                let db = sled::Config::new().path(&config.dir).open().map_err(Cache::err)?;
-                Some(Arc::new(Mutex::new(Cache { db, config })))
+                // Another client on this directory may still be closing.
+                let db =
+                    projections::open_sled(&sled::Config::new().path(&config.dir)).map_err(Cache::err)?;
+                Some(Arc::new(Cache {
+                    db,
+                    config,
+                    gate: RwLock::new(()),
+                    snapshot_lock: std::sync::Mutex::new(()),
+                    offline_until: std::sync::Mutex::new(None),
+                }))
             }
         };
-        Ok(Client { transport: Transport::connect(config).await?, tenant: tenant.to_string(), role, cache })
+        let client =
+            Client { transport: Transport::connect(config).await?, tenant: tenant.to_string(), role, cache };
+        if let Some(cache) = &client.cache {
+            let weak = Arc::downgrade(cache);
+            let courier = Client { cache: None, ..client.clone() };
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(OFFLINE_PROBE_INTERVAL).await;
+                    let Some(cache) = weak.upgrade() else { return };
+                    let pending = cache.outbox().map(|o| !o.is_empty()).unwrap_or(false);
+                    if pending && !cache.offline_now() {
+                        let _exclusive = cache.gate.write().await;
+                        if let Err(error) = courier.deliver_locked(&cache).await {
+                            tracing::debug!(%error, "outbox not delivered yet");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(client)
     }
 
     /// A client over a connection the application already has (many
@@ -390,9 +456,11 @@ impl Client {
             offline_bytes: 0,
             offline_tokens: 0,
         };
-        let cache = cache.lock().await;
-        // Only a reading taken with the outbox empty reflects what this
-        // client admitted; otherwise keep counting against the old one.
+        // Exclusive, and only with the outbox empty: then the reading
+        // includes everything this client admitted, and no offline
+        // admission can slip between the reading and its storing.
+        let _exclusive = cache.gate.write().await;
+        let _serial = cache.snapshot_lock.lock().expect("snapshot lock");
         if cache.outbox()?.is_empty() {
             cache.put_snapshot(&snapshot)?;
         }
@@ -403,7 +471,7 @@ impl Client {
     pub async fn outbox_len(&self) -> Result<usize, ClientError> {
         match &self.cache {
             None => Ok(0),
-            Some(cache) => Ok(cache.lock().await.outbox()?.len()),
+            Some(cache) => Ok(cache.outbox()?.len()),
         }
     }
 
@@ -411,7 +479,7 @@ impl Client {
     pub async fn snapshot(&self) -> Result<Option<QuotaSnapshot>, ClientError> {
         match &self.cache {
             None => Ok(None),
-            Some(cache) => cache.lock().await.snapshot(),
+            Some(cache) => cache.snapshot(),
         }
     }
 
@@ -420,15 +488,25 @@ impl Client {
     /// Returns how many were delivered.
     pub async fn deliver_outbox(&self) -> Result<usize, ClientError> {
         let Some(cache) = &self.cache else { return Ok(0) };
-        let cache = cache.lock().await;
-        self.deliver_locked(&cache).await
+        let _exclusive = cache.gate.write().await;
+        self.deliver_locked(cache).await
     }
 
+    /// Delivers the outbox; the caller holds the gate exclusively.
     async fn deliver_locked(&self, cache: &Cache) -> Result<usize, ClientError> {
         let mut delivered = 0;
         for (key, body) in cache.queued()? {
             let command = body["cmd"].as_str().unwrap_or_default().to_string();
-            let answer = self.command(&command, body.clone()).await?;
+            let answer = match self.command(&command, body.clone()).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    if matches!(error, ClientError::Unreachable(_)) {
+                        cache.went_offline();
+                    }
+                    return Err(error);
+                }
+            };
+            cache.came_back();
             if !answer.ok {
                 // Offline admissions skip the quota check, so only a change
                 // of subscription (cancelled meanwhile) can refuse one.
@@ -445,48 +523,73 @@ impl Client {
     /// outbox is delivered), else decided from the cache.
     async fn metered(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
         let Some(cache) = &self.cache else { return self.command(command, body).await };
-        let cache = cache.lock().await;
-        let online = async {
-            self.deliver_locked(&cache).await?;
-            self.command(command, body.clone()).await
-        };
-        match online.await {
-            Err(ClientError::Unreachable(reason)) => {
-                self.decide_offline(&cache, command, body, &reason).await
-            }
-            Ok(answer) => {
-                if answer.ok && !answer.duplicate {
-                    // Keep the reading current between refreshes.
-                    if let Some(mut snapshot) = cache.snapshot()? {
-                        snapshot.tokens_used += body["tokens"].as_u64().unwrap_or(0);
-                        snapshot.storage_used_bytes += body["bytes"].as_u64().unwrap_or(0);
-                        cache.put_snapshot(&snapshot)?;
+        if !cache.offline_now() {
+            // The common case: nothing to deliver, decide online, many at once.
+            let online = {
+                let _shared = cache.gate.read().await;
+                if cache.outbox()?.is_empty() {
+                    Some(self.command(command, body.clone()).await)
+                } else {
+                    None
+                }
+            };
+            match online {
+                Some(Ok(answer)) => return self.answered_online(cache, &body, answer).await,
+                Some(Err(ClientError::Unreachable(_))) => cache.went_offline(),
+                Some(Err(other)) => return Err(other),
+                None => {
+                    // Deliver first, then decide online; offline if either fails.
+                    let _exclusive = cache.gate.write().await;
+                    let delivered = async {
+                        self.deliver_locked(cache).await?;
+                        self.command(command, body.clone()).await
+                    };
+                    match delivered.await {
+                        Ok(answer) => {
+                            drop(_exclusive);
+                            return self.answered_online(cache, &body, answer).await;
+                        }
+                        Err(ClientError::Unreachable(_)) => cache.went_offline(),
+                        Err(other) => return Err(other),
                     }
                 }
-                drop(cache);
-                self.refresh_if_old().await;
-                Ok(answer)
             }
-            Err(other) => Err(other),
         }
+        let _exclusive = cache.gate.write().await;
+        self.decide_offline(cache, command, body, "the ledger did not answer").await
+    }
+
+    async fn answered_online(
+        &self,
+        cache: &Cache,
+        body: &Value,
+        answer: Answer,
+    ) -> Result<Answer, ClientError> {
+        cache.came_back();
+        if answer.ok && !answer.duplicate {
+            // Keep the reading current between refreshes.
+            let (tokens, bytes) = (body["tokens"].as_u64().unwrap_or(0), body["bytes"].as_u64().unwrap_or(0));
+            cache.update_snapshot(|s| {
+                s.tokens_used += tokens;
+                s.storage_used_bytes += bytes;
+            })?;
+        }
+        self.refresh_if_old(cache).await;
+        Ok(answer)
     }
 
     /// Re-reads the quota figures once they are a quarter of the staleness
     /// limit old, so an outage starts from a recent reading.
-    async fn refresh_if_old(&self) {
-        let Some(cache) = &self.cache else { return };
-        let (old, limit) = {
-            let cache = cache.lock().await;
-            let read_at = cache.snapshot().ok().flatten().map_or(0, |s| s.read_at_us);
-            (read_at, cache.config.max_staleness)
-        };
-        if now_us() - old > (limit / 4).as_micros() as i64 {
+    async fn refresh_if_old(&self, cache: &Cache) {
+        let read_at = cache.snapshot().ok().flatten().map_or(0, |s| s.read_at_us);
+        if now_us() - read_at > (cache.config.max_staleness / 4).as_micros() as i64 {
             if let Err(error) = self.refresh().await {
                 tracing::debug!(%error, "could not refresh the quota cache");
             }
         }
     }
 
+    /// Decides from the cache; the caller holds the gate exclusively.
     async fn decide_offline(
         &self,
         cache: &Cache,
@@ -495,6 +598,7 @@ impl Client {
         reason: &str,
     ) -> Result<Answer, ClientError> {
         let now = now_us();
+        let _serial = cache.snapshot_lock.lock().expect("snapshot lock");
         let Some(mut snapshot) = cache.snapshot()? else {
             return Ok(Answer::local(
                 false,
@@ -538,17 +642,25 @@ impl Client {
         }
         body["cmd"] = json!(command);
         body["admitted_offline_at"] = json!(crate::report::rfc3339(now));
-        let outbox = cache.outbox()?;
-        let id = cache.db.generate_id().map_err(Cache::err)?;
-        outbox
-            .insert(id.to_be_bytes(), serde_json::to_vec(&body).expect("JSON encodes"))
-            .map_err(Cache::err)?;
         if command == "upload" {
             snapshot.offline_bytes += amount;
         } else {
             snapshot.offline_tokens += amount;
         }
-        cache.put_snapshot(&snapshot)?;
+        let id = cache.db.generate_id().map_err(Cache::err)?;
+        // The queued command and the new allowance in one atomic write.
+        let outbox = cache.outbox()?;
+        let snapshot_bytes = serde_json::to_vec(&snapshot).expect("JSON encodes");
+        let body_bytes = serde_json::to_vec(&body).expect("JSON encodes");
+        let default_tree: &sled::Tree = &cache.db;
+        (default_tree, &outbox)
+            .transaction(|(meta, queue)| {
+                queue.insert(&id.to_be_bytes(), body_bytes.as_slice())?;
+                meta.insert(SNAPSHOT_KEY, snapshot_bytes.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| Cache::err(format!("{e:?}")))?;
+        drop(_serial);
         // Durable before the caller is told yes.
         cache.db.flush_async().await.map_err(Cache::err)?;
         Ok(Answer::local(true, None, String::new()))
