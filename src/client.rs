@@ -17,12 +17,12 @@
 //!   the call returns), and is delivered with its original keys and
 //!   `admitted_offline_at` once the ledger answers again, before any new
 //!   upload or token use is decided online. The ledger records those events
-//!   as admitted offline, without a quota check: the use has happened.
+//!   as admitted offline, past the quota if need be, but at most
+//!   `decide::OFFLINE_MARGIN_PERCENT` past it.
 //!
-//! The overshoot this allows is bounded and stated: a client admits at most
-//! `offline_share x (quota - used)` of what it last saw; the ledger ends
-//! above its quota only by what other writers used after that reading, plus
-//! what other offline clients admitted from the same reading.
+//! The overshoot is bounded twice: a client admits at most
+//! `offline_share x (quota - used)` of what it last read, and the ledger
+//! records offline uses at most 10% past the quota, whatever a client claims.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> ClientConfig {
         ClientConfig {
             url: url.into(),
-            request_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
             attempts: 3,
             inbox_prefix: None,
         }
@@ -168,6 +168,20 @@ impl Transport {
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(Transport { nats, config })
+    }
+
+    /// A query: like [`Transport::request`], and an `unavailable` answer
+    /// (the views are catching up, say after a restart) is asked again.
+    async fn query(&self, subject: &str, body: &Value) -> Result<Value, ClientError> {
+        let mut reply = self.request(subject, body).await?;
+        for attempt in 1..self.config.attempts.max(1) {
+            if reply["code"] != "unavailable" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+            reply = self.request(subject, body).await?;
+        }
+        Ok(reply)
     }
 
     /// Sends `body` to `subject` until a reply arrives, at most `attempts`
@@ -364,13 +378,28 @@ impl Client {
         Answer::from_reply(self.transport.request(&self.subject(command), &body).await?)
     }
 
+    /// A command whose outcome must be known: an `unavailable` answer (the
+    /// ledger could not decide, e.g. its log failed) counts as no answer.
+    async fn decided(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
+        let answer = self.command(command, body).await?;
+        if answer.code.as_deref() == Some("unavailable") {
+            return Err(ClientError::Unreachable(answer.message.unwrap_or_default()));
+        }
+        Ok(answer)
+    }
+
     /// Stores a file of `bytes` (the file id is the idempotency key).
     pub async fn upload(&self, file: &str, bytes: u64) -> Result<Answer, ClientError> {
         self.metered("upload", json!({"file": file, "bytes": bytes})).await
     }
 
+    /// Deletes a file; an upload of it still in the outbox is delivered first.
     pub async fn delete_file(&self, file: &str) -> Result<Answer, ClientError> {
-        self.command("delete_file", json!({"file": file})).await
+        let body = json!({ "file": file });
+        let Some(cache) = &self.cache else { return self.command("delete_file", body).await };
+        let _exclusive = cache.gate.write().await;
+        self.deliver_locked(cache).await?;
+        self.command("delete_file", body).await
     }
 
     /// Uses `tokens` under the idempotency key `request`.
@@ -416,14 +445,19 @@ impl Client {
             Some(at) => json!({ "at": at }),
             None => json!({}),
         };
-        self.transport.request(&format!("ledger.query.{}.{view}", self.tenant), &body).await
+        self.transport.query(&format!("ledger.query.{}.{view}", self.tenant), &body).await
     }
 
     /// The `usage` object (`ledger usage --json`); refreshes the quota cache.
     pub async fn usage(&self, at: Option<&str>) -> Result<Value, ClientError> {
-        let usage = self.query("usage", at).await?;
-        if at.is_none() && usage.get("tokens").is_some() {
-            self.remember(&usage).await?;
+        let (Some(cache), None) = (&self.cache, at) else { return self.query("usage", at).await };
+        // Exclusive while reading: no online use of this client is in flight
+        // that the reading might miss, and none admitted offline can slip
+        // between the reading and its storing.
+        let _exclusive = cache.gate.write().await;
+        let usage = self.query("usage", None).await?;
+        if usage.get("tokens").is_some() {
+            self.remember(cache, &usage)?;
         }
         Ok(usage)
     }
@@ -441,8 +475,8 @@ impl Client {
         self.usage(None).await.map(|_| ())
     }
 
-    async fn remember(&self, usage: &Value) -> Result<(), ClientError> {
-        let Some(cache) = &self.cache else { return Ok(()) };
+    /// Stores a reading; the caller holds the gate exclusively.
+    fn remember(&self, cache: &Cache, usage: &Value) -> Result<(), ClientError> {
         let number = |v: &Value| v.as_u64().ok_or_else(|| ClientError::Protocol(format!("not a count: {v}")));
         let period_end_us = crate::command::parse_at(usage["period"]["end"].as_str().unwrap_or(""))
             .map_err(|r| ClientError::Protocol(r.message))?;
@@ -456,11 +490,9 @@ impl Client {
             offline_bytes: 0,
             offline_tokens: 0,
         };
-        // Exclusive, and only with the outbox empty: then the reading
-        // includes everything this client admitted, and no offline
-        // admission can slip between the reading and its storing.
-        let _exclusive = cache.gate.write().await;
         let _serial = cache.snapshot_lock.lock().expect("snapshot lock");
+        // Only a reading taken with the outbox empty includes everything
+        // this client admitted; otherwise keep counting against the old one.
         if cache.outbox()?.is_empty() {
             cache.put_snapshot(&snapshot)?;
         }
@@ -497,7 +529,7 @@ impl Client {
         let mut delivered = 0;
         for (key, body) in cache.queued()? {
             let command = body["cmd"].as_str().unwrap_or_default().to_string();
-            let answer = match self.command(&command, body.clone()).await {
+            let answer = match self.decided(&command, body.clone()).await {
                 Ok(answer) => answer,
                 Err(error) => {
                     if matches!(error, ClientError::Unreachable(_)) {
@@ -508,8 +540,8 @@ impl Client {
             };
             cache.came_back();
             if !answer.ok {
-                // Offline admissions skip the quota check, so only a change
-                // of subscription (cancelled meanwhile) can refuse one.
+                // A final refusal: past the ledger's offline margin, or the
+                // subscription changed meanwhile. The audit sees it.
                 tracing::warn!(%command, code = ?answer.code, "the ledger refused a command admitted offline");
             }
             cache.outbox()?.remove(key).map_err(Cache::err)?;
@@ -528,7 +560,7 @@ impl Client {
             let online = {
                 let _shared = cache.gate.read().await;
                 if cache.outbox()?.is_empty() {
-                    Some(self.command(command, body.clone()).await)
+                    Some(self.decided(command, body.clone()).await)
                 } else {
                     None
                 }
@@ -542,7 +574,7 @@ impl Client {
                     let _exclusive = cache.gate.write().await;
                     let delivered = async {
                         self.deliver_locked(cache).await?;
-                        self.command(command, body.clone()).await
+                        self.decided(command, body.clone()).await
                     };
                     match delivered.await {
                         Ok(answer) => {
@@ -616,15 +648,29 @@ impl Client {
         }
         // The same key queued already: the same answer (idempotent).
         let key_field = if command == "upload" { "file" } else { "request" };
+        let amount_field = if command == "upload" { "bytes" } else { "tokens" };
         for (_, queued) in cache.queued()? {
             if queued["cmd"] == command && queued[key_field] == body[key_field] {
+                if queued[amount_field] != body[amount_field] {
+                    let code = if command == "upload" { "file_exists" } else { "idempotency_conflict" };
+                    return Ok(Answer::local(
+                        false,
+                        Some(code),
+                        format!(
+                            "{} was admitted offline with {} {amount_field}",
+                            body[key_field], queued[amount_field]
+                        ),
+                    ));
+                }
                 let mut answer = Answer::local(true, None, String::new());
                 answer.duplicate = true;
                 return Ok(answer);
             }
         }
-        let share = cache.config.offline_share.clamp(0.0, 1.0);
-        let budget = |quota: u64, used: u64| (quota.saturating_sub(used) as f64 * share).floor() as u64;
+        // In parts per million, so the arithmetic is exact for any quota.
+        let share_ppm = (cache.config.offline_share.clamp(0.0, 1.0) * 1e6).round() as u128;
+        let budget =
+            |quota: u64, used: u64| (u128::from(quota.saturating_sub(used)) * share_ppm / 1_000_000) as u64;
         let (amount, admitted, allowed, what) = if command == "upload" {
             let amount = body["bytes"].as_u64().unwrap_or(0);
             let allowed = budget(snapshot.storage_quota_bytes, snapshot.storage_used_bytes);
@@ -740,6 +786,6 @@ impl AdminClient {
             Some(at) => json!({ "at": at }),
             None => json!({}),
         };
-        self.transport.request(&format!("ledger.query.{tenant}.{view}"), &body).await
+        self.transport.query(&format!("ledger.query.{tenant}.{view}"), &body).await
     }
 }

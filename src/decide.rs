@@ -31,8 +31,26 @@ pub struct Context<'a> {
     /// For `consume_tokens`: the request key's earlier accepted use, if any.
     pub earlier_request: Option<RequestEntry>,
     /// A client already admitted this upload or token use offline: record
-    /// it without the quota check (the use has happened).
+    /// it past the quota, up to [`OFFLINE_MARGIN_PERCENT`] (the use has
+    /// happened).
     pub admitted_offline: bool,
+}
+
+/// How far past a quota or token limit uses admitted offline may take a
+/// tenant, in percent. A client that admitted a use while the ledger was
+/// unreachable has already let it happen, so the ledger records it past the
+/// limit, but only this far: the overshoot is bounded by the ledger, not by
+/// trust in the client (which may be the tenant's own code). Beyond it an
+/// offline use is denied (and recorded) like any other.
+pub const OFFLINE_MARGIN_PERCENT: u64 = 10;
+
+fn with_offline_margin(limit: u64, admitted_offline: bool) -> u64 {
+    if admitted_offline {
+        limit
+            .saturating_add(limit / 100 * OFFLINE_MARGIN_PERCENT + limit % 100 * OFFLINE_MARGIN_PERCENT / 100)
+    } else {
+        limit
+    }
 }
 
 /// Who may send a command.
@@ -256,7 +274,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
             let used = state.used_bytes;
             let quota = state.quota_bytes(catalog);
-            if ctx.admitted_offline || used.saturating_add(bytes) <= quota {
+            if used.saturating_add(bytes) <= with_offline_margin(quota, ctx.admitted_offline) {
                 Ok(Decision::Accept(vec![Event::FileStored { file: file.clone(), bytes }]))
             } else {
                 Ok(Decision::Deny {
@@ -304,13 +322,13 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             let plan = &catalog.plans[&sub.plan];
             let accept =
                 Event::TokensConsumed { request: request.clone(), tokens, offline: ctx.admitted_offline };
-            if ctx.admitted_offline || matches!(plan.token_overage, TokenOverage::BillPer1k { .. }) {
+            if let TokenOverage::BillPer1k { .. } = plan.token_overage {
                 return Ok(Decision::Accept(vec![accept]));
             }
             let period = period_of(state, at_us)?;
             let used = state.tokens_used(period);
             let limit = state.token_limit_at(catalog, at_us);
-            if used.saturating_add(tokens) <= limit {
+            if used.saturating_add(tokens) <= with_offline_margin(limit, ctx.admitted_offline) {
                 Ok(Decision::Accept(vec![accept]))
             } else {
                 Ok(Decision::Deny {

@@ -161,15 +161,24 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
         // restart only after missed heartbeats, tens of seconds) is caught
         // by the watchdog: the log has events the views lack, and the views
         // have not moved for STALL_LIMIT.
+        // A panic in a fold (a bug) ends only that run, not the projector.
         loop {
-            let options = ProjectorOptions::default();
+            let (run_log, run_views) = (log.clone(), views.clone());
+            let mut run = AbortOnDrop(tokio::spawn(async move {
+                let options = ProjectorOptions::default();
+                projector::run(&run_log, &run_views, &projector::ALL_VIEWS, options).await
+            }));
             tokio::select! {
-                result = projector::run(&log, &views, &projector::ALL_VIEWS, options) => {
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "projector interrupted; resuming in 1 s");
-                    }
+                result = &mut run.0 => match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "projector interrupted; resuming in 1 s"),
+                    Err(error) => tracing::error!(%error, "projector failed; resuming in 1 s"),
+                },
+                () = stalled(&log, &views) => {
+                    tracing::warn!("projector stalled behind the log; restarting it");
+                    run.0.abort();
+                    let _ = (&mut run.0).await;
                 }
-                () = stalled(&log, &views) => tracing::warn!("projector stalled behind the log; restarting it"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -177,8 +186,18 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
     vec![task.abort_handle()]
 }
 
+/// Aborts the task when dropped: [`Ledger::shutdown`] aborts the
+/// projector's supervising task, and with it the run it supervises.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How long the views may stand still while the log is ahead of them.
-const STALL_LIMIT: Duration = Duration::from_secs(3);
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Returns once the views have stood still behind the log for [`STALL_LIMIT`].
 async fn stalled<L: EventLog>(log: &L, views: &ViewStore) {
@@ -186,7 +205,7 @@ async fn stalled<L: EventLog>(log: &L, views: &ViewStore) {
         || projector::ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0);
     let mut last = (lowest(), tokio::time::Instant::now());
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let now = lowest();
         if now != last.0 {
             last = (now, tokio::time::Instant::now());

@@ -41,8 +41,10 @@ use crate::report::{self, rejection_json, reply_json, QueryError};
 pub const SERVICE_NAME: &str = "ledger";
 /// Most commands in one batch request.
 pub const MAX_BATCH_COMMANDS: usize = 1000;
-/// How long a query waits for the views to include the tenant's newest event.
-const QUERY_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a query waits for the views to include the tenant's newest
+/// event: well below the client's request timeout, so an `unavailable`
+/// answer reaches the client.
+const QUERY_SYNC_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -134,18 +136,58 @@ pub async fn run(
     Ok(())
 }
 
+/// Requests being answered at once; past it, the endpoint waits.
+const MAX_REQUESTS_IN_FLIGHT: usize = 10_000;
+/// A command not decided within this is answered `unavailable` (its outcome
+/// is then unknown; resending it with the same key is safe). Below the
+/// client's default request timeout, so the client hears the answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
+
 async fn serve_endpoint(mut endpoint: async_nats::service::endpoint::Endpoint, context: Arc<Context>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     while let Some(request) = endpoint.next().await {
+        let subject = request.message.subject.to_string();
+        let reply_ok = request.message.reply.as_deref().is_some_and(|reply| reply_allowed(&subject, reply));
+        if !reply_ok {
+            // The ledger's credential may publish where tenants may not: a
+            // reply subject is only ever an inbox of the sender's kind, or
+            // a request could make the ledger publish into the stream or
+            // the JetStream API on its behalf.
+            tracing::warn!(%subject, reply = ?request.message.reply, "refusing a request whose reply subject is not an inbox");
+            continue;
+        }
         let context = context.clone();
+        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
         // Each request on its own task: the engine group-commits whatever
         // arrives together, so concurrency here is throughput.
         tokio::spawn(async move {
-            let answer = route(&context, &request.message.subject, &request.message.payload).await;
+            let answer = route(&context, &subject, &request.message.payload).await;
             let body = serde_json::to_vec(&answer).expect("replies serialize");
             if let Err(error) = request.respond(Ok(body.into())).await {
-                tracing::warn!(%error, subject = %request.message.subject, "could not send a reply");
+                tracing::warn!(%error, %subject, "could not send a reply");
             }
+            drop(permit);
         });
+    }
+}
+
+/// Whether the service may publish its reply to `reply` for a request on
+/// `subject`: the default inbox prefix (`_INBOX.`, for deployments without
+/// per-credential prefixes), or the inbox prefix of a credential that may
+/// send on `subject` in the shipped configuration.
+pub fn reply_allowed(subject: &str, reply: &str) -> bool {
+    let inbox = |user: &str| reply.starts_with(&format!("{}.", inbox_prefix(user)));
+    if reply.starts_with("_INBOX.") {
+        return true;
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    match tokens.as_slice() {
+        ["ledger", "cmd", tenant, role, _] => inbox(&format!("{tenant}-{role}")),
+        ["ledger", "admin", _] => inbox("panel"),
+        ["ledger", "query", tenant, _] => {
+            inbox("panel") || inbox(&format!("{tenant}-admin")) || inbox(&format!("{tenant}-user"))
+        }
+        _ => false,
     }
 }
 
@@ -228,8 +270,18 @@ async fn one(
     fields: Map<String, Value>,
 ) -> Value {
     match submission(tenant, actor, command, fields) {
-        Ok(submission) => reply_json(&context.ledger.submit(submission).await),
+        Ok(submission) => reply_json(&within_deadline(context.ledger.submit_nowait(submission).await).await),
         Err(rejection) => rejection_json(&rejection),
+    }
+}
+
+/// The reply, or `unavailable` once [`COMMAND_TIMEOUT`] has passed.
+async fn within_deadline(answer: tokio::sync::oneshot::Receiver<Reply>) -> Reply {
+    match tokio::time::timeout(COMMAND_TIMEOUT, crate::engine::wait(answer)).await {
+        Ok(reply) => reply,
+        Err(_) => Reply::Failed {
+            message: "not decided in time; its outcome is unknown: resend it with the same key".into(),
+        },
     }
 }
 
@@ -269,7 +321,7 @@ async fn batch(
     let mut results = Vec::with_capacity(pending.len());
     for entry in pending {
         results.push(match entry {
-            Ok(answer) => reply_json(&crate::engine::wait(answer).await),
+            Ok(answer) => reply_json(&within_deadline(answer).await),
             Err(rejection) => rejection_json(&rejection),
         });
     }
@@ -335,7 +387,14 @@ pub async fn close_ended_periods(ledger: &Ledger) -> anyhow::Result<u32> {
     let mut due = Vec::new();
     for item in ledger.views().tree(LedgerView::NAME)?.scan_prefix(b"s/") {
         let (key, value) = item?;
-        let state = projections::decode_row::<TenantRow>(LedgerView::NAME, &value)?.state;
+        let state = match projections::decode_row::<TenantRow>(LedgerView::NAME, &value) {
+            Ok(row) => row.state,
+            Err(error) => {
+                // One unreadable row must not stop the clock for everyone.
+                tracing::warn!(%error, key = %String::from_utf8_lossy(&key), "billing clock skips a row");
+                continue;
+            }
+        };
         let Some(sub) = state.subscription.as_ref().filter(|s| s.cancelled_at_us.is_none()) else { continue };
         if period_bounds_us(sub.anchor_us, sub.closed_periods).1 <= now_us {
             due.push(String::from_utf8_lossy(&key[2..]).into_owned());
@@ -374,6 +433,14 @@ pub fn inbox_prefix(user: &str) -> String {
     format!("_INBOX_{user}")
 }
 
+/// JetStream API subjects the `ledger` credential is denied.
+const LEDGER_DENIED: [&str; 4] = [
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.STREAM.UPDATE.>",
+];
+
 /// The `authorization` block of the shipped nats-server configuration:
 /// - `ledger` (the service): everything, and the only user that may publish
 ///   to the `LEDGER` stream's subjects (`ledger.v1.>`) or use JetStream;
@@ -400,9 +467,12 @@ pub fn nats_authorization(
         )
     };
     let mut out = String::from("authorization {\n  users = [\n");
+    // The ledger never deletes, purges or reconfigures its stream: deny it
+    // those, so not even a bug or a forged reply subject can.
     out.push_str(&format!(
-        "    {{ user: \"ledger\", password: {}, permissions: {{ publish: \">\", subscribe: \">\" }} }}\n",
-        quote(ledger_password)
+        "    {{ user: \"ledger\", password: {}, permissions: {{\n        publish: {{ allow: \">\", deny: [{}] }}\n        subscribe: \">\"\n    }} }}\n",
+        quote(ledger_password),
+        LEDGER_DENIED.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
     ));
     out.push_str(&user("panel", panel_password, &["ledger.admin.>".into(), "ledger.query.>".into()]));
     for t in tenants {

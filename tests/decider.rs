@@ -409,31 +409,46 @@ fn close_period_and_cancel() {
 }
 
 #[test]
-fn uses_admitted_offline_are_recorded_without_the_quota_check() {
+fn uses_admitted_offline_are_recorded_past_the_limit_up_to_the_margin() {
     let mut w = World::subscribed("starter", 1);
     let gb = 1u64 << 30;
     let offline = r#""admitted_offline_at":"2026-03-09T23:00:00Z""#;
+    let late = |request: &str, tokens: u64| {
+        format!(
+            r#"{{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"{request}","tokens":{tokens},{offline}}}"#
+        )
+    };
     w.ok(r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"a","tokens":9000}"#, T);
-    // Over the limit, but a client already admitted it while the ledger was
-    // unreachable: recorded (marked offline), not denied.
-    let late = format!(
-        r#"{{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"o1","tokens":3000,{offline}}}"#
+    // Over the 10,000 limit, but a client already admitted it while the
+    // ledger was unreachable: recorded (marked offline), within 10% over.
+    assert_eq!(
+        w.ok(&late("o1", 1500), T),
+        [Event::TokensConsumed { request: "o1".into(), tokens: 1500, offline: true }]
     );
-    assert_eq!(w.ok(&late, T), [Event::TokensConsumed { request: "o1".into(), tokens: 3000, offline: true }]);
-    assert_eq!(w.state.tokens_used(0), 12_000);
+    assert_eq!(w.state.tokens_used(0), 10_500);
     // Delivered twice (a retry): the same key, a duplicate.
-    assert!(matches!(w.when(&late, T), Ok(Decision::Duplicate { .. })));
-    // Online decisions still hold the line.
+    assert!(matches!(w.when(&late("o1", 1500), T), Ok(Decision::Duplicate { .. })));
+    // Online decisions still hold the line at the limit itself.
     w.denies(
         r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"b","tokens":1}"#,
         T,
         "token_limit_exceeded",
     );
-    let upload = format!(
-        r#"{{"actor":"acme:user","cmd":"upload","tenant":"acme","file":"big","bytes":{},{offline}}}"#,
-        3 * gb
+    // Offline ones at the margin: 11,000 and no further.
+    w.denies(&late("o2", 600), T, "token_limit_exceeded");
+    w.ok(&late("o3", 500), T);
+    assert_eq!(w.state.tokens_used(0), 11_000);
+    let upload = |file: &str, bytes: u64| {
+        format!(
+            r#"{{"actor":"acme:user","cmd":"upload","tenant":"acme","file":"{file}","bytes":{bytes},{offline}}}"#
+        )
+    };
+    let hundred_mb = 100 << 20;
+    assert_eq!(
+        w.ok(&upload("big", 2 * gb + hundred_mb), T),
+        [Event::FileStored { file: "big".into(), bytes: 2 * gb + hundred_mb }]
     );
-    assert_eq!(w.ok(&upload, T), [Event::FileStored { file: "big".into(), bytes: 3 * gb }]);
+    w.denies(&upload("more", 2 * hundred_mb), T, "storage_quota_exceeded");
     // Authorization and subscription rules are not relaxed offline.
     w.rejects(
         &format!(r#"{{"actor":"beta:user","cmd":"consume_tokens","tenant":"acme","request":"x","tokens":1,{offline}}}"#),

@@ -161,22 +161,33 @@ impl LedgerView {
     }
 
     /// The earlier accepted use of a token request key, if any.
+    ///
+    /// The state row and the bucket are two reads while a projector may be
+    /// committing: if keys moved into the buckets (or the buckets were
+    /// rehashed) in between, the state row's count changed, and the lookup
+    /// starts again, so it never reads a bucket layout the row does not
+    /// describe.
     pub fn request(
         store: &ViewStore,
         tenant: &str,
         request: &str,
     ) -> Result<Option<RequestEntry>, ViewError> {
-        let Some(row) = Self::get::<TenantRow>(store, &Self::state_key(tenant))? else { return Ok(None) };
-        if let Some(entry) = row.recent_requests.get(request) {
-            return Ok(Some(*entry));
+        loop {
+            let Some(row) = Self::get::<TenantRow>(store, &Self::state_key(tenant))? else { return Ok(None) };
+            if let Some(entry) = row.recent_requests.get(request) {
+                return Ok(Some(*entry));
+            }
+            let buckets = bucket_count(row.bucketed_requests);
+            if buckets == 0 {
+                return Ok(None);
+            }
+            let key = Self::bucket_key(tenant, bucket_of(request, buckets));
+            let found = Self::get::<RequestBucket>(store, &key)?.and_then(|b| b.get(request).copied());
+            let again = Self::get::<TenantRow>(store, &Self::state_key(tenant))?;
+            if again.is_some_and(|r| r.bucketed_requests == row.bucketed_requests) {
+                return Ok(found);
+            }
         }
-        let buckets = bucket_count(row.bucketed_requests);
-        if buckets == 0 {
-            return Ok(None);
-        }
-        let bucket: Option<RequestBucket> =
-            Self::get(store, &Self::bucket_key(tenant, bucket_of(request, buckets)))?;
-        Ok(bucket.and_then(|b| b.get(request).copied()))
     }
 
     pub fn final_invoice(

@@ -200,6 +200,38 @@ pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
     }
 }
 
+/// The layout of the view rows this build writes. Bumped whenever a row's
+/// shape or key scheme changes; views of another layout are dropped at open
+/// and rebuilt from the log (views are derived, the log is the truth).
+/// 2: `s/<tenant>` holds a `TenantRow`, request keys in hashed buckets.
+pub const VIEW_LAYOUT: u64 = 2;
+
+fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
+    let meta = db.open_tree("meta")?;
+    let found = meta.get(b"layout")?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+    if found == Some(VIEW_LAYOUT) {
+        return Ok(());
+    }
+    let views: Vec<sled::IVec> = db
+        .tree_names()
+        .into_iter()
+        .filter(|name| name.as_ref() != b"__sled__default" && name.as_ref() != b"meta")
+        .collect();
+    if !views.is_empty() {
+        tracing::warn!(
+            ?found,
+            expected = VIEW_LAYOUT,
+            "views of another layout: dropping them to rebuild from the log"
+        );
+        for name in views {
+            db.drop_tree(name)?;
+        }
+    }
+    meta.insert(b"layout", &VIEW_LAYOUT.to_be_bytes())?;
+    meta.flush()?;
+    Ok(())
+}
+
 /// The sled database holding every view.
 #[derive(Clone)]
 pub struct ViewStore {
@@ -217,6 +249,7 @@ impl ViewStore {
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput);
         let db = open_sled(&config)?;
+        rebuild_if_other_layout(&db)?;
         Ok(ViewStore { db, memos: Default::default() })
     }
 
@@ -333,6 +366,25 @@ mod tests {
         let second = ViewStore::open(dir.path());
         releaser.join().unwrap();
         assert!(second.is_ok(), "{:?}", second.err());
+    }
+
+    #[test]
+    fn views_of_another_layout_are_dropped_to_be_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ViewStore::open(dir.path()).unwrap();
+            store.apply_batch(&Activity, &records(&[EventKind::Subscribed], 1)).unwrap();
+            store.tree("meta").unwrap().insert(b"layout", &1u64.to_be_bytes()).unwrap();
+        }
+        let store = ViewStore::open(dir.path()).unwrap();
+        assert_eq!(store.checkpoint(Activity::NAME).unwrap(), 0, "rebuilt from the start");
+        assert!(store.dump(Activity::NAME).unwrap().is_empty());
+        drop(store);
+        // The same layout is kept as it is.
+        let store = ViewStore::open(dir.path()).unwrap();
+        store.apply_batch(&Activity, &records(&[EventKind::Subscribed], 1)).unwrap();
+        drop(store);
+        assert_eq!(ViewStore::open(dir.path()).unwrap().checkpoint(Activity::NAME).unwrap(), 1);
     }
 
     #[test]

@@ -83,7 +83,10 @@ struct CommitReply {
 impl JetStreamLog {
     /// Connects, checks the server version, and creates the stream if needed.
     pub async fn connect(options: &JetStreamOptions) -> Result<JetStreamLog, LogError> {
-        let (address, connect) = crate::nats::options(&options.url, "ledger", None);
+        // Its own inbox prefix: replies the service sends to `_INBOX.` (for
+        // clients without per-credential prefixes) can never reach the
+        // ledger's own JetStream requests.
+        let (address, connect) = crate::nats::options(&options.url, "ledger", Some("_INBOX_ledger"));
         let client = connect
             .connect(&address)
             .await
