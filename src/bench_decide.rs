@@ -231,7 +231,7 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     let clients = shape.history_tenants.min(shape.clients);
     seed_history(&log, shape.history_tenants, shape.history).await?;
     ledger.sync_to(log.head().await?).await?;
-    ledger.shutdown();
+    ledger.shutdown().await;
     let cold = Ledger::start(log.clone(), views).await?;
     let probe = shape.decisions.min(shape.history_tenants * 200);
     let (new_elapsed, new_lat) = load(&cold, "new", shape.history_tenants, clients, probe, 3).await?;

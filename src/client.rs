@@ -76,13 +76,14 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Defaults: 5 s per attempt, 3 attempts, and the inbox prefix the
+    /// shipped nats-server configuration gives the URL's user
+    /// (`_INBOX_<user>`; the NATS default without a user).
     pub fn new(url: impl Into<String>) -> ClientConfig {
-        ClientConfig {
-            url: url.into(),
-            request_timeout: Duration::from_secs(5),
-            attempts: 3,
-            inbox_prefix: None,
-        }
+        let url = url.into();
+        let inbox_prefix =
+            crate::nats::split_credentials(&url).1.map(|(user, _)| crate::serve::inbox_prefix(&user));
+        ClientConfig { url, request_timeout: Duration::from_secs(5), attempts: 3, inbox_prefix }
     }
 }
 
@@ -170,6 +171,18 @@ impl Transport {
         Ok(Transport { nats, config })
     }
 
+    /// One attempt, no retry.
+    async fn request_once(&self, subject: &str, body: &Value) -> Result<Value, ClientError> {
+        let payload: bytes::Bytes = serde_json::to_vec(body).expect("JSON encodes").into();
+        let message = self
+            .nats
+            .request(subject.to_string(), payload)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&message.payload)
+            .map_err(|e| ClientError::Protocol(format!("reply is not JSON: {e}")))
+    }
+
     /// A query: like [`Transport::request`], and an `unavailable` answer
     /// (the views are catching up, say after a restart) is asked again.
     async fn query(&self, subject: &str, body: &Value) -> Result<Value, ClientError> {
@@ -235,6 +248,19 @@ struct Cache {
     /// After the ledger failed to answer, decide offline without waiting
     /// for the network until then (a circuit breaker).
     offline_until: std::sync::Mutex<Option<Instant>>,
+    /// Set while one caller probes a ledger that failed to answer.
+    probing: std::sync::atomic::AtomicBool,
+}
+
+/// A caller's turn to try the ledger (`Some`: the one prober after a failure).
+struct Probe<'a>(Option<&'a std::sync::atomic::AtomicBool>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(probing) = self.0 {
+            probing.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
@@ -275,6 +301,10 @@ impl Cache {
         self.db.open_tree("outbox").map_err(Self::err)
     }
 
+    fn refused(&self) -> Result<sled::Tree, ClientError> {
+        self.db.open_tree("refused").map_err(Self::err)
+    }
+
     /// Queued commands in the order they were admitted.
     fn queued(&self) -> Result<Vec<(sled::IVec, Value)>, ClientError> {
         self.outbox()?
@@ -286,8 +316,21 @@ impl Cache {
             .collect()
     }
 
-    fn offline_now(&self) -> bool {
-        self.offline_until.lock().expect("circuit lock").is_some_and(|until| Instant::now() < until)
+    /// Whether to try the ledger now: always while it answers; after it
+    /// failed, not until the probe interval has passed, and then only one
+    /// caller at a time (the others decide offline meanwhile).
+    fn try_online(&self) -> Option<Probe<'_>> {
+        use std::sync::atomic::Ordering;
+        let until = *self.offline_until.lock().expect("circuit lock");
+        match until {
+            None => Some(Probe(None)),
+            Some(until) if Instant::now() < until => None,
+            Some(_) => self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .ok()
+                .map(|_| Probe(Some(&self.probing))),
+        }
     }
 
     fn went_offline(&self) {
@@ -334,6 +377,7 @@ impl Client {
                     gate: RwLock::new(()),
                     snapshot_lock: std::sync::Mutex::new(()),
                     offline_until: std::sync::Mutex::new(None),
+                    probing: Default::default(),
                 }))
             }
         };
@@ -347,12 +391,15 @@ impl Client {
                     tokio::time::sleep(OFFLINE_PROBE_INTERVAL).await;
                     let Some(cache) = weak.upgrade() else { return };
                     let pending = cache.outbox().map(|o| !o.is_empty()).unwrap_or(false);
-                    if pending && !cache.offline_now() {
-                        let _exclusive = cache.gate.write().await;
-                        if let Err(error) = courier.deliver_locked(&cache).await {
-                            tracing::debug!(%error, "outbox not delivered yet");
-                        }
+                    if !pending {
+                        continue;
                     }
+                    let Some(probe) = cache.try_online() else { continue };
+                    let _exclusive = cache.gate.write().await;
+                    if let Err(error) = courier.deliver_locked(&cache).await {
+                        tracing::debug!(%error, "outbox not delivered yet");
+                    }
+                    drop(probe);
                 }
             });
         }
@@ -524,13 +571,19 @@ impl Client {
         self.deliver_locked(cache).await
     }
 
-    /// Delivers the outbox; the caller holds the gate exclusively.
+    /// Delivers the outbox; the caller holds the gate exclusively. One
+    /// attempt per entry (others wait on the gate meanwhile); what is not
+    /// answered stays for the next try. An entry the ledger refused (past
+    /// its offline margin, say) moves to the refused list, which
+    /// [`Client::refused_offline`] shows the application.
     async fn deliver_locked(&self, cache: &Cache) -> Result<usize, ClientError> {
         let mut delivered = 0;
         for (key, body) in cache.queued()? {
             let command = body["cmd"].as_str().unwrap_or_default().to_string();
-            let answer = match self.decided(&command, body.clone()).await {
-                Ok(answer) => answer,
+            let reply = self.transport.request_once(&self.subject(&command), &body).await;
+            let answer = match reply.and_then(Answer::from_reply) {
+                Ok(answer) if answer.code.as_deref() != Some("unavailable") => answer,
+                Ok(answer) => return Err(ClientError::Unreachable(answer.message.unwrap_or_default())),
                 Err(error) => {
                     if matches!(error, ClientError::Unreachable(_)) {
                         cache.went_offline();
@@ -539,64 +592,106 @@ impl Client {
                 }
             };
             cache.came_back();
-            if !answer.ok {
-                // A final refusal: past the ledger's offline margin, or the
-                // subscription changed meanwhile. The audit sees it.
-                tracing::warn!(%command, code = ?answer.code, "the ledger refused a command admitted offline");
-            }
-            cache.outbox()?.remove(key).map_err(Cache::err)?;
+            let outbox = cache.outbox()?;
+            let refused = cache.refused()?;
+            let record = serde_json::to_vec(&json!({"command": body, "answer": answer.raw})).expect("JSON");
+            (&outbox, &refused)
+                .transaction(|(queue, refusals)| {
+                    queue.remove(&key)?;
+                    if !answer.ok {
+                        refusals.insert(&key, record.as_slice())?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| Cache::err(format!("{e:?}")))?;
             cache.db.flush_async().await.map_err(Cache::err)?;
+            if !answer.ok {
+                tracing::warn!(%command, code = ?answer.code, "the ledger refused a use admitted offline");
+            }
             delivered += 1;
         }
         Ok(delivered)
+    }
+
+    /// Uses this client admitted offline that the ledger then refused (each
+    /// `{"command", "answer"}`, oldest first): the application was told ok,
+    /// so it may need to act on them. They stay until
+    /// [`Client::forget_refused`].
+    pub fn refused_offline(&self) -> Result<Vec<Value>, ClientError> {
+        let Some(cache) = &self.cache else { return Ok(Vec::new()) };
+        cache
+            .refused()?
+            .iter()
+            .map(|item| {
+                let (_, value) = item.map_err(Cache::err)?;
+                serde_json::from_slice(&value).map_err(Cache::err)
+            })
+            .collect()
+    }
+
+    /// Clears the refused list.
+    pub fn forget_refused(&self) -> Result<(), ClientError> {
+        if let Some(cache) = &self.cache {
+            cache.refused()?.clear().map_err(Cache::err)?;
+        }
+        Ok(())
     }
 
     /// Uploads and token use: online when the ledger answers (after the
     /// outbox is delivered), else decided from the cache.
     async fn metered(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
         let Some(cache) = &self.cache else { return self.command(command, body).await };
-        if !cache.offline_now() {
+        if let Some(probe) = cache.try_online() {
             // The common case: nothing to deliver, decide online, many at once.
             let online = {
                 let _shared = cache.gate.read().await;
                 if cache.outbox()?.is_empty() {
-                    Some(self.decided(command, body.clone()).await)
+                    let online = self.decided(command, body.clone()).await;
+                    // Counted before the gate opens, so no offline decision
+                    // or reading misses it.
+                    self.count_online(cache, &body, &online)?;
+                    Some(online)
                 } else {
                     None
                 }
             };
-            match online {
-                Some(Ok(answer)) => return self.answered_online(cache, &body, answer).await,
-                Some(Err(ClientError::Unreachable(_))) => cache.went_offline(),
-                Some(Err(other)) => return Err(other),
+            let online = match online {
+                Some(online) => online,
                 None => {
                     // Deliver first, then decide online; offline if either fails.
                     let _exclusive = cache.gate.write().await;
-                    let delivered = async {
+                    let online = async {
                         self.deliver_locked(cache).await?;
                         self.decided(command, body.clone()).await
-                    };
-                    match delivered.await {
-                        Ok(answer) => {
-                            drop(_exclusive);
-                            return self.answered_online(cache, &body, answer).await;
-                        }
-                        Err(ClientError::Unreachable(_)) => cache.went_offline(),
-                        Err(other) => return Err(other),
                     }
+                    .await;
+                    self.count_online(cache, &body, &online)?;
+                    online
                 }
+            };
+            drop(probe);
+            match online {
+                Ok(answer) => {
+                    self.refresh_if_old(cache).await;
+                    return Ok(answer);
+                }
+                Err(ClientError::Unreachable(_)) => cache.went_offline(),
+                Err(other) => return Err(other),
             }
         }
         let _exclusive = cache.gate.write().await;
         self.decide_offline(cache, command, body, "the ledger did not answer").await
     }
 
-    async fn answered_online(
+    /// Records an online answer in the circuit breaker and the reading; the
+    /// caller holds the gate.
+    fn count_online(
         &self,
         cache: &Cache,
         body: &Value,
-        answer: Answer,
-    ) -> Result<Answer, ClientError> {
+        online: &Result<Answer, ClientError>,
+    ) -> Result<(), ClientError> {
+        let Ok(answer) = online else { return Ok(()) };
         cache.came_back();
         if answer.ok && !answer.duplicate {
             // Keep the reading current between refreshes.
@@ -606,8 +701,7 @@ impl Client {
                 s.storage_used_bytes += bytes;
             })?;
         }
-        self.refresh_if_old(cache).await;
-        Ok(answer)
+        Ok(())
     }
 
     /// Re-reads the quota figures once they are a quarter of the staleness

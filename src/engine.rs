@@ -132,12 +132,17 @@ impl Ledger {
         Ok(())
     }
 
-    /// Stops the projectors. Commands already queued are still decided;
-    /// the engine ends when the last handle is dropped. Stopping a projector
-    /// at any point is safe: it resumes from its checkpoint.
-    pub fn shutdown(&self) {
+    /// Stops the projectors and returns once no fold is writing the views.
+    /// Commands already queued are still decided; the engine ends when the
+    /// last handle is dropped. Stopping a projector at any point is safe: it
+    /// resumes from its checkpoint.
+    pub async fn shutdown(&self) {
         for task in self.projectors.iter() {
             task.abort();
+        }
+        // A fold thread ends its batch before its run lets go of the store.
+        while self.views.begin_fold().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -163,8 +168,17 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
         // have not moved for STALL_LIMIT.
         // A panic in a fold (a bug) ends only that run, not the projector.
         loop {
+            // One fold loop per store: a run aborted while its fold thread
+            // finishes a batch keeps the lease until that batch is written.
+            let lease = loop {
+                match views.begin_fold() {
+                    Some(lease) => break lease,
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
             let (run_log, run_views) = (log.clone(), views.clone());
             let mut run = AbortOnDrop(tokio::spawn(async move {
+                let _lease = lease;
                 let options = ProjectorOptions::default();
                 projector::run(&run_log, &run_views, &projector::ALL_VIEWS, options).await
             }));

@@ -110,7 +110,7 @@ impl Server {
         for task in &self.tasks {
             task.abort();
         }
-        self.ledger.shutdown();
+        self.ledger.shutdown().await;
         let _ = self.ledger.views().flush().await;
     }
 }

@@ -133,7 +133,7 @@ async fn embedded_ledger_view_survives_repeated_kills() {
             .unwrap();
         let (results, _) = ledger::cli::apply_lines(&engine, &lines).await.unwrap();
         assert!(results.iter().all(|r| r["ok"] == true));
-        engine.shutdown();
+        engine.shutdown().await;
         ledger::log::Source::head(&log).await.unwrap()
     };
     // The engine's task drops its log handle once the last Ledger is gone;

@@ -484,6 +484,14 @@ async fn a_client_survives_a_server_stop_and_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(app.deliver_outbox().await.unwrap(), 0);
+    // The ledger refused what went past its offline margin; the client
+    // keeps those for the application, which had been told ok.
+    let refused = app.refused_offline().unwrap();
+    let refused_keys: Vec<&str> = refused.iter().map(|r| r["command"]["request"].as_str().unwrap()).collect();
+    assert_eq!(refused_keys, ["off-2", "off-3"]);
+    assert!(refused.iter().all(|r| r["answer"]["code"] == "token_limit_exceeded"), "{refused:?}");
+    app.forget_refused().unwrap();
+    assert!(app.refused_offline().unwrap().is_empty());
     let next = app.consume_tokens("on-2", 1).await.unwrap();
     assert_eq!(code(&next), "token_limit_exceeded", "{:?}", next.raw);
 

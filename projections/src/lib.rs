@@ -212,10 +212,12 @@ fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
     if found == Some(VIEW_LAYOUT) {
         return Ok(());
     }
+    // Only the views' own trees: anything else in this database is not ours
+    // to drop.
     let views: Vec<sled::IVec> = db
         .tree_names()
         .into_iter()
-        .filter(|name| name.as_ref() != b"__sled__default" && name.as_ref() != b"meta")
+        .filter(|name| ALL_VIEWS.iter().any(|v| v.name().as_bytes() == name.as_ref()))
         .collect();
     if !views.is_empty() {
         tracing::warn!(
@@ -232,10 +234,21 @@ fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
     Ok(())
 }
 
+/// A store's claim by one fold loop; released on drop.
+pub struct FoldLease(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for FoldLease {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The sled database holding every view.
 #[derive(Clone)]
 pub struct ViewStore {
     db: sled::Db,
+    /// Set while a fold loop runs over this store (see [`ViewStore::begin_fold`]).
+    folding: std::sync::Arc<std::sync::atomic::AtomicBool>,
     memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
 }
 
@@ -250,7 +263,18 @@ impl ViewStore {
             .mode(sled::Mode::HighThroughput);
         let db = open_sled(&config)?;
         rebuild_if_other_layout(&db)?;
-        Ok(ViewStore { db, memos: Default::default() })
+        Ok(ViewStore { db, memos: Default::default(), folding: Default::default() })
+    }
+
+    /// Claims the store for one fold loop; `None` while another holds it.
+    /// Two loops folding one store would each fold from checkpoints the
+    /// other has moved. The claim ends when the lease is dropped.
+    pub fn begin_fold(&self) -> Option<FoldLease> {
+        use std::sync::atomic::Ordering;
+        self.folding
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| FoldLease(self.folding.clone()))
     }
 
     pub fn tree(&self, view: &str) -> Result<sled::Tree, ViewError> {
