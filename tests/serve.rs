@@ -285,6 +285,15 @@ async fn credentials_reach_only_their_own_tenant_and_role() {
         payload: bytes::Bytes::from_static(b"forged"),
     };
     intruder.publish(forged.subject(), forged.payload.clone()).await.unwrap();
+    // The control panel's credential cannot either.
+    let (address, options) = ledger::nats::options(
+        &with_credentials(server.url(), "panel", "panel-pw"),
+        "panel-raw",
+        Some(&inbox_prefix("panel")),
+    );
+    let panel_raw = options.connect(&address).await.unwrap();
+    panel_raw.publish(forged.subject(), forged.payload.clone()).await.unwrap();
+    panel_raw.flush().await.unwrap();
     // Nor through the ledger: a request whose reply subject is not an inbox
     // would make the ledger's own credential publish there. The service
     // drops such requests unanswered and undecided.
