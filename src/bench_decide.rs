@@ -85,6 +85,18 @@ async fn load(
             Ok(latencies)
         }));
     }
+    gather(started, tasks, total).await
+}
+
+type ClientTask = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
+
+/// Waits for every client; returns the elapsed time since `started` and all
+/// latencies, sorted.
+async fn gather(
+    started: Instant,
+    tasks: Vec<ClientTask>,
+    total: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let mut latencies = Vec::with_capacity(total);
     for task in tasks {
         latencies.extend(task.await??);
@@ -97,6 +109,23 @@ async fn load(
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index].as_secs_f64() * 1000.0
+}
+
+/// One result line: a rate and its latency percentiles.
+fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
+    println!(
+        "{label:<21}{rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99)
+    );
+}
+
+/// Defines the plan every bench tenant subscribes to (no limit in reach).
+async fn define_bench_plan(ledger: &Ledger) -> anyhow::Result<()> {
+    let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
+    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
+    anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
+    Ok(())
 }
 
 async fn subscribe_all(ledger: &Ledger, prefix: &str, tenants: usize) -> anyhow::Result<()> {
@@ -189,9 +218,7 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     let views_dir = tempfile::tempdir()?;
     let views = ViewStore::open(views_dir.path())?;
     let ledger = Ledger::start(log.clone(), views.clone()).await?;
-    let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
-    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
-    anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
+    define_bench_plan(&ledger).await?;
     subscribe_all(&ledger, "t", shape.tenants).await?;
 
     // The ingest baseline, same run: bare atomic-batch publishes of
@@ -237,16 +264,8 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     let (new_elapsed, new_lat) = load(&cold, "new", shape.history_tenants, clients, probe, 3).await?;
     let (old_elapsed, old_lat) = load(&cold, "old", shape.history_tenants, clients, probe, 4).await?;
     let (new_rate, old_rate) = (rate(new_lat.len(), new_elapsed), rate(old_lat.len(), old_elapsed));
-    println!(
-        "fresh tenants:       {new_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&new_lat, 0.5),
-        percentile(&new_lat, 0.99)
-    );
-    println!(
-        "10k-event tenants:   {old_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&old_lat, 0.5),
-        percentile(&old_lat, 0.99)
-    );
+    print_rate("fresh tenants:", new_rate, &new_lat);
+    print_rate("10k-event tenants:", old_rate, &old_lat);
     println!("ratio history/fresh: {:.3}", old_rate / new_rate);
     Ok(())
 }
@@ -297,13 +316,7 @@ async fn load_service(
             Ok(latencies)
         }));
     }
-    let mut latencies = Vec::with_capacity(total);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok((elapsed, latencies))
+    gather(started, tasks, total).await
 }
 
 /// `ledger bench serve`.
@@ -330,25 +343,15 @@ pub async fn serve(
     let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
     let service = crate::serve::Server::start(log.clone(), views, options).await?;
     let ledger = service.ledger().clone();
-    let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
-    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
-    anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
+    define_bench_plan(&ledger).await?;
     subscribe_all(&ledger, "svc", clients).await?;
     subscribe_all(&ledger, "eng", clients).await?;
 
     let (svc_elapsed, svc_lat) = load_service(&url, "svc", clients, connections, decisions, 5).await?;
     let (eng_elapsed, eng_lat) = load(&ledger, "eng", clients, clients, decisions, 6).await?;
     let (svc_rate, eng_rate) = (rate(svc_lat.len(), svc_elapsed), rate(eng_lat.len(), eng_elapsed));
-    println!(
-        "through the service: {svc_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&svc_lat, 0.5),
-        percentile(&svc_lat, 0.99)
-    );
-    println!(
-        "in-process engine:   {eng_rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&eng_lat, 0.5),
-        percentile(&eng_lat, 0.99)
-    );
+    print_rate("through the service:", svc_rate, &svc_lat);
+    print_rate("in-process engine:", eng_rate, &eng_lat);
     println!("ratio service/in-process: {:.3}", svc_rate / eng_rate);
     service.stop().await;
     Ok(())

@@ -81,6 +81,26 @@ async fn wait_for_service(url: &str, instances: usize) {
     }
 }
 
+/// A nats-server with the shipped authorization for `tenants` (passwords
+/// `<t>-admin-pw`, `<t>-user-pw`, `ledger-pw`, `panel-pw`) and one `ledger
+/// serve` on it. Returns the server, the service, the ledger's URL.
+async fn secured(tenants: &[&str], data: &Path) -> (NatsServer, Serve, String) {
+    let credentials: Vec<TenantCredentials> = tenants
+        .iter()
+        .map(|t| TenantCredentials {
+            tenant: t.to_string(),
+            admin_password: format!("{t}-admin-pw"),
+            user_password: format!("{t}-user-pw"),
+        })
+        .collect();
+    let server =
+        NatsServer::start_configured(&nats_authorization("ledger-pw", "panel-pw", &credentials)).unwrap();
+    let ledger_url = with_credentials(server.url(), "ledger", "ledger-pw");
+    let serve = Serve::spawn(&ledger_url, data, 60_000);
+    wait_for_service(&ledger_url, 1).await;
+    (server, serve, ledger_url)
+}
+
 fn config(url: &str) -> ClientConfig {
     ClientConfig::new(url)
 }
@@ -220,24 +240,12 @@ async fn commands_batches_and_queries_through_the_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_reach_only_their_own_tenant_and_role() {
-    let tenants: Vec<TenantCredentials> = ["acme", "beta"]
-        .iter()
-        .map(|t| TenantCredentials {
-            tenant: t.to_string(),
-            admin_password: format!("{t}-admin-pw"),
-            user_password: format!("{t}-user-pw"),
-        })
-        .collect();
-    let server =
-        NatsServer::start_configured(&nats_authorization("ledger-pw", "panel-pw", &tenants)).unwrap();
     let (_dir, data) = scratch();
-    let ledger_url = with_credentials(server.url(), "ledger", "ledger-pw");
-    let _serve = Serve::spawn(&ledger_url, &data.join("a"), 60_000);
-    wait_for_service(&ledger_url, 1).await;
+    let (server, _serve, ledger_url) = secured(&["acme", "beta"], &data.join("a")).await;
 
     let as_user = |user: &str, password: &str| {
         let mut config = config(&with_credentials(server.url(), user, password));
-        config.inbox_prefix = Some(inbox_prefix(user));
+        assert_eq!(config.inbox_prefix, Some(inbox_prefix(user)));
         config.request_timeout = Duration::from_millis(500);
         config.attempts = 1;
         config
@@ -552,23 +560,14 @@ fn python_path() -> String {
 async fn the_readme_python_example_works_with_plain_nats_py() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let example = readme.split("```python\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
-    let tenants = [TenantCredentials {
-        tenant: "acme".into(),
-        admin_password: "a-pw".into(),
-        user_password: "u-pw".into(),
-    }];
-    let server =
-        NatsServer::start_configured(&nats_authorization("ledger-pw", "panel-pw", &tenants)).unwrap();
     let (_dir, data) = scratch();
-    let ledger_url = with_credentials(server.url(), "ledger", "ledger-pw");
-    let _serve = Serve::spawn(&ledger_url, &data.join("a"), 60_000);
-    wait_for_service(&ledger_url, 1).await;
-    let mut panel_config = config(&with_credentials(server.url(), "panel", "panel-pw"));
-    panel_config.inbox_prefix = Some(inbox_prefix("panel"));
-    let panel = AdminClient::connect(panel_config).await.unwrap();
+    let (server, _serve, _) = secured(&["acme"], &data.join("a")).await;
+    // The client takes its inbox prefix (_INBOX_panel) from the URL's user.
+    let panel =
+        AdminClient::connect(config(&with_credentials(server.url(), "panel", "panel-pw"))).await.unwrap();
     catalog_and_tenants(&panel, &["acme"]).await;
 
-    let script = example.replace("nats://127.0.0.1:4222", server.url()).replace("<password>", "u-pw");
+    let script = example.replace("nats://127.0.0.1:4222", server.url()).replace("<password>", "acme-user-pw");
     let out =
         Command::new("python3").arg("-c").arg(&script).env("PYTHONPATH", python_path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
