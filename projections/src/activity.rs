@@ -33,10 +33,16 @@ impl Projection for Activity {
     const NAME: &'static str = "activity";
 
     fn apply_batch(&self, rows: &mut Rows<'_>, facts: &[Fact<'_>]) -> Result<(), ViewError> {
+        // Each touched row is decoded once and written once per batch.
+        let mut touched: std::collections::HashMap<&str, ActivityRow> = std::collections::HashMap::new();
         for fact in facts {
             let event = fact.envelope;
-            let key = Activity::key(&event.tenant);
-            let mut row: ActivityRow = rows.get(&key)?.unwrap_or_default();
+            let row = match touched.entry(event.tenant.as_str()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rows.get(&Activity::key(&event.tenant))?.unwrap_or_default())
+                }
+            };
             assert!(fact.position > row.last_position, "activity: positions go backwards");
             if event.prev_hash != row.last_hash {
                 continue;
@@ -45,11 +51,19 @@ impl Projection for Activity {
             if row.events == 0 {
                 row.first_position = fact.position;
             }
-            *row.events_by_kind.entry(event.kind().name().to_string()).or_default() += 1;
+            let kind = event.kind().name();
+            match row.events_by_kind.get_mut(kind) {
+                Some(count) => *count += 1,
+                None => {
+                    row.events_by_kind.insert(kind.to_string(), 1);
+                }
+            }
             row.events += 1;
             row.last_position = fact.position;
             row.last_at_us = row.last_at_us.max(event.at_us);
-            rows.put(key, &row);
+        }
+        for (tenant, row) in touched {
+            rows.put(Activity::key(tenant), &row);
         }
         Ok(())
     }
