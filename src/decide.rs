@@ -3,7 +3,7 @@
 //! earlier use) the caller looks up first and passes in [`Context`].
 
 use events::{Actor, Event, Payment, PaymentOutcome, TokenOverage};
-use projections::domain::{CatalogState, Fact, PurchaseStatus, RequestEntry, TenantState};
+use projections::domain::{CatalogState, Fact, FileEntry, PurchaseStatus, RequestEntry, TenantState};
 use projections::invoice::price_period;
 use projections::period::period_bounds_us;
 
@@ -30,6 +30,8 @@ pub struct Context<'a> {
     pub at_us: i64,
     /// For `consume_tokens`: the request key's earlier accepted use, if any.
     pub earlier_request: Option<RequestEntry>,
+    /// For `upload` and `delete_file`: the tenant's live file by that id.
+    pub existing_file: Option<FileEntry>,
     /// A client already admitted this upload or token use offline: record
     /// it past the quota, up to [`OFFLINE_MARGIN_PERCENT`] (the use has
     /// happened).
@@ -262,7 +264,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 Rejection::new("invalid_amount", format!("bytes must not be negative, got {bytes}"))
             })?;
             require_active(state, tenant)?;
-            if let Some(existing) = state.files.get(file) {
+            if let Some(existing) = ctx.existing_file {
                 return if existing.bytes == bytes {
                     Ok(Decision::Duplicate { seq: existing.position })
                 } else {
@@ -297,7 +299,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
         Command::DeleteFile { tenant, file } => {
             authorize(actor, Some(tenant), Who::Anyone)?;
             require_active(state, tenant)?;
-            let entry = state.files.get(file).ok_or_else(|| {
+            let entry = ctx.existing_file.ok_or_else(|| {
                 Rejection::new("unknown_file", format!("tenant {tenant} has no file {file}"))
             })?;
             Ok(Decision::Accept(vec![Event::FileDeleted { file: file.clone(), bytes: entry.bytes }]))

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use events::{Envelope, Event, CATALOG_TENANT};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use projections::domain::{CatalogState, Fact, RequestEntry, Spill, TenantState};
+use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
 use projections::{LedgerView, Projection, ViewStore};
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,9 +72,9 @@ const MAX_RETRIES: u32 = 1000;
 /// on 2 cores (`bench decide`): 2 in flight beat 4, 8 and 32, because fewer,
 /// larger batches cost the server less per decision.
 const MAX_GROUPS_IN_FLIGHT: usize = 2;
-/// A tenant's in-memory idempotency keys are dropped (by reloading the
-/// tenant from the view) past this many.
-const MAX_RECENT_REQUESTS: usize = 50_000;
+/// A tenant's in-memory request keys and files are dropped (by reloading
+/// the tenant from the view) past this many.
+const MAX_RECENT_KEYS: usize = 50_000;
 
 impl Ledger {
     /// Starts the engine and the projectors over `log` and `views`.
@@ -241,6 +241,9 @@ struct Loaded {
     catalog: CatalogState,
     /// Accepted token requests the view may not have yet.
     recent_requests: HashMap<String, RequestEntry>,
+    /// Files stored (`Some`) or deleted (`None`) since loading: the view may
+    /// not have them yet.
+    recent_files: HashMap<String, Option<FileEntry>>,
     /// The last position on the tenant's subjects, including messages that
     /// did not decode (they count for the log's expected-sequence check).
     log_position: u64,
@@ -266,8 +269,16 @@ impl Loaded {
         }
         if catalog {
             self.catalog.apply(fact);
-        } else if let Some(Spill::Request { request, entry }) = self.state.apply(fact) {
-            self.recent_requests.insert(request, entry);
+            return;
+        }
+        match self.state.apply(fact) {
+            Some(Spill::Request { request, entry }) => {
+                self.recent_requests.insert(request, entry);
+            }
+            Some(Spill::File { file, entry }) => {
+                self.recent_files.insert(file, entry);
+            }
+            Some(Spill::Invoice { .. }) | None => {}
         }
     }
 }
@@ -549,12 +560,23 @@ impl<L: EventLog> Engine<L> {
             },
             _ => None,
         };
+        let existing_file = match &submission.command {
+            Command::Upload { file, .. } | Command::DeleteFile { file, .. } => {
+                match loaded.and_then(|l| l.recent_files.get(file)) {
+                    Some(change) => *change,
+                    None => LedgerView::file(&self.views, tenant, file)
+                        .map_err(|e| Rejection::new("unavailable", format!("reading live files: {e}")))?,
+                }
+            }
+            _ => None,
+        };
         let ctx = Context {
             catalog: &self.catalog.catalog,
             state,
             actor: &submission.actor,
             at_us,
             earlier_request,
+            existing_file,
             admitted_offline: submission.admitted_offline_at_us.is_some(),
         };
         decide(&ctx, &submission.command)
@@ -575,7 +597,7 @@ impl<L: EventLog> Engine<L> {
                 loaded.fold(catalog, &Fact { position: seq, hash: *hash, envelope });
             }
             last = last.max(seq);
-            if loaded.recent_requests.len() > MAX_RECENT_REQUESTS {
+            if loaded.recent_requests.len() + loaded.recent_files.len() > MAX_RECENT_KEYS {
                 self.tenants.remove(&s.tenant);
             }
             let reply = match s.denial {

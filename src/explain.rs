@@ -1,6 +1,8 @@
 //! `--explain`: for each invoice line (and each usage figure) the events
 //! behind it, with position, event id, `at` and actor, and the arithmetic.
 
+use std::collections::{BTreeMap, HashMap};
+
 use events::{Envelope, Event};
 use futures_util::StreamExt;
 use projections::domain::{CatalogState, Chain, Fact, TenantState};
@@ -184,12 +186,24 @@ pub async fn usage<L: EventLog>(
     let (state, catalog, at_us, k) = load_at(views, tenant, at_us)?;
     let (start, end) = period_bounds_us(state.subscription.as_ref().expect("subscribed").anchor_us, k);
     let all = tenant_events(log, tenant).await?;
-    let live_files: Vec<Value> = state
-        .files
-        .values()
-        .filter_map(|f| all.iter().find(|(p, _)| *p == f.position))
-        .map(|(p, e)| event_json(*p, e))
-        .collect();
+    // The live files are the stores no delete has undone, in the order stored.
+    let mut live: BTreeMap<u64, &(u64, Envelope)> = BTreeMap::new();
+    let mut stored_at: HashMap<&str, u64> = HashMap::new();
+    for event in &all {
+        match &event.1.payload {
+            Event::FileStored { file, .. } => {
+                stored_at.insert(file, event.0);
+                live.insert(event.0, event);
+            }
+            Event::FileDeleted { file, .. } => {
+                if let Some(position) = stored_at.remove(file.as_str()) {
+                    live.remove(&position);
+                }
+            }
+            _ => {}
+        }
+    }
+    let live_files: Vec<Value> = live.values().map(|(p, e)| event_json(*p, e)).collect();
     let active_grants: Vec<Value> = all
         .iter()
         .filter(|(_, e)| {
@@ -214,7 +228,7 @@ pub async fn usage<L: EventLog>(
     let plan = catalog.plans.get(&state.subscription.as_ref().expect("subscribed").plan);
     usage["explain"] = json!({
         "storage": {
-            "used_bytes": format!("sum of {} live files' bytes", state.files.len()),
+            "used_bytes": format!("sum of {} live files' bytes", state.live_files),
             "quota_bytes": format!(
                 "floor(({} GB plan + active add-on GB x quantity) x 2^30)",
                 plan.map(|p| p.storage_quota_gb.to_string()).unwrap_or_default()

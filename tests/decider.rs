@@ -4,7 +4,7 @@
 use events::{Actor, Envelope, Event, Payment, PaymentOutcome, CATALOG_TENANT};
 use ledger::command::{parse_at, parse_line, Command};
 use ledger::decide::{decide, Context, Decision};
-use projections::domain::{CatalogState, Fact, RequestEntry, Spill, TenantState};
+use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
 
 const CATALOG: &[&str] = &[
     r#"{"cmd":"define_addon","addon":{"id":"extra-storage","currency":"USD","price":"3.00","recurring":true,"grants":{"storage_gb":"5","tokens":1000}}}"#,
@@ -21,6 +21,8 @@ struct World {
     catalog: CatalogState,
     state: TenantState,
     requests: Vec<(String, RequestEntry)>,
+    /// Live files, as the view's file index would answer.
+    files: std::collections::HashMap<String, FileEntry>,
     position: u64,
     now: i64,
 }
@@ -45,6 +47,7 @@ impl World {
             catalog: CatalogState::default(),
             state: TenantState::default(),
             requests: Vec::new(),
+            files: Default::default(),
             position: 0,
             now: at("2026-02-01T00:00:00Z"),
         };
@@ -68,6 +71,12 @@ impl World {
             actor: &submission.actor,
             at_us: at(t),
             earlier_request,
+            existing_file: match &submission.command {
+                Command::Upload { file, .. } | Command::DeleteFile { file, .. } => {
+                    self.files.get(file).copied()
+                }
+                _ => None,
+            },
             admitted_offline: submission.admitted_offline_at_us.is_some(),
         };
         decide(&ctx, &submission.command)
@@ -101,8 +110,17 @@ impl World {
             let fact = Fact { position: self.position, hash: [0; 32], envelope: &envelope };
             if catalog {
                 self.catalog.apply(&fact);
-            } else if let Some(Spill::Request { request, entry }) = self.state.apply(&fact) {
-                self.requests.push((request, entry));
+            } else {
+                match self.state.apply(&fact) {
+                    Some(Spill::Request { request, entry }) => self.requests.push((request, entry)),
+                    Some(Spill::File { file, entry: Some(entry) }) => {
+                        self.files.insert(file, entry);
+                    }
+                    Some(Spill::File { file, entry: None }) => {
+                        self.files.remove(&file);
+                    }
+                    _ => {}
+                }
             }
         }
         self.now = at(t);

@@ -141,13 +141,28 @@ pub struct RequestEntry {
     pub position: u64,
 }
 
-/// Facts a fold produces that do not live in the tenant's state row: the
-/// stored view writes them as rows of their own, the decider keeps requests
+/// Facts a fold produces that do not live in the tenant's state: the stored
+/// view indexes them by key (token requests, live files) or writes them as
+/// rows of their own (final invoices); the engine keeps requests and files
 /// in memory until the view has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spill {
-    Request { request: String, entry: RequestEntry },
-    Invoice { period: u32, start_us: i64, end_us: i64, invoice: Invoice, position: u64 },
+    Request {
+        request: String,
+        entry: RequestEntry,
+    },
+    /// A file stored (`Some`) or deleted (`None`).
+    File {
+        file: String,
+        entry: Option<FileEntry>,
+    },
+    Invoice {
+        period: u32,
+        start_us: i64,
+        end_us: i64,
+        invoice: Invoice,
+        position: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +170,10 @@ pub struct TenantState {
     pub chain: Chain,
     pub subscription: Option<Subscription>,
     pub segments: Vec<Segment>,
-    pub files: BTreeMap<String, FileEntry>,
+    /// Live files: their number and total bytes. The files themselves are
+    /// indexed outside the state (see [`Spill::File`]), so the state stays
+    /// small however many files a tenant keeps.
+    pub live_files: u64,
     pub used_bytes: u64,
     pub purchases: BTreeMap<String, Purchase>,
     /// Tokens consumed per period index: there is no reset job, a new period
@@ -208,15 +226,16 @@ impl TenantState {
                 }
             }
             Event::FileStored { file, bytes } => {
-                let previous = self.files.insert(file.clone(), FileEntry { bytes: *bytes, position });
-                assert!(previous.is_none(), "a live file stored twice");
+                self.live_files += 1;
                 self.used_bytes += bytes;
+                let entry = FileEntry { bytes: *bytes, position };
+                return Some(Spill::File { file: file.clone(), entry: Some(entry) });
             }
             Event::FileDeleted { file, bytes } => {
-                if let Some(entry) = self.files.remove(file) {
-                    assert_eq!(entry.bytes, *bytes, "a file deleted with other bytes than it had");
-                    self.used_bytes = self.used_bytes.checked_sub(*bytes).expect("used bytes never negative");
-                }
+                // The decider deletes only live files, with their bytes.
+                self.live_files = self.live_files.checked_sub(1).expect("a deleted file was live");
+                self.used_bytes = self.used_bytes.checked_sub(*bytes).expect("used bytes never negative");
+                return Some(Spill::File { file: file.clone(), entry: None });
             }
             Event::TokensConsumed { request, tokens, .. } => {
                 if let Some(k) = self.period_at(at_us) {

@@ -2,28 +2,29 @@
 //!
 //! Rows of the one tree:
 //! - `c` -> [`CatalogState`] (plans, add-ons, the catalog's chain)
-//! - `s/<tenant>` -> [`TenantRow`]: the [`TenantState`] plus the tenant's
-//!   newest accepted token requests (at most [`RECENT_REQUESTS`])
-//! - `r/<tenant>/<bucket u32 BE>` -> [`RequestBucket`]: older accepted token
-//!   requests, hashed into a power-of-two number of buckets of about
-//!   [`BUCKET_TARGET`] each. Together with the recent ones they are the
-//!   tenant's idempotency keys for its whole history.
+//! - `s/<tenant>` -> [`TenantRow`]: the [`TenantState`] plus the newest
+//!   changes of the tenant's two key indexes (at most [`RECENT_KEYS`] each)
+//! - `r/<tenant>/<bucket u32 BE>` -> accepted token requests (the tenant's
+//!   idempotency keys for its whole history) and `f/<tenant>/<bucket u32 BE>`
+//!   -> live files: hashed into a power-of-two number of buckets of about
+//!   [`BUCKET_TARGET`] keys each ([`KeyIndex`]).
 //!
-//! Why buckets and not a row per request: sled's cost is per key written,
-//! and a row per request made replays write ~0.8 rows per event. Recent keys
-//! ride in the state row (written once per batch anyway) and move to the
-//! buckets 64 at a time, so a replay writes a bucket row per tenant only
-//! every 64 requests. The layout is a function of the set of keys and their
-//! order alone, never of batch boundaries, so a live view and a replay are
-//! byte-identical.
+//! Why buckets and not a row per key, nor everything in the state row: sled's
+//! cost is per key written (a row per request made replays write ~0.8 rows
+//! per event), and a state row holding every live file grows with the
+//! tenant and is rewritten with every batch. Recent changes ride in the state
+//! row (written once per batch anyway) and move to the buckets 64 at a time.
+//! The layout is a function of the keys and their order alone, never of
+//! batch boundaries, so a live view and a replay are byte-identical.
 //! - `i/<tenant>/<period u32 BE>` -> [`FinalInvoice`], as recorded by `PeriodFinalized`
 //! - `t` -> ledger time: the largest `at` folded (i64 microseconds)
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{CatalogState, RequestEntry, Spill, TenantState};
+use crate::domain::{CatalogState, FileEntry, RequestEntry, Spill, TenantState};
 use crate::{Fact, Projection, Rows, ViewError, ViewStore};
 
 pub struct LedgerView;
@@ -31,25 +32,39 @@ pub struct LedgerView;
 /// Decoded tenant rows as last written, kept between batches.
 type TenantMemo = std::collections::HashMap<String, TenantRow>;
 
-/// Accepted requests kept in the state row before moving to the buckets.
-pub const RECENT_REQUESTS: usize = 64;
-/// Requests per bucket the bucket count aims at.
+/// Changes of one index kept in the state row before moving to the buckets.
+pub const RECENT_KEYS: usize = 64;
+/// Keys per bucket the bucket count aims at.
 pub const BUCKET_TARGET: u64 = 64;
 
 /// The `s/<tenant>` row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRow {
     pub state: TenantState,
-    /// Accepted requests not yet in the buckets.
-    pub recent_requests: BTreeMap<String, RequestEntry>,
-    /// Requests moved to the buckets so far.
-    pub bucketed_requests: u64,
+    /// Accepted token requests (`r/` buckets).
+    pub requests: KeyIndex<RequestEntry>,
+    /// Live files (`f/` buckets).
+    pub files: KeyIndex<FileEntry>,
 }
 
-/// One `r/<tenant>/<bucket>` row.
-pub type RequestBucket = BTreeMap<String, RequestEntry>;
+/// One tenant's keys of one kind: the newest changes here, in the state
+/// row; the rest in bucket rows `<prefix>/<tenant>/<bucket u32 BE>`, each a
+/// `BTreeMap<key, V>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyIndex<V> {
+    /// Changes not in the buckets yet: `Some` sets a key, `None` removes it.
+    pub recent: BTreeMap<String, Option<V>>,
+    /// Changes moved to the buckets so far; it only grows, and sizes them.
+    pub bucketed: u64,
+}
 
-/// The number of buckets holding `bucketed` requests: a power of two.
+impl<V> Default for KeyIndex<V> {
+    fn default() -> Self {
+        KeyIndex { recent: BTreeMap::new(), bucketed: 0 }
+    }
+}
+
+/// The number of buckets holding `bucketed` changes: a power of two.
 fn bucket_count(bucketed: u64) -> u32 {
     if bucketed == 0 {
         0
@@ -60,53 +75,112 @@ fn bucket_count(bucketed: u64) -> u32 {
 
 /// FNV-1a (64-bit), written out because it decides persisted layout: it must
 /// never change with a library version.
-fn request_hash(request: &str) -> u64 {
+fn key_hash(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in request.as_bytes() {
+    for byte in key.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
 }
 
-fn bucket_of(request: &str, buckets: u32) -> u32 {
-    (request_hash(request) & u64::from(buckets - 1)) as u32
+fn bucket_of(key: &str, buckets: u32) -> u32 {
+    (key_hash(key) & u64::from(buckets - 1)) as u32
 }
 
-/// Moves a tenant's recent requests into its buckets, re-hashing every
-/// bucket when their number grows.
-fn move_to_buckets(rows: &mut Rows<'_>, tenant: &str, row: &mut TenantRow) -> Result<(), ViewError> {
-    let before = bucket_count(row.bucketed_requests);
-    let total = row.bucketed_requests + row.recent_requests.len() as u64;
-    let after = bucket_count(total);
-    let mut touched: BTreeMap<u32, RequestBucket> = BTreeMap::new();
-    let recent = std::mem::take(&mut row.recent_requests);
-    if after != before {
-        for b in 0..after {
-            touched.insert(b, RequestBucket::new());
+fn bucket_key(prefix: char, tenant: &str, bucket: u32) -> Vec<u8> {
+    let mut key = format!("{prefix}/{tenant}/").into_bytes();
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+impl<V: Clone + Serialize + DeserializeOwned> KeyIndex<V> {
+    /// Records a change; moves the recent changes to the buckets once there
+    /// are [`RECENT_KEYS`] of them.
+    fn change(
+        &mut self,
+        rows: &mut Rows<'_>,
+        prefix: char,
+        tenant: &str,
+        key: String,
+        value: Option<V>,
+    ) -> Result<(), ViewError> {
+        self.recent.insert(key, value);
+        if self.recent.len() >= RECENT_KEYS {
+            self.move_to_buckets(rows, prefix, tenant)?;
         }
-        for b in 0..before {
-            let old: RequestBucket = rows.get(&LedgerView::bucket_key(tenant, b))?.unwrap_or_default();
-            for (request, entry) in old {
-                touched
-                    .get_mut(&bucket_of(&request, after))
-                    .expect("all buckets present")
-                    .insert(request, entry);
+        Ok(())
+    }
+
+    /// Applies the recent changes to the buckets, re-hashing every bucket
+    /// when their number grows.
+    fn move_to_buckets(&mut self, rows: &mut Rows<'_>, prefix: char, tenant: &str) -> Result<(), ViewError> {
+        let before = bucket_count(self.bucketed);
+        let total = self.bucketed + self.recent.len() as u64;
+        let after = bucket_count(total);
+        let mut touched: BTreeMap<u32, BTreeMap<String, V>> = BTreeMap::new();
+        if after != before {
+            for b in 0..after {
+                touched.insert(b, BTreeMap::new());
+            }
+            for b in 0..before {
+                let old: BTreeMap<String, V> = rows.get(&bucket_key(prefix, tenant, b))?.unwrap_or_default();
+                for (key, value) in old {
+                    touched.get_mut(&bucket_of(&key, after)).expect("all buckets present").insert(key, value);
+                }
+            }
+        }
+        for (key, value) in std::mem::take(&mut self.recent) {
+            let b = bucket_of(&key, after);
+            if !touched.contains_key(&b) {
+                touched.insert(b, rows.get(&bucket_key(prefix, tenant, b))?.unwrap_or_default());
+            }
+            let bucket = touched.get_mut(&b).expect("just loaded");
+            match value {
+                Some(value) => bucket.insert(key, value),
+                None => bucket.remove(&key),
+            };
+        }
+        for (b, bucket) in &touched {
+            rows.put(bucket_key(prefix, tenant, *b), bucket);
+        }
+        self.bucketed = total;
+        Ok(())
+    }
+
+    /// Looks a key up in the stored view. The state row and the bucket are
+    /// two reads while a projector may be committing: if changes moved into
+    /// the buckets in between, the row's count changed, and the lookup
+    /// starts again, so it never reads a bucket layout the row does not
+    /// describe.
+    fn lookup(
+        store: &ViewStore,
+        prefix: char,
+        tenant: &str,
+        key: &str,
+        index: fn(&TenantRow) -> &KeyIndex<V>,
+    ) -> Result<Option<V>, ViewError> {
+        loop {
+            let Some(row) = LedgerView::get::<TenantRow>(store, &LedgerView::state_key(tenant))? else {
+                return Ok(None);
+            };
+            let keys = index(&row);
+            if let Some(change) = keys.recent.get(key) {
+                return Ok(change.clone());
+            }
+            let buckets = bucket_count(keys.bucketed);
+            if buckets == 0 {
+                return Ok(None);
+            }
+            let bucket: Option<BTreeMap<String, V>> =
+                LedgerView::get(store, &bucket_key(prefix, tenant, bucket_of(key, buckets)))?;
+            let found = bucket.and_then(|mut b| b.remove(key));
+            let again = LedgerView::get::<TenantRow>(store, &LedgerView::state_key(tenant))?;
+            if again.is_some_and(|r| index(&r).bucketed == keys.bucketed) {
+                return Ok(found);
             }
         }
     }
-    for (request, entry) in recent {
-        let b = bucket_of(&request, after);
-        if !touched.contains_key(&b) {
-            touched.insert(b, rows.get(&LedgerView::bucket_key(tenant, b))?.unwrap_or_default());
-        }
-        touched.get_mut(&b).expect("just loaded").insert(request, entry);
-    }
-    for (b, bucket) in &touched {
-        rows.put(LedgerView::bucket_key(tenant, *b), bucket);
-    }
-    row.bucketed_requests = total;
-    Ok(())
 }
 
 /// Tenants kept decoded between batches (about 1 KB each).
@@ -127,12 +201,6 @@ impl LedgerView {
 
     pub fn state_key(tenant: &str) -> Vec<u8> {
         format!("s/{tenant}").into_bytes()
-    }
-
-    pub fn bucket_key(tenant: &str, bucket: u32) -> Vec<u8> {
-        let mut key = format!("r/{tenant}/").into_bytes();
-        key.extend_from_slice(&bucket.to_be_bytes());
-        key
     }
 
     pub fn invoice_prefix(tenant: &str) -> Vec<u8> {
@@ -161,33 +229,17 @@ impl LedgerView {
     }
 
     /// The earlier accepted use of a token request key, if any.
-    ///
-    /// The state row and the bucket are two reads while a projector may be
-    /// committing: if keys moved into the buckets (or the buckets were
-    /// rehashed) in between, the state row's count changed, and the lookup
-    /// starts again, so it never reads a bucket layout the row does not
-    /// describe.
     pub fn request(
         store: &ViewStore,
         tenant: &str,
         request: &str,
     ) -> Result<Option<RequestEntry>, ViewError> {
-        loop {
-            let Some(row) = Self::get::<TenantRow>(store, &Self::state_key(tenant))? else { return Ok(None) };
-            if let Some(entry) = row.recent_requests.get(request) {
-                return Ok(Some(*entry));
-            }
-            let buckets = bucket_count(row.bucketed_requests);
-            if buckets == 0 {
-                return Ok(None);
-            }
-            let key = Self::bucket_key(tenant, bucket_of(request, buckets));
-            let found = Self::get::<RequestBucket>(store, &key)?.and_then(|b| b.get(request).copied());
-            let again = Self::get::<TenantRow>(store, &Self::state_key(tenant))?;
-            if again.is_some_and(|r| r.bucketed_requests == row.bucketed_requests) {
-                return Ok(found);
-            }
-        }
+        KeyIndex::lookup(store, 'r', tenant, request, |row| &row.requests)
+    }
+
+    /// A live file of the tenant, if it has one by that id.
+    pub fn file(store: &ViewStore, tenant: &str, file: &str) -> Result<Option<FileEntry>, ViewError> {
+        KeyIndex::lookup(store, 'f', tenant, file, |row| &row.files)
     }
 
     pub fn final_invoice(
@@ -250,12 +302,10 @@ impl Projection for LedgerView {
             match state.apply(fact) {
                 None => {}
                 Some(Spill::Request { request, entry }) => {
-                    // The decider accepts a key once; were one recorded
-                    // twice, the newer entry wins (here and in the buckets).
-                    row.recent_requests.insert(request, entry);
-                    if row.recent_requests.len() >= RECENT_REQUESTS {
-                        move_to_buckets(rows, &envelope.tenant, row)?;
-                    }
+                    row.requests.change(rows, 'r', &envelope.tenant, request, Some(entry))?;
+                }
+                Some(Spill::File { file, entry }) => {
+                    row.files.change(rows, 'f', &envelope.tenant, file, entry)?;
                 }
                 Some(Spill::Invoice { period, start_us, end_us, invoice, position }) => {
                     let row = FinalInvoice { start_us, end_us, invoice, position };
@@ -319,7 +369,7 @@ mod tests {
         }
         assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
         let row: TenantRow = LedgerView::get(&a, &LedgerView::state_key("acme")).unwrap().unwrap();
-        assert_eq!((row.recent_requests.len(), row.bucketed_requests), (40, 960));
+        assert_eq!((row.requests.recent.len(), row.requests.bucketed), (40, 960));
         let buckets = a.tree(LedgerView::NAME).unwrap().scan_prefix(b"r/acme/").count();
         assert_eq!(buckets, 16);
         for i in 0..1000u64 {
@@ -330,11 +380,73 @@ mod tests {
         assert_eq!(LedgerView::request(&a, "beta", "req-1").unwrap(), None);
     }
 
+    /// Chained events of tenant acme with the given payloads.
+    fn chained(payloads: Vec<Event>) -> Vec<Record> {
+        let mut last = [0; 32];
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                let mut envelope = sample(EventKind::FileStored);
+                envelope.payload = payload;
+                envelope.prev_hash = last;
+                last = events::event_hash(&events::encode(&envelope).unwrap());
+                Record { position: i as u64 + 1, hash: last, event: Ok(envelope) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_files_are_indexed_outside_the_state_row_whatever_the_batches() {
+        // 300 files stored, every third deleted again (some while recent,
+        // some after moving to the buckets), then file 0 stored anew.
+        let mut payloads = Vec::new();
+        for i in 0..300u64 {
+            payloads.push(Event::FileStored { file: format!("f{i}"), bytes: i + 1 });
+            if i % 3 == 0 && i >= 30 {
+                let gone = i - 30;
+                payloads.push(Event::FileDeleted { file: format!("f{gone}"), bytes: gone + 1 });
+            }
+        }
+        payloads.push(Event::FileStored { file: "f0".into(), bytes: 7 });
+        let records = chained(payloads);
+        let one = tempfile::tempdir().unwrap();
+        let many = tempfile::tempdir().unwrap();
+        let a = ViewStore::open(one.path()).unwrap();
+        let b = ViewStore::open(many.path()).unwrap();
+        a.apply_batch(&LedgerView, &records).unwrap();
+        for chunk in records.chunks(23) {
+            b.apply_batch(&LedgerView, chunk).unwrap();
+        }
+        assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
+        let mut live_bytes = 0;
+        let mut live = 0;
+        for i in 0..300u64 {
+            let deleted = i < 270 && i % 3 == 0;
+            let found = LedgerView::file(&a, "acme", &format!("f{i}")).unwrap();
+            match (i, deleted) {
+                (0, _) => assert_eq!(found.map(|f| f.bytes), Some(7)),
+                (_, true) => assert_eq!(found, None, "f{i} was deleted"),
+                (_, false) => assert_eq!(found.map(|f| f.bytes), Some(i + 1), "f{i}"),
+            }
+            if let Some(f) = found {
+                live_bytes += f.bytes;
+                live += 1;
+            }
+        }
+        let state = LedgerView::tenant(&a, "acme").unwrap().unwrap();
+        assert_eq!((state.live_files, state.used_bytes), (live, live_bytes));
+        assert!(
+            a.tree(LedgerView::NAME).unwrap().scan_prefix(b"f/acme/").count() >= 4,
+            "files were bucketed"
+        );
+    }
+
     #[test]
     fn the_bucket_hash_is_fixed() {
         // Persisted layout depends on it: these values must never change.
-        assert_eq!(request_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(request_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(key_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(key_hash("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(bucket_count(0), 0);
         assert_eq!(bucket_count(64), 1);
         assert_eq!(bucket_count(65), 2);

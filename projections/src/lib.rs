@@ -204,7 +204,8 @@ pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
 /// shape or key scheme changes; views of another layout are dropped at open
 /// and rebuilt from the log (views are derived, the log is the truth).
 /// 2: `s/<tenant>` holds a `TenantRow`, request keys in hashed buckets.
-pub const VIEW_LAYOUT: u64 = 2;
+/// 3: live files indexed like request keys (`f/` buckets), not in the state.
+pub const VIEW_LAYOUT: u64 = 3;
 
 fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
     let meta = db.open_tree("meta")?;
