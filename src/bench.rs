@@ -153,6 +153,9 @@ struct Generator {
     at_us: i64,
     /// tenant index -> (last position, hash of last event)
     heads: HashMap<usize, (u64, [u8; 32])>,
+    /// tenant index -> its live files (id, bytes): deletes name one of them,
+    /// as the decider's would.
+    files: HashMap<usize, Vec<(String, u64)>>,
 }
 
 impl Generator {
@@ -165,6 +168,7 @@ impl Generator {
             counter: 0,
             at_us: events::samples::SAMPLE_AT_US,
             heads: HashMap::new(),
+            files: HashMap::new(),
         }
     }
 
@@ -173,8 +177,8 @@ impl Generator {
         self.worker + self.workers * (self.rng.next() as usize % owned)
     }
 
-    /// 70% token consumption, 20% uploads, 10% deletes: the shape of a
-    /// tenant site's traffic.
+    /// 70% token consumption, 20% uploads, 10% deletes of a live file (an
+    /// upload when the tenant has none): the shape of a tenant site's traffic.
     fn event(&mut self, tenant: usize) -> Envelope {
         self.counter += 1;
         self.at_us += 1000;
@@ -187,10 +191,16 @@ impl Generator {
                 tokens: 1 + self.rng.next() % 4000,
                 offline: false,
             },
-            7..=8 => {
-                Event::FileStored { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) }
+            9 if self.files.get(&tenant).is_some_and(|f| !f.is_empty()) => {
+                let live = self.files.get_mut(&tenant).expect("checked");
+                let (file, bytes) = live.swap_remove(self.rng.next() as usize % live.len());
+                Event::FileDeleted { file, bytes }
             }
-            _ => Event::FileDeleted { file: format!("uploads/{id}.bin"), bytes: self.rng.next() % (1 << 24) },
+            _ => {
+                let (file, bytes) = (format!("uploads/{id}.bin"), self.rng.next() % (1 << 24));
+                self.files.entry(tenant).or_default().push((file.clone(), bytes));
+                Event::FileStored { file, bytes }
+            }
         };
         let prev_hash = self.heads.get(&tenant).map_or([0; 32], |h| h.1);
         Envelope {
