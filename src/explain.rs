@@ -186,10 +186,12 @@ pub async fn usage<L: EventLog>(
     let (state, catalog, at_us, k) = load_at(views, tenant, at_us)?;
     let (start, end) = period_bounds_us(state.subscription.as_ref().expect("subscribed").anchor_us, k);
     let all = tenant_events(log, tenant).await?;
-    // The live files are the stores no delete has undone, in the order stored.
+    // The live files are the stores no delete has undone, in the order
+    // stored, up to the event the view's state includes (so the list and
+    // the figures describe the same moment).
     let mut live: BTreeMap<u64, &(u64, Envelope)> = BTreeMap::new();
     let mut stored_at: HashMap<&str, u64> = HashMap::new();
-    for event in &all {
+    for event in all.iter().take_while(|(p, _)| *p <= state.chain.last_position) {
         match &event.1.payload {
             Event::FileStored { file, .. } => {
                 stored_at.insert(file, event.0);

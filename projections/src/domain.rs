@@ -232,9 +232,13 @@ impl TenantState {
                 return Some(Spill::File { file: file.clone(), entry: Some(entry) });
             }
             Event::FileDeleted { file, bytes } => {
-                // The decider deletes only live files, with their bytes.
-                self.live_files = self.live_files.checked_sub(1).expect("a deleted file was live");
-                self.used_bytes = self.used_bytes.checked_sub(*bytes).expect("used bytes never negative");
+                // The decider deletes only live files, with their bytes, so
+                // these never go below zero for events the ledger wrote. They
+                // saturate rather than assert because the fold must be total:
+                // a message forged by someone able to write the stream and
+                // continue the (unkeyed) chain must not stop a projector.
+                self.live_files = self.live_files.saturating_sub(1);
+                self.used_bytes = self.used_bytes.saturating_sub(*bytes);
                 return Some(Spill::File { file: file.clone(), entry: None });
             }
             Event::TokensConsumed { request, tokens, .. } => {

@@ -54,22 +54,28 @@ pub struct TenantRow {
 pub struct KeyIndex<V> {
     /// Changes not in the buckets yet: `Some` sets a key, `None` removes it.
     pub recent: BTreeMap<String, Option<V>>,
-    /// Changes moved to the buckets so far; it only grows, and sizes them.
+    /// Changes moved to the buckets so far. It only grows: a lookup that
+    /// sees it change between its reads starts again.
     pub bucketed: u64,
+    /// Keys in the buckets now (stores and deletes churning leave it flat).
+    pub keys: u64,
+    /// Buckets in use: a power of two, never fewer than the keys need, and
+    /// never shrinking.
+    pub buckets: u32,
 }
 
 impl<V> Default for KeyIndex<V> {
     fn default() -> Self {
-        KeyIndex { recent: BTreeMap::new(), bucketed: 0 }
+        KeyIndex { recent: BTreeMap::new(), bucketed: 0, keys: 0, buckets: 0 }
     }
 }
 
-/// The number of buckets holding `bucketed` changes: a power of two.
-fn bucket_count(bucketed: u64) -> u32 {
-    if bucketed == 0 {
+/// The number of buckets `keys` keys need: a power of two.
+fn bucket_count(keys: u64) -> u32 {
+    if keys == 0 {
         0
     } else {
-        bucketed.div_ceil(BUCKET_TARGET).next_power_of_two() as u32
+        keys.div_ceil(BUCKET_TARGET).next_power_of_two() as u32
     }
 }
 
@@ -115,9 +121,10 @@ impl<V: Clone + Serialize + DeserializeOwned> KeyIndex<V> {
     /// Applies the recent changes to the buckets, re-hashing every bucket
     /// when their number grows.
     fn move_to_buckets(&mut self, rows: &mut Rows<'_>, prefix: char, tenant: &str) -> Result<(), ViewError> {
-        let before = bucket_count(self.bucketed);
-        let total = self.bucketed + self.recent.len() as u64;
-        let after = bucket_count(total);
+        let before = self.buckets;
+        // Sized for the most keys there can be once these changes apply.
+        let stores = self.recent.values().filter(|v| v.is_some()).count() as u64;
+        let after = before.max(bucket_count(self.keys + stores));
         let mut touched: BTreeMap<u32, BTreeMap<String, V>> = BTreeMap::new();
         if after != before {
             for b in 0..after {
@@ -130,21 +137,31 @@ impl<V: Clone + Serialize + DeserializeOwned> KeyIndex<V> {
                 }
             }
         }
-        for (key, value) in std::mem::take(&mut self.recent) {
+        let changes = std::mem::take(&mut self.recent);
+        self.bucketed += changes.len() as u64;
+        for (key, value) in changes {
             let b = bucket_of(&key, after);
             if !touched.contains_key(&b) {
                 touched.insert(b, rows.get(&bucket_key(prefix, tenant, b))?.unwrap_or_default());
             }
             let bucket = touched.get_mut(&b).expect("just loaded");
             match value {
-                Some(value) => bucket.insert(key, value),
-                None => bucket.remove(&key),
-            };
+                Some(value) => {
+                    if bucket.insert(key, value).is_none() {
+                        self.keys += 1;
+                    }
+                }
+                None => {
+                    if bucket.remove(&key).is_some() {
+                        self.keys -= 1;
+                    }
+                }
+            }
         }
         for (b, bucket) in &touched {
             rows.put(bucket_key(prefix, tenant, *b), bucket);
         }
-        self.bucketed = total;
+        self.buckets = after;
         Ok(())
     }
 
@@ -168,7 +185,7 @@ impl<V: Clone + Serialize + DeserializeOwned> KeyIndex<V> {
             if let Some(change) = keys.recent.get(key) {
                 return Ok(change.clone());
             }
-            let buckets = bucket_count(keys.bucketed);
+            let buckets = keys.buckets;
             if buckets == 0 {
                 return Ok(None);
             }
@@ -183,8 +200,9 @@ impl<V: Clone + Serialize + DeserializeOwned> KeyIndex<V> {
     }
 }
 
-/// Tenants kept decoded between batches (about 1 KB each).
-const MAX_MEMO_TENANTS: usize = 200_000;
+/// Tenants kept decoded between batches (a few KB each: the state plus up
+/// to 63 recent changes of each key index).
+const MAX_MEMO_TENANTS: usize = 50_000;
 
 /// A finalized invoice as its `PeriodFinalized` event recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,7 +387,8 @@ mod tests {
         }
         assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
         let row: TenantRow = LedgerView::get(&a, &LedgerView::state_key("acme")).unwrap().unwrap();
-        assert_eq!((row.requests.recent.len(), row.requests.bucketed), (40, 960));
+        assert_eq!((row.requests.recent.len(), row.requests.bucketed, row.requests.keys), (40, 960, 960));
+        assert_eq!(row.requests.buckets, 16);
         let buckets = a.tree(LedgerView::NAME).unwrap().scan_prefix(b"r/acme/").count();
         assert_eq!(buckets, 16);
         for i in 0..1000u64 {
@@ -440,6 +459,30 @@ mod tests {
             a.tree(LedgerView::NAME).unwrap().scan_prefix(b"f/acme/").count() >= 4,
             "files were bucketed"
         );
+    }
+
+    #[test]
+    fn churning_files_do_not_grow_the_buckets() {
+        // 2,000 files stored and deleted again: the index ends empty and small.
+        let mut payloads = Vec::new();
+        for i in 0..2000u64 {
+            payloads.push(Event::FileStored { file: format!("f{i}"), bytes: 10 });
+            if i >= 5 {
+                payloads.push(Event::FileDeleted { file: format!("f{}", i - 5), bytes: 10 });
+            }
+        }
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = ViewStore::open(store_dir.path()).unwrap();
+        for chunk in chained(payloads).chunks(100) {
+            store.apply_batch(&LedgerView, chunk).unwrap();
+        }
+        let row: TenantRow = LedgerView::get(&store, &LedgerView::state_key("acme")).unwrap().unwrap();
+        assert_eq!(row.state.live_files, 5);
+        // Buckets hold live files plus deletes still waiting in the row.
+        assert!(row.files.keys <= 5 + RECENT_KEYS as u64, "{} keys", row.files.keys);
+        assert_eq!(row.files.buckets, 1, "sized by what is in them, not by 3,995 changes");
+        assert_eq!(LedgerView::file(&store, "acme", "f1999").unwrap().map(|f| f.bytes), Some(10));
+        assert_eq!(LedgerView::file(&store, "acme", "f10").unwrap(), None);
     }
 
     #[test]
