@@ -356,20 +356,11 @@ mod tests {
 
     /// `n` chained token uses of tenant acme, keys `req-0..n`.
     fn token_uses(n: usize) -> Vec<Record> {
-        let mut last = [0; 32];
-        (0..n)
-            .map(|i| {
-                let mut envelope = sample(EventKind::TokensConsumed);
-                envelope.payload = Event::TokensConsumed {
-                    request: format!("req-{i}"),
-                    tokens: i as u64 + 1,
-                    offline: false,
-                };
-                envelope.prev_hash = last;
-                last = events::event_hash(&events::encode(&envelope).unwrap());
-                Record { position: i as u64 + 1, hash: last, event: Ok(envelope) }
-            })
-            .collect()
+        chained(
+            (0..n as u64)
+                .map(|i| Event::TokensConsumed { request: format!("req-{i}"), tokens: i + 1, offline: false })
+                .collect(),
+        )
     }
 
     #[test]
