@@ -52,12 +52,6 @@ pub struct ServeOptions {
     pub clock_interval: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions { clock_interval: Duration::from_secs(10) }
-    }
-}
-
 struct Context {
     ledger: Ledger,
     log: JetStreamLog,

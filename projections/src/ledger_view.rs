@@ -354,6 +354,20 @@ mod tests {
     use events::samples::sample;
     use events::{Event, EventKind};
 
+    /// Folds `records` in one batch and, into a second store, in batches of
+    /// `chunk`; asserts both views are byte-identical and returns the first.
+    fn fold_both_ways(records: &[Record], chunk: usize) -> (tempfile::TempDir, ViewStore) {
+        let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = ViewStore::open(one.path()).unwrap();
+        let b = ViewStore::open(many.path()).unwrap();
+        a.apply_batch(&LedgerView, records).unwrap();
+        for part in records.chunks(chunk) {
+            b.apply_batch(&LedgerView, part).unwrap();
+        }
+        assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
+        (one, a)
+    }
+
     /// `n` chained token uses of tenant acme, keys `req-0..n`.
     fn token_uses(n: usize) -> Vec<Record> {
         chained(
@@ -367,16 +381,7 @@ mod tests {
     fn request_keys_survive_moves_into_buckets_and_rehashing_whatever_the_batches() {
         // 1,000 keys: 15 moves of 64 into buckets, the bucket count growing
         // 1 -> 2 -> 4 -> 8 -> 16, 40 keys still recent.
-        let records = token_uses(1000);
-        let one = tempfile::tempdir().unwrap();
-        let many = tempfile::tempdir().unwrap();
-        let a = ViewStore::open(one.path()).unwrap();
-        let b = ViewStore::open(many.path()).unwrap();
-        a.apply_batch(&LedgerView, &records).unwrap();
-        for chunk in records.chunks(37) {
-            b.apply_batch(&LedgerView, chunk).unwrap();
-        }
-        assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
+        let (_dir, a) = fold_both_ways(&token_uses(1000), 37);
         let row: TenantRow = LedgerView::get(&a, &LedgerView::state_key("acme")).unwrap().unwrap();
         assert_eq!((row.requests.recent.len(), row.requests.bucketed, row.requests.keys), (40, 960, 960));
         assert_eq!(row.requests.buckets, 16);
@@ -419,16 +424,7 @@ mod tests {
             }
         }
         payloads.push(Event::FileStored { file: "f0".into(), bytes: 7 });
-        let records = chained(payloads);
-        let one = tempfile::tempdir().unwrap();
-        let many = tempfile::tempdir().unwrap();
-        let a = ViewStore::open(one.path()).unwrap();
-        let b = ViewStore::open(many.path()).unwrap();
-        a.apply_batch(&LedgerView, &records).unwrap();
-        for chunk in records.chunks(23) {
-            b.apply_batch(&LedgerView, chunk).unwrap();
-        }
-        assert_eq!(a.dump(LedgerView::NAME).unwrap(), b.dump(LedgerView::NAME).unwrap());
+        let (_dir, a) = fold_both_ways(&chained(payloads), 23);
         let mut live_bytes = 0;
         let mut live = 0;
         for i in 0..300u64 {

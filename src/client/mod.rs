@@ -121,6 +121,15 @@ impl Answer {
         })
     }
 
+    /// The answer if the ledger decided; `unavailable` (it could not decide,
+    /// e.g. its log failed) counts as no answer.
+    fn decided(self) -> Result<Answer, ClientError> {
+        if self.code.as_deref() == Some("unavailable") {
+            return Err(ClientError::Unreachable(self.message.unwrap_or_default()));
+        }
+        Ok(self)
+    }
+
     pub(crate) fn local(ok: bool, code: Option<&str>, message: String) -> Answer {
         let mut raw = json!({"ok": ok, "offline": true});
         if let Some(code) = code {
@@ -280,11 +289,7 @@ impl Client {
     /// A command whose outcome must be known: an `unavailable` answer (the
     /// ledger could not decide, e.g. its log failed) counts as no answer.
     async fn decided(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
-        let answer = self.command(command, body).await?;
-        if answer.code.as_deref() == Some("unavailable") {
-            return Err(ClientError::Unreachable(answer.message.unwrap_or_default()));
-        }
-        Ok(answer)
+        self.command(command, body).await?.decided()
     }
 
     /// Stores a file of `bytes` (the file id is the idempotency key).
@@ -410,8 +415,7 @@ impl Client {
             let command = body["cmd"].as_str().unwrap_or_default().to_string();
             let reply = self.transport.request_once(&self.subject(&command), &body).await;
             let answer = match reply.and_then(Answer::from_reply) {
-                Ok(answer) if answer.code.as_deref() != Some("unavailable") => answer,
-                Ok(answer) => return Err(ClientError::Unreachable(answer.message.unwrap_or_default())),
+                Ok(answer) => answer.decided()?,
                 Err(error) => {
                     if matches!(error, ClientError::Unreachable(_)) {
                         cache.went_offline();
