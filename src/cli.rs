@@ -113,7 +113,14 @@ pub enum Command {
     },
     /// Apply commands from a JSON Lines file (`-` for stdin); prints one
     /// result line per input line. Exit 2 if any line was malformed.
-    Apply { file: String },
+    Apply {
+        file: String,
+        /// Accept an `at` more than 24 hours after the wall clock (for
+        /// simulations and tests); without it such a line is `future_at`,
+        /// since one mistyped year would stamp every later command.
+        #[arg(long)]
+        allow_future: bool,
+    },
     /// A tenant's usage: plan, seats, storage, tokens, add-ons.
     Usage(Query),
     /// A tenant's invoice for the period holding an instant.
@@ -240,9 +247,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let log = open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?;
     match cli.command {
-        Command::Apply { file } => {
+        Command::Apply { file, allow_future } => {
             let store = open_views(&cli.data, &log)?;
-            return apply(log, store, &file).await;
+            return apply(log, store, &file, allow_future).await;
         }
         Command::Usage(Query { tenant, at, json, explain, as_of }) => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
@@ -370,11 +377,39 @@ pub fn read_lines(file: &str) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(str::to_string).collect())
 }
 
+/// How far past the wall clock an `apply` line's `at` may be without
+/// `--allow-future`.
+pub const MAX_FUTURE_AT: chrono::Duration = chrono::Duration::hours(24);
+
+/// Whether lines may carry an `at` past [`MAX_FUTURE_AT`] (simulations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Future {
+    Refuse,
+    Allow,
+}
+
+/// `future_at` when `at_us` lies more than [`MAX_FUTURE_AT`] after now.
+pub fn check_future(at_us: i64) -> Result<(), crate::command::Rejection> {
+    let limit_us = (chrono::Utc::now() + MAX_FUTURE_AT).timestamp_micros();
+    if at_us > limit_us {
+        return Err(crate::command::Rejection::new(
+            "future_at",
+            format!(
+                "at {} is more than 24 hours after the wall clock ({}); pass --allow-future to simulate the future",
+                crate::report::rfc3339(at_us),
+                crate::report::rfc3339(chrono::Utc::now().timestamp_micros())
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Submits every parsed line in order (pipelined: the engine group-commits
 /// them), then waits until the views include the last event.
 pub async fn apply_lines(
     ledger: &Ledger,
     lines: &[String],
+    future: Future,
 ) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
     let mut pending = Vec::new();
     let mut malformed = false;
@@ -382,10 +417,18 @@ pub async fn apply_lines(
         if line.trim().is_empty() {
             continue;
         }
-        match crate::command::parse_line(line) {
+        let parsed = crate::command::parse_line(line).and_then(|submission| {
+            match submission.at_us {
+                Some(at_us) if future == Future::Refuse => check_future(at_us)?,
+                _ => {}
+            }
+            Ok(submission)
+        });
+        match parsed {
             Ok(submission) => pending.push((i + 1, Ok(ledger.submit_nowait(submission).await))),
             Err(rejection) => {
-                malformed = true;
+                // A `future_at` line parsed: refused, but not malformed.
+                malformed |= rejection.code != "future_at";
                 pending.push((i + 1, Err(rejection)));
             }
         }
@@ -405,10 +448,11 @@ pub async fn apply_lines(
     Ok((out, malformed))
 }
 
-async fn apply(log: AnyLog, store: ViewStore, file: &str) -> anyhow::Result<ExitCode> {
+async fn apply(log: AnyLog, store: ViewStore, file: &str, allow_future: bool) -> anyhow::Result<ExitCode> {
     let lines = read_lines(file)?;
     let ledger = Ledger::start(log, store).await?;
-    let (results, malformed) = apply_lines(&ledger, &lines).await?;
+    let future = if allow_future { Future::Allow } else { Future::Refuse };
+    let (results, malformed) = apply_lines(&ledger, &lines, future).await?;
     for result in results {
         println!("{result}");
     }

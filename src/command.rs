@@ -139,10 +139,10 @@ struct PlanJson {
     currency: String,
     price: String,
     per_seat: bool,
-    min_seats: Option<i64>,
-    max_seats: Option<i64>,
+    min_seats: Option<CountJson>,
+    max_seats: Option<CountJson>,
     storage_quota_gb: String,
-    monthly_token_limit: i64,
+    monthly_token_limit: CountJson,
     token_overage: OverageJson,
     addons: Vec<String>,
 }
@@ -151,7 +151,7 @@ struct PlanJson {
 #[serde(deny_unknown_fields)]
 struct GrantsJson {
     storage_gb: Option<String>,
-    tokens: Option<i64>,
+    tokens: Option<CountJson>,
     feature: Option<String>,
 }
 
@@ -170,34 +170,170 @@ struct AddonJson {
 #[derive(Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 enum WireCommand {
-    DefinePlan { plan: PlanJson },
-    DefineAddon { addon: AddonJson },
-    Subscribe { tenant: String, plan: String, seats: i64 },
-    SetSeats { tenant: String, seats: i64 },
-    ChangePlan { tenant: String, plan: String },
-    Cancel { tenant: String },
-    Upload { tenant: String, file: String, bytes: i64 },
-    DeleteFile { tenant: String, file: String },
-    ConsumeTokens { tenant: String, request: String, tokens: i64 },
-    PurchaseAddon { tenant: String, addon: String, purchase: String, quantity: Option<i64>, payment: String },
-    SettlePayment { tenant: String, purchase: String, outcome: String, reference: Option<String> },
-    CancelAddon { tenant: String, purchase: String },
-    ClosePeriod { tenant: String },
+    DefinePlan {
+        plan: PlanJson,
+    },
+    DefineAddon {
+        addon: AddonJson,
+    },
+    Subscribe {
+        tenant: String,
+        plan: String,
+        seats: CountJson,
+    },
+    SetSeats {
+        tenant: String,
+        seats: CountJson,
+    },
+    ChangePlan {
+        tenant: String,
+        plan: String,
+    },
+    Cancel {
+        tenant: String,
+    },
+    Upload {
+        tenant: String,
+        file: String,
+        bytes: CountJson,
+    },
+    DeleteFile {
+        tenant: String,
+        file: String,
+    },
+    ConsumeTokens {
+        tenant: String,
+        request: String,
+        tokens: CountJson,
+    },
+    PurchaseAddon {
+        tenant: String,
+        addon: String,
+        purchase: String,
+        quantity: Option<CountJson>,
+        payment: String,
+    },
+    SettlePayment {
+        tenant: String,
+        purchase: String,
+        outcome: String,
+        reference: Option<String>,
+    },
+    CancelAddon {
+        tenant: String,
+        purchase: String,
+    },
+    ClosePeriod {
+        tenant: String,
+    },
+}
+
+/// The largest count a command may carry (2^53 - 1, the spec's Bounds:
+/// every JSON implementation represents it exactly).
+pub const MAX_COUNT: i64 = (1 << 53) - 1;
+/// Longest id (plan, add-on, purchase, request, file, reference, feature).
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest plan or add-on name.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Largest decimal (prices, `bill_per_1k`, GB amounts) and its most
+/// decimal places.
+pub const MAX_DECIMAL: i64 = 1_000_000_000_000;
+pub const MAX_DECIMAL_PLACES: u32 = 12;
+
+/// A count as sent: any JSON number, checked by [`count`] so that a count
+/// too large for an `i64` is `invalid_amount`, not a parse error.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct CountJson(serde_json::Number);
+
+fn out_of_range(field: &str, value: impl std::fmt::Display) -> Rejection {
+    Rejection::new("invalid_amount", format!("{field} {value} is out of range (at most {MAX_COUNT})"))
+}
+
+/// An integer count up to [`MAX_COUNT`] (negative ones pass: each command
+/// says what it does with those).
+fn count(field: &str, value: &CountJson) -> Result<i64, Rejection> {
+    let n = &value.0;
+    if let Some(i) = n.as_i64() {
+        return if i > MAX_COUNT || i < -MAX_COUNT { Err(out_of_range(field, i)) } else { Ok(i) };
+    }
+    if n.as_u64().is_some() {
+        return Err(out_of_range(field, n));
+    }
+    match n.as_f64() {
+        // Beyond i64 serde_json falls back to a float: still an integer
+        // that is too large.
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_COUNT as f64 => {
+            Err(out_of_range(field, n))
+        }
+        _ => Err(Rejection::malformed(format!("{field} {n} is not an integer"))),
+    }
 }
 
 fn decimal(field: &str, text: &str) -> Result<Decimal, Rejection> {
-    text.trim()
-        .parse::<Decimal>()
-        .map_err(|_| Rejection::malformed(format!("{field} {text:?} is not a decimal string")))
+    let text = text.trim();
+    let value = match text.parse::<Decimal>() {
+        Ok(value) => value,
+        Err(_) => {
+            let digits = text.trim_start_matches(['-', '+']);
+            let numeric = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && digits.bytes().filter(|b| *b == b'.').count() <= 1;
+            return Err(if numeric {
+                Rejection::new("invalid_amount", format!("{field} {text} is out of range"))
+            } else {
+                Rejection::malformed(format!("{field} {text:?} is not a decimal string"))
+            });
+        }
+    };
+    let value = value.normalize();
+    if value.abs() > Decimal::from(MAX_DECIMAL) || value.scale() > MAX_DECIMAL_PLACES {
+        return Err(Rejection::new(
+            "invalid_amount",
+            format!(
+                "{field} {text} is out of range (at most {MAX_DECIMAL}, {MAX_DECIMAL_PLACES} decimal places)"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// Ids chosen by callers: 1 to [`MAX_ID_BYTES`] bytes of printable ASCII
+/// without spaces (the spec's Bounds; the persisted schema accepts more, so
+/// older events still decode).
+pub fn valid_command_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn id(field: &str, value: String) -> Result<String, Rejection> {
-    if events::valid_id(&value) {
+    if valid_command_id(&value) {
         Ok(value)
     } else {
         Err(Rejection::malformed(format!(
-            "{field} {value:?} must be 1 to 256 characters without control characters"
+            "{field} {:?} must be 1 to {MAX_ID_BYTES} bytes of printable ASCII without spaces",
+            truncated(&value)
         )))
+    }
+}
+
+fn name(field: &str, value: Option<String>) -> Result<Option<String>, Rejection> {
+    match value {
+        Some(n) if n.len() > MAX_NAME_BYTES || n.chars().any(char::is_control) => {
+            Err(Rejection::malformed(format!(
+                "{field} {:?} must be at most {MAX_NAME_BYTES} bytes without control characters",
+                truncated(&n)
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// At most 64 characters of `text` for a message: an error must not echo
+/// a megabyte back.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
     }
 }
 
@@ -205,7 +341,10 @@ fn tenant(value: String) -> Result<String, Rejection> {
     if events::valid_tenant_id(&value) {
         Ok(value)
     } else {
-        Err(Rejection::malformed(format!("tenant {value:?} must match [a-z0-9][a-z0-9-]{{0,62}}")))
+        Err(Rejection::malformed(format!(
+            "tenant {:?} must match [a-z0-9][a-z0-9-]{{0,62}}",
+            truncated(&value)
+        )))
     }
 }
 
@@ -219,9 +358,16 @@ fn currency(value: String) -> Result<String, Rejection> {
     }
 }
 
-fn count_u32(field: &str, value: i64) -> Result<u32, Rejection> {
+fn count_u32(field: &str, value: &CountJson) -> Result<u32, Rejection> {
+    let value = count(field, value)?;
     u32::try_from(value)
         .map_err(|_| Rejection::new("invalid_amount", format!("{field} {value} is out of range")))
+}
+
+/// A count that must not be negative.
+fn count_u64(field: &str, value: &CountJson) -> Result<u64, Rejection> {
+    let value = count(field, value)?;
+    u64::try_from(value).map_err(|_| Rejection::new("invalid_amount", format!("{field} {value} is negative")))
 }
 
 fn plan(json: PlanJson) -> Result<Plan, Rejection> {
@@ -238,19 +384,14 @@ fn plan(json: PlanJson) -> Result<Plan, Rejection> {
     };
     Ok(Plan {
         id: id("plan id", json.id)?,
-        name: json.name,
+        name: name("plan name", json.name)?,
         currency: currency(json.currency)?,
         price: decimal("price", &json.price)?,
         per_seat: json.per_seat,
-        min_seats: count_u32("min_seats", json.min_seats.unwrap_or(1))?,
-        max_seats: json.max_seats.map(|m| count_u32("max_seats", m)).transpose()?,
+        min_seats: json.min_seats.map_or(Ok(1), |m| count_u32("min_seats", &m))?,
+        max_seats: json.max_seats.map(|m| count_u32("max_seats", &m)).transpose()?,
         storage_quota_gb: decimal("storage_quota_gb", &json.storage_quota_gb)?,
-        monthly_token_limit: u64::try_from(json.monthly_token_limit).map_err(|_| {
-            Rejection::new(
-                "invalid_amount",
-                format!("monthly_token_limit {} is negative", json.monthly_token_limit),
-            )
-        })?,
+        monthly_token_limit: count_u64("monthly_token_limit", &json.monthly_token_limit)?,
         token_overage,
         addons: json.addons.into_iter().map(|a| id("add-on id", a)).collect::<Result<_, _>>()?,
     })
@@ -259,22 +400,14 @@ fn plan(json: PlanJson) -> Result<Plan, Rejection> {
 fn addon(json: AddonJson) -> Result<Addon, Rejection> {
     Ok(Addon {
         id: id("add-on id", json.id)?,
-        name: json.name,
+        name: name("add-on name", json.name)?,
         currency: currency(json.currency)?,
         price: decimal("price", &json.price)?,
         recurring: json.recurring,
         grants: Grants {
             storage_gb: json.grants.storage_gb.map(|g| decimal("storage_gb", &g)).transpose()?,
-            tokens: json
-                .grants
-                .tokens
-                .map(|t| {
-                    u64::try_from(t).map_err(|_| {
-                        Rejection::new("invalid_amount", format!("tokens grant {t} is negative"))
-                    })
-                })
-                .transpose()?,
-            feature: json.grants.feature,
+            tokens: json.grants.tokens.map(|t| count_u64("tokens grant", &t)).transpose()?,
+            feature: json.grants.feature.map(|f| id("feature", f)).transpose()?,
         },
     })
 }
@@ -296,28 +429,32 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
         WireCommand::DefinePlan { plan: p } => Command::DefinePlan(plan(p)?),
         WireCommand::DefineAddon { addon: a } => Command::DefineAddon(addon(a)?),
         WireCommand::Subscribe { tenant: t, plan, seats } => {
-            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats }
+            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats: count("seats", &seats)? }
         }
-        WireCommand::SetSeats { tenant: t, seats } => Command::SetSeats { tenant: tenant(t)?, seats },
+        WireCommand::SetSeats { tenant: t, seats } => {
+            Command::SetSeats { tenant: tenant(t)?, seats: count("seats", &seats)? }
+        }
         WireCommand::ChangePlan { tenant: t, plan } => {
             Command::ChangePlan { tenant: tenant(t)?, plan: id("plan", plan)? }
         }
         WireCommand::Cancel { tenant: t } => Command::Cancel { tenant: tenant(t)? },
         WireCommand::Upload { tenant: t, file, bytes } => {
-            Command::Upload { tenant: tenant(t)?, file: id("file", file)?, bytes }
+            Command::Upload { tenant: tenant(t)?, file: id("file", file)?, bytes: count("bytes", &bytes)? }
         }
         WireCommand::DeleteFile { tenant: t, file } => {
             Command::DeleteFile { tenant: tenant(t)?, file: id("file", file)? }
         }
-        WireCommand::ConsumeTokens { tenant: t, request, tokens } => {
-            Command::ConsumeTokens { tenant: tenant(t)?, request: id("request", request)?, tokens }
-        }
+        WireCommand::ConsumeTokens { tenant: t, request, tokens } => Command::ConsumeTokens {
+            tenant: tenant(t)?,
+            request: id("request", request)?,
+            tokens: count("tokens", &tokens)?,
+        },
         WireCommand::PurchaseAddon { tenant: t, addon, purchase, quantity, payment } => {
             Command::PurchaseAddon {
                 tenant: tenant(t)?,
                 addon: id("addon", addon)?,
                 purchase: id("purchase", purchase)?,
-                quantity: quantity.unwrap_or(1),
+                quantity: quantity.map_or(Ok(1), |q| count("quantity", &q))?,
                 payment: match payment.as_str() {
                     "invoice" => Payment::Invoice,
                     "card" => Payment::Card,

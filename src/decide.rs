@@ -128,6 +128,81 @@ fn unknown_plan(plan: &str) -> Rejection {
     Rejection::new("unknown_plan", format!("no plan {plan}"))
 }
 
+/// The plan a subscription is on. The engine loads the catalog again when
+/// a tenant names a plan it lacks (another writer defined it), so this
+/// fails only for a history the ledger did not write.
+fn plan_of<'c>(
+    catalog: &'c CatalogState,
+    sub: &projections::domain::Subscription,
+) -> Result<&'c events::Plan, Rejection> {
+    catalog.plans.get(&sub.plan).ok_or_else(|| {
+        Rejection::new("unknown_plan", format!("the subscription's plan {} is not in the catalog", sub.plan))
+    })
+}
+
+fn too_large(what: &str) -> Rejection {
+    Rejection::new(
+        "invalid_amount",
+        format!("this would make {what} too large to record exactly; nothing was changed"),
+    )
+}
+
+/// An envelope around `payload` as the tenant's next event, for deciding
+/// what the state would be after it (never encoded for the log).
+fn scratch_envelope(ctx: &Context<'_>, tenant: &str, payload: Event) -> events::Envelope {
+    events::Envelope {
+        event_id: 0,
+        tenant: tenant.to_string(),
+        at_us: ctx.at_us,
+        actor: ctx.actor.clone(),
+        prev_hash: [0; 32],
+        payload,
+        offline: None,
+    }
+}
+
+fn scratch_apply(state: &mut TenantState, envelope: &events::Envelope) {
+    let position = state.chain.last_position + 1;
+    state.apply(&Fact { position, hash: [0; 32], envelope });
+}
+
+/// The spec's Bounds: a command whose effect cannot be represented is
+/// rejected and changes nothing. After `events`, the tenant's storage
+/// quota and token limit must fit a u64 and its current period must price
+/// with amounts that fit a `Decimal`; with `whole_invoice`, the period's
+/// invoice must also still fit one event (the codec's size limit), so
+/// `close_period` can always record it.
+fn representable(
+    ctx: &Context<'_>,
+    tenant: &str,
+    events: &[Event],
+    whole_invoice: bool,
+) -> Result<(), Rejection> {
+    let mut after = ctx.state.clone();
+    for payload in events {
+        scratch_apply(&mut after, &scratch_envelope(ctx, tenant, payload.clone()));
+    }
+    after.try_quota_bytes(ctx.catalog).ok_or_else(|| too_large("the storage quota"))?;
+    after.try_token_limit_at(ctx.catalog, ctx.at_us).ok_or_else(|| too_large("the token limit"))?;
+    let Some(k) = after.period_at(ctx.at_us) else { return Ok(()) };
+    let finalized = finalize(&after, ctx.catalog, k).map_err(|_| too_large("the period's invoice"))?;
+    if whole_invoice {
+        events::encode(&scratch_envelope(ctx, tenant, finalized)).map_err(|e| {
+            Rejection::new(
+                "invalid_amount",
+                format!("the period's invoice would no longer fit one event ({e}); nothing was changed"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Accepts `events` once [`representable`].
+fn accept(ctx: &Context<'_>, tenant: &str, events: Vec<Event>) -> Result<Decision, Rejection> {
+    representable(ctx, tenant, &events, true)?;
+    Ok(Decision::Accept(events))
+}
+
 fn negative(what: &str, value: &rust_decimal::Decimal) -> Result<(), Rejection> {
     if value.is_sign_negative() {
         Err(Rejection::new("invalid_amount", format!("{what} {value} is negative")))
@@ -194,19 +269,19 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
             let p = catalog.plans.get(plan).ok_or_else(|| unknown_plan(plan))?;
             let seats = check_seats(p, *seats)?;
-            Ok(Decision::Accept(vec![Event::Subscribed { plan: plan.clone(), seats }]))
+            accept(ctx, tenant, vec![Event::Subscribed { plan: plan.clone(), seats }])
         }
         Command::SetSeats { tenant, seats } => {
             authorize(actor, Some(tenant), Who::Admins)?;
             let sub = require_active(state, tenant)?;
-            let seats = check_seats(&catalog.plans[&sub.plan], *seats)?;
-            Ok(Decision::Accept(vec![Event::SeatsChanged { seats }]))
+            let seats = check_seats(plan_of(catalog, sub)?, *seats)?;
+            accept(ctx, tenant, vec![Event::SeatsChanged { seats }])
         }
         Command::ChangePlan { tenant, plan } => {
             authorize(actor, Some(tenant), Who::Admin)?;
             let sub = require_active(state, tenant)?;
             let new = catalog.plans.get(plan).ok_or_else(|| unknown_plan(plan))?;
-            let old = &catalog.plans[&sub.plan];
+            let old = plan_of(catalog, sub)?;
             if new.currency != old.currency {
                 return Err(Rejection::new(
                     "currency_mismatch",
@@ -229,7 +304,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                     ));
                 }
             }
-            Ok(Decision::Accept(vec![Event::PlanChanged { plan: plan.clone() }]))
+            accept(ctx, tenant, vec![Event::PlanChanged { plan: plan.clone() }])
         }
         Command::Cancel { tenant } => {
             authorize(actor, Some(tenant), Who::Admin)?;
@@ -239,22 +314,13 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             let cancel = Event::SubscriptionCancelled;
             // Price the unclosed periods as they stand once cancelled.
             let mut after = (*state).clone();
-            let scratch = events::Envelope {
-                event_id: 0,
-                tenant: tenant.clone(),
-                at_us,
-                actor: (*actor).clone(),
-                prev_hash: [0; 32],
-                payload: cancel.clone(),
-                offline: None,
-            };
-            after.apply(&Fact { position: state.chain.last_position + 1, hash: [0; 32], envelope: &scratch });
+            scratch_apply(&mut after, &scratch_envelope(ctx, tenant, cancel.clone()));
             // The digest covers the history before this command, which a
             // replay sees the same way.
             after.chain = state.chain;
             let mut events = vec![cancel];
             for k in first..=last {
-                events.push(finalize(&after, catalog, k));
+                events.push(finalize(&after, catalog, k)?);
             }
             Ok(Decision::Accept(events))
         }
@@ -276,7 +342,11 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
             let used = state.used_bytes;
             let quota = state.quota_bytes(catalog);
-            if used.saturating_add(bytes) <= with_offline_margin(quota, ctx.admitted_offline) {
+            // Exact: a sum past u64 is past any quota, so it is denied.
+            let fits = used
+                .checked_add(bytes)
+                .is_some_and(|after| after <= with_offline_margin(quota, ctx.admitted_offline));
+            if fits {
                 Ok(Decision::Accept(vec![Event::FileStored { file: file.clone(), bytes }]))
             } else {
                 Ok(Decision::Deny {
@@ -321,17 +391,25 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                     ))
                 };
             }
-            let plan = &catalog.plans[&sub.plan];
-            let accept =
+            let plan = plan_of(catalog, sub)?;
+            let accepted =
                 Event::TokensConsumed { request: request.clone(), tokens, offline: ctx.admitted_offline };
-            if let TokenOverage::BillPer1k { .. } = plan.token_overage {
-                return Ok(Decision::Accept(vec![accept]));
-            }
             let period = period_of(state, at_us)?;
             let used = state.tokens_used(period);
+            if let TokenOverage::BillPer1k { .. } = plan.token_overage {
+                // Always allowed, so the total must stay exact: the period's
+                // count and its overage line must still be representable.
+                used.checked_add(tokens).ok_or_else(|| too_large("the period's token count"))?;
+                let events = vec![accepted];
+                representable(ctx, tenant, &events, false)?;
+                return Ok(Decision::Accept(events));
+            }
             let limit = state.token_limit_at(catalog, at_us);
-            if used.saturating_add(tokens) <= with_offline_margin(limit, ctx.admitted_offline) {
-                Ok(Decision::Accept(vec![accept]))
+            let fits = used
+                .checked_add(tokens)
+                .is_some_and(|after| after <= with_offline_margin(limit, ctx.admitted_offline));
+            if fits {
+                Ok(Decision::Accept(vec![accepted]))
             } else {
                 Ok(Decision::Deny {
                     event: Event::TokensDenied { request: request.clone(), tokens, used, limit },
@@ -374,7 +452,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 .addons
                 .get(addon)
                 .ok_or_else(|| Rejection::new("unknown_addon", format!("no add-on {addon}")))?;
-            let plan = &catalog.plans[&sub.plan];
+            let plan = plan_of(catalog, sub)?;
             if !plan.addons.contains(addon) {
                 return Err(Rejection::new(
                     "addon_not_available_on_plan",
@@ -397,15 +475,14 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 payment: *payment,
             };
             match payment {
-                Payment::Invoice => Ok(Decision::Accept(vec![
-                    purchased,
-                    Event::AddonActivated { purchase: purchase.clone() },
-                ])),
+                Payment::Invoice => {
+                    accept(ctx, tenant, vec![purchased, Event::AddonActivated { purchase: purchase.clone() }])
+                }
                 Payment::Card if a.recurring => Err(Rejection::new(
                     "unsupported_payment",
                     format!("add-on {addon} is recurring; card payment is for one-off add-ons"),
                 )),
-                Payment::Card => Ok(Decision::Accept(vec![purchased])),
+                Payment::Card => accept(ctx, tenant, vec![purchased]),
             }
         }
         Command::SettlePayment { tenant, purchase, outcome, reference } => {
@@ -425,10 +502,11 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 outcome: *outcome,
                 reference: reference.clone(),
             };
-            Ok(Decision::Accept(match outcome {
+            let events = match outcome {
                 PaymentOutcome::Paid => vec![settled, Event::AddonActivated { purchase: purchase.clone() }],
                 PaymentOutcome::Failed => vec![settled],
-            }))
+            };
+            accept(ctx, tenant, events)
         }
         Command::CancelAddon { tenant, purchase } => {
             authorize(actor, Some(tenant), Who::Admins)?;
@@ -456,7 +534,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                     format!("period {k} ends at {}", crate::report::rfc3339(end_us)),
                 ));
             }
-            Ok(Decision::Accept(vec![finalize(state, catalog, k)]))
+            Ok(Decision::Accept(vec![finalize(state, catalog, k)?]))
         }
     }
 }
@@ -473,12 +551,14 @@ fn period_of(state: &TenantState, at_us: i64) -> Result<u32, Rejection> {
     })
 }
 
-fn finalize(state: &TenantState, catalog: &CatalogState, k: u32) -> Event {
-    let priced = price_period(state, catalog, k).expect("a subscribed tenant prices");
-    Event::PeriodFinalized {
+/// The event finalizing period `k`. Fails only for a history the ledger's
+/// checks would not have let through (an amount past `Decimal`).
+fn finalize(state: &TenantState, catalog: &CatalogState, k: u32) -> Result<Event, Rejection> {
+    let priced = price_period(state, catalog, k).ok_or_else(|| too_large("the period's invoice"))?;
+    Ok(Event::PeriodFinalized {
         period: k,
         start_us: priced.start_us,
         end_us: priced.end_us,
         invoice: priced.invoice,
-    }
+    })
 }

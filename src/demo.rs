@@ -54,7 +54,7 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let ledger = Ledger::start(log, views.clone()).await?;
     let lines: Vec<String> = SCENARIO.lines().map(str::to_string).collect();
     println!("== applying {} commands to a fresh embedded ledger in {}", lines.len(), data.display());
-    let (results, _) = apply_lines(&ledger, &lines).await?;
+    let (results, _) = apply_lines(&ledger, &lines, crate::cli::Future::Allow).await?;
     for (line, result) in lines.iter().zip(&results) {
         let command: serde_json::Value = serde_json::from_str(line)?;
         let what = format!(

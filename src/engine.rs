@@ -92,7 +92,18 @@ impl Ledger {
         engine.ledger_time_us = engine.find_ledger_time().await?;
         engine.catalog = engine.load(CATALOG_TENANT).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(engine.run(rx));
+        let task = tokio::spawn(engine.run(rx));
+        tokio::spawn(async move {
+            if let Err(error) = task.await {
+                if error.is_panic() {
+                    // Never a zombie: a process whose engine stopped would
+                    // answer "unavailable" forever. Exit so a supervisor
+                    // restarts it; the log holds every acknowledged event.
+                    tracing::error!(%error, "the ledger engine stopped; exiting");
+                    std::process::exit(70);
+                }
+            }
+        });
         let projectors = std::sync::Arc::new(for_each_projection(&log, &views));
         Ok(Ledger { tx, projectors, views, appended })
     }
@@ -306,6 +317,19 @@ struct InFlight {
     result: Result<crate::log::AppendAck, LogError>,
 }
 
+/// What deciding one command came to.
+enum Outcome {
+    /// Answer now; nothing to append.
+    Answer(Reply),
+    /// Append these events (each with its hash and encoded bytes); answer
+    /// once durable, with `denial` if it was a recorded denial.
+    Append { at_us: i64, envelopes: Vec<(Envelope, [u8; 32], Bytes)>, denial: Option<Rejection> },
+}
+
+/// How often a command whose answer appends nothing is decided again
+/// because the tenant or the catalog moved on the log meanwhile.
+const MAX_FRESHNESS_ROUNDS: usize = 16;
+
 /// A decided command waiting for its batch to commit.
 struct Staged {
     job: Job,
@@ -384,13 +408,22 @@ impl<L: EventLog> Engine<L> {
             return Ok(());
         }
         let loaded = self.load(tenant).await?;
+        if !self.catalog.catalog.covers(&loaded.state) {
+            // The tenant names a plan or add-on another writer defined
+            // after this engine loaded the catalog.
+            self.catalog = self.load(CATALOG_TENANT).await?;
+            if !self.catalog.catalog.covers(&loaded.state) {
+                tracing::warn!(tenant, "the tenant names a plan or add-on the catalog lacks");
+            }
+        }
         self.tenants.insert(tenant.to_string(), loaded);
         Ok(())
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut queue: VecDeque<Job> = VecDeque::new();
-        let mut inflight: FuturesUnordered<tokio::task::JoinHandle<InFlight>> = FuturesUnordered::new();
+        let mut inflight: FuturesUnordered<futures_util::future::BoxFuture<'static, InFlight>> =
+            FuturesUnordered::new();
         let mut open = true;
         loop {
             while queue.len() < 4 * MAX_BATCH_MESSAGES {
@@ -402,9 +435,16 @@ impl<L: EventLog> Engine<L> {
             if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
                 if let Some(group) = self.build_group(&mut queue, !inflight.is_empty()).await {
                     let log = self.log.clone();
-                    inflight.push(tokio::spawn(async move {
-                        let result = log.append(group.batch).await;
-                        InFlight { staged: group.staged, result }
+                    let append = tokio::spawn(async move { log.append(group.batch).await });
+                    let staged = group.staged;
+                    inflight.push(Box::pin(async move {
+                        // An append task that died has an unknown outcome,
+                        // like a lost connection: its commands fail, and
+                        // their tenants reload before deciding again.
+                        let result = append.await.unwrap_or_else(|error| {
+                            Err(LogError::Unavailable(format!("the append task failed: {error}")))
+                        });
+                        InFlight { staged, result }
                     }));
                     continue;
                 }
@@ -418,7 +458,6 @@ impl<L: EventLog> Engine<L> {
                     None => open = false,
                 },
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let done = done.expect("append tasks do not panic");
                     match done.result {
                         Ok(ack) => self.commit(done.staged, ack.first),
                         Err(error) => self.abandon(done.staged, error, &mut queue),
@@ -460,75 +499,32 @@ impl<L: EventLog> Engine<L> {
                 }
                 continue;
             }
-            if let Err(error) = self.ensure_loaded(&tenant).await {
-                let _ = job.reply.send(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
-                continue;
-            }
-            let at_us = match job.submission.at_us {
-                // A retry after a conflict was in order when first decided.
-                Some(at) if at < self.ledger_time_us && job.retries == 0 => {
-                    let rejection = Rejection::new(
-                        "clock_regression",
-                        format!(
-                            "at {} is before ledger time {}",
-                            crate::report::rfc3339(at),
-                            crate::report::rfc3339(self.ledger_time_us)
-                        ),
-                    );
-                    let _ = job.reply.send(Reply::Rejected { rejection, seq: None });
+            let (at_us, envelopes, denial) = match self.decide_fresh(&tenant, &job).await {
+                Outcome::Answer(reply) => {
+                    let _ = job.reply.send(reply);
                     continue;
                 }
-                Some(at) => at,
-                None => now_us().max(self.ledger_time_us),
+                Outcome::Append { at_us, envelopes, denial } => (at_us, envelopes, denial),
             };
-            let (events, denial) = match self.decide(&tenant, &job.submission, at_us) {
-                Err(rejection) => {
-                    let _ = job.reply.send(Reply::Rejected { rejection, seq: None });
-                    continue;
-                }
-                Ok(Decision::Duplicate { seq }) => {
-                    let _ = job.reply.send(Reply::Ok { seq, duplicate: true });
-                    continue;
-                }
-                Ok(Decision::Accept(events)) => (events, None),
-                Ok(Decision::Deny { event, rejection }) => (vec![event], Some(rejection)),
-            };
-            if messages.len() + events.len() > MAX_BATCH_MESSAGES && !messages.is_empty() {
+            if messages.len() + envelopes.len() > MAX_BATCH_MESSAGES && !messages.is_empty() {
                 // Decide it again at the head of the next group.
                 queue.push_front(job);
                 break;
             }
             let loaded = if catalog { &self.catalog } else { &self.tenants[&tenant] };
             expectations.push(Expectation { tenant: tenant.clone(), last_position: loaded.log_position });
-            let mut prev_hash = loaded.hash(catalog);
             let offset = messages.len();
-            let mut envelopes = Vec::with_capacity(events.len());
-            for payload in events {
-                let envelope = Envelope {
-                    event_id: uuid::Uuid::now_v7().as_u128(),
-                    tenant: tenant.clone(),
-                    at_us,
-                    actor: job.submission.actor.clone(),
-                    prev_hash,
-                    // A client's clock may run ahead of the ledger's; the
-                    // admission cannot be later than the recording.
-                    offline: job.submission.admitted_offline_at_us.and_then(|admitted_at_us| {
-                        matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
-                            .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at_us) })
-                    }),
-                    payload,
-                };
-                let bytes = events::encode(&envelope).expect("the decider only emits valid events");
-                prev_hash = events::event_hash(&bytes);
+            let mut folded = Vec::with_capacity(envelopes.len());
+            for (envelope, hash, bytes) in envelopes {
                 messages.push(AppendMessage {
                     tenant: tenant.clone(),
                     kind: envelope.kind().name(),
-                    payload: Bytes::from(bytes),
+                    payload: bytes,
                 });
-                envelopes.push((envelope, prev_hash));
+                folded.push((envelope, hash));
             }
             self.ledger_time_us = self.ledger_time_us.max(at_us);
-            staged.push(Staged { job, tenant, envelopes, offset, denial });
+            staged.push(Staged { job, tenant, envelopes: folded, offset, denial });
             if catalog {
                 break;
             }
@@ -544,6 +540,131 @@ impl<L: EventLog> Engine<L> {
             self.busy.insert(s.tenant.clone());
         }
         Some(Group { staged, batch: AppendBatch { messages, expectations } })
+    }
+
+    /// Decides a command against state no older than the log when the
+    /// command arrived (the spec's "Many writers"). An answer that appends
+    /// something is checked by the append itself (each touched tenant's
+    /// expected position). An answer that appends nothing (a rejection, a
+    /// duplicate) is checked here: the tenant's and the catalog's heads on
+    /// the log must still be those the state was folded to, or the stale
+    /// part is reloaded and the command decided again.
+    async fn decide_fresh(&mut self, tenant: &str, job: &Job) -> Outcome {
+        for _ in 0..MAX_FRESHNESS_ROUNDS {
+            if let Err(error) = self.ensure_loaded(tenant).await {
+                return Outcome::Answer(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
+            }
+            let outcome = self.decide_encoded(tenant, job);
+            let Outcome::Answer(reply) = &outcome else { return outcome };
+            let settled = match reply {
+                Reply::Ok { .. } => false,
+                Reply::Rejected { rejection, .. } => rejection.code == "unavailable",
+                Reply::Failed { .. } => true,
+            };
+            if settled {
+                return outcome;
+            }
+            match self.drop_stale(tenant).await {
+                Ok(false) => return outcome,
+                Ok(true) => continue,
+                Err(error) => return Outcome::Answer(Reply::Failed { message: error.to_string() }),
+            }
+        }
+        Outcome::Answer(Reply::Failed {
+            message: format!("tenant {tenant} kept changing on the log while deciding; try again"),
+        })
+    }
+
+    /// Compares the tenant's and the catalog's heads on the log with what
+    /// memory holds, drops whatever is behind (the catalog is reloaded at
+    /// once), and says whether anything was.
+    async fn drop_stale(&mut self, tenant: &str) -> Result<bool, LogError> {
+        let catalog_only = tenant == CATALOG_TENANT;
+        let (catalog_head, tenant_head) = if catalog_only {
+            (self.log.tenant_head(CATALOG_TENANT).await?, 0)
+        } else {
+            let (c, t) = futures_util::future::join(
+                self.log.tenant_head(CATALOG_TENANT),
+                self.log.tenant_head(tenant),
+            )
+            .await;
+            (c?, t?)
+        };
+        let mut stale = false;
+        if catalog_head != self.catalog.log_position {
+            stale = true;
+            self.catalog.log_position = u64::MAX; // reloaded by ensure_loaded
+        }
+        if !catalog_only && self.tenants.get(tenant).is_some_and(|l| l.log_position != tenant_head) {
+            stale = true;
+            self.tenants.remove(tenant);
+        }
+        Ok(stale)
+    }
+
+    /// Decides one command against memory as it stands and encodes its
+    /// events. No IO beyond the view lookups of request keys and files.
+    fn decide_encoded(&self, tenant: &str, job: &Job) -> Outcome {
+        let catalog = tenant == CATALOG_TENANT;
+        let loaded = if catalog { &self.catalog } else { &self.tenants[tenant] };
+        // Time never runs backwards for a tenant: its newest event (whoever
+        // wrote it) and the catalog's bound every later `at`.
+        let floor_us = loaded.state.chain.last_at_us.max(self.catalog.catalog.chain.last_at_us);
+        let at_us = match job.submission.at_us {
+            // A retry after a conflict was in order against this engine's
+            // ledger time when first decided; against the log it must be now.
+            Some(at) if at < floor_us || (at < self.ledger_time_us && job.retries == 0) => {
+                let rejection = Rejection::new(
+                    "clock_regression",
+                    format!(
+                        "at {} is before ledger time {}",
+                        crate::report::rfc3339(at),
+                        crate::report::rfc3339(floor_us.max(self.ledger_time_us))
+                    ),
+                );
+                return Outcome::Answer(Reply::Rejected { rejection, seq: None });
+            }
+            Some(at) => at,
+            None => now_us().max(self.ledger_time_us).max(floor_us),
+        };
+        let (events, denial) = match self.decide(tenant, &job.submission, at_us) {
+            Err(rejection) => return Outcome::Answer(Reply::Rejected { rejection, seq: None }),
+            Ok(Decision::Duplicate { seq }) => return Outcome::Answer(Reply::Ok { seq, duplicate: true }),
+            Ok(Decision::Accept(events)) => (events, None),
+            Ok(Decision::Deny { event, rejection }) => (vec![event], Some(rejection)),
+        };
+        let mut prev_hash = loaded.hash(catalog);
+        let mut envelopes = Vec::with_capacity(events.len());
+        for payload in events {
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7().as_u128(),
+                tenant: tenant.to_string(),
+                at_us,
+                actor: job.submission.actor.clone(),
+                prev_hash,
+                // A client's clock may run ahead of the ledger's; the
+                // admission cannot be later than the recording.
+                offline: job.submission.admitted_offline_at_us.and_then(|admitted_at_us| {
+                    matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
+                        .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at_us) })
+                }),
+                payload,
+            };
+            // The decider keeps events within the codec's bounds; anything
+            // it missed is a rejection here, decided before any append.
+            let bytes = match events::encode(&envelope) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let code = if catalog { "malformed" } else { "invalid_amount" };
+                    let rejection =
+                        Rejection::new(code, format!("the command's event cannot be recorded: {error}"));
+                    return Outcome::Answer(Reply::Rejected { rejection, seq: None });
+                }
+            };
+            prev_hash = events::event_hash(&bytes);
+            envelopes.push((envelope, prev_hash, Bytes::from(bytes)));
+        }
+        Outcome::Append { at_us, envelopes, denial }
     }
 
     fn decide(&self, tenant: &str, submission: &Submission, at_us: i64) -> Result<Decision, Rejection> {
@@ -589,17 +710,20 @@ impl<L: EventLog> Engine<L> {
         for s in staged {
             self.busy.remove(&s.tenant);
             let catalog = s.tenant == CATALOG_TENANT;
-            let loaded =
-                if catalog { &mut self.catalog } else { self.tenants.get_mut(&s.tenant).expect("loaded") };
-            let mut seq = 0;
-            for (i, (envelope, hash)) in s.envelopes.iter().enumerate() {
-                seq = first + (s.offset + i) as u64;
-                loaded.fold(catalog, &Fact { position: seq, hash: *hash, envelope });
+            let seq = first + (s.offset + s.envelopes.len()) as u64 - 1;
+            // A tenant no longer in memory reloads from the log when next
+            // needed, which then includes this batch.
+            let loaded = if catalog { Some(&mut self.catalog) } else { self.tenants.get_mut(&s.tenant) };
+            if let Some(loaded) = loaded {
+                for (i, (envelope, hash)) in s.envelopes.iter().enumerate() {
+                    let position = first + (s.offset + i) as u64;
+                    loaded.fold(catalog, &Fact { position, hash: *hash, envelope });
+                }
+                if loaded.recent_requests.len() + loaded.recent_files.len() > MAX_RECENT_KEYS {
+                    self.tenants.remove(&s.tenant);
+                }
             }
             last = last.max(seq);
-            if loaded.recent_requests.len() + loaded.recent_files.len() > MAX_RECENT_KEYS {
-                self.tenants.remove(&s.tenant);
-            }
             let reply = match s.denial {
                 None => Reply::Ok { seq, duplicate: false },
                 Some(rejection) => Reply::Rejected { rejection, seq: Some(seq) },

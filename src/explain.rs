@@ -143,6 +143,10 @@ fn load_at(
     Ok((subject.state, subject.catalog, at_us, k))
 }
 
+fn unpriceable(tenant: &str) -> anyhow::Error {
+    crate::report::QueryError::Unpriceable(tenant.to_string()).into()
+}
+
 /// `ledger invoice TENANT --at T --explain`.
 pub async fn invoice<L: EventLog>(
     log: &L,
@@ -151,7 +155,7 @@ pub async fn invoice<L: EventLog>(
     at_us: Option<i64>,
 ) -> anyhow::Result<Value> {
     let (state, catalog, at_us, k) = load_at(views, tenant, at_us)?;
-    let priced = price_period(&state, &catalog, k).expect("subscribed");
+    let priced = price_period(&state, &catalog, k).ok_or_else(|| unpriceable(tenant))?;
     let all = tenant_events(log, tenant).await?;
     let mut invoice = crate::report::invoice(views, tenant, Some(at_us))?;
     let lines: Vec<Value> = priced
@@ -283,7 +287,7 @@ pub fn invoice_table(i: &Value) -> String {
 pub fn what_if(views: &ViewStore, tenant: &str, plan: &str, at_us: Option<i64>) -> anyhow::Result<Value> {
     let (state, catalog, _, k) = load_at(views, tenant, at_us)?;
     let new_plan = catalog.plans.get(plan).ok_or_else(|| anyhow::anyhow!("unknown_plan: no plan {plan}"))?;
-    let actual = price_period(&state, &catalog, k).expect("subscribed");
+    let actual = price_period(&state, &catalog, k).ok_or_else(|| unpriceable(tenant))?;
     anyhow::ensure!(
         new_plan.currency == actual.invoice.currency,
         "currency_mismatch: plan {plan} bills in {}, the tenant in {}",
@@ -297,7 +301,8 @@ pub fn what_if(views: &ViewStore, tenant: &str, plan: &str, at_us: Option<i64>) 
     if let Some(sub) = &mut repriced_state.subscription {
         sub.plan = plan.to_string();
     }
-    let repriced = price_period(&repriced_state, &catalog, k).expect("subscribed");
+    let repriced = price_period(&repriced_state, &catalog, k)
+        .ok_or_else(|| anyhow::anyhow!("invalid_amount: on plan {plan} an amount would be out of range"))?;
     let side = |p: &PricedPeriod| {
         json!({
             "lines": p.invoice.lines.iter().map(|l| json!({"code": l.code, "amount": l.amount.to_string(), "paid": l.paid})).collect::<Vec<_>>(),

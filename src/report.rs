@@ -42,6 +42,10 @@ pub enum QueryError {
     /// The instant asked about lies before the subscription began.
     #[error("{0} is before tenant {1}'s subscription began")]
     BeforeSubscription(String, String),
+    /// The period's amounts do not fit exactly (a history written before
+    /// the ledger bounded them): the invoice cannot be shown.
+    #[error("tenant {0}'s invoice for this period cannot be priced exactly: an amount is out of range")]
+    Unpriceable(String),
     #[error(transparent)]
     View(#[from] projections::ViewError),
 }
@@ -118,7 +122,8 @@ pub fn invoice(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Va
     if let Some(recorded) = LedgerView::final_invoice(views, tenant, k)? {
         return Ok(invoice_json(tenant, recorded.start_us, recorded.end_us, "final", &recorded.invoice));
     }
-    let priced = price_period(&subject.state, &subject.catalog, k).expect("subscribed tenants price");
+    let priced = price_period(&subject.state, &subject.catalog, k)
+        .ok_or_else(|| QueryError::Unpriceable(tenant.to_string()))?;
     Ok(invoice_json(tenant, priced.start_us, priced.end_us, "draft", &priced.invoice))
 }
 

@@ -141,7 +141,11 @@ async fn serve_endpoint(mut endpoint: async_nats::service::endpoint::Endpoint, c
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     while let Some(request) = endpoint.next().await {
         let subject = request.message.subject.to_string();
-        let reply_ok = request.message.reply.as_deref().is_some_and(|reply| reply_allowed(&subject, reply));
+        // Read per request: a reconnect may land on a server configured
+        // otherwise.
+        let open_server = !context.log.client().server_info().auth_required;
+        let reply_ok =
+            request.message.reply.as_deref().is_some_and(|reply| reply_allowed(&subject, reply, open_server));
         if !reply_ok {
             // The ledger's credential may publish where tenants may not: a
             // reply subject is only ever an inbox of the sender's kind, or
@@ -166,12 +170,18 @@ async fn serve_endpoint(mut endpoint: async_nats::service::endpoint::Endpoint, c
 }
 
 /// Whether the service may publish its reply to `reply` for a request on
-/// `subject`: the default inbox prefix (`_INBOX.`, for deployments without
-/// per-credential prefixes), or the inbox prefix of a credential that may
-/// send on `subject` in the shipped configuration.
-pub fn reply_allowed(subject: &str, reply: &str) -> bool {
-    let inbox = |user: &str| reply.starts_with(&format!("{}.", inbox_prefix(user)));
-    if reply.starts_with("_INBOX.") {
+/// `subject`: the inbox prefix (`_INBOX_<user>.`) of a credential that may
+/// send on `subject` in the shipped configuration, or, on a server that
+/// requires no authentication (`open_server`: development), also the
+/// default `_INBOX.`. On a server with credentials, `_INBOX.` is refused:
+/// every credential there has its own prefix, and a shared one could be
+/// read by another tenant.
+pub fn reply_allowed(subject: &str, reply: &str, open_server: bool) -> bool {
+    let inbox = |user: &str| {
+        let prefix = inbox_prefix(user);
+        reply.len() > prefix.len() + 1 && reply.starts_with(&prefix) && reply.as_bytes()[prefix.len()] == b'.'
+    };
+    if open_server && reply.starts_with("_INBOX.") && reply.len() > "_INBOX.".len() {
         return true;
     }
     let tokens: Vec<&str> = subject.split('.').collect();
@@ -185,24 +195,85 @@ pub fn reply_allowed(subject: &str, reply: &str) -> bool {
     }
 }
 
-async fn route(context: &Context, subject: &str, body: &[u8]) -> Value {
+/// A request as the service understood it, before anything is decided.
+#[derive(Debug)]
+pub enum ParsedRequest {
+    /// One command.
+    Command(Submission),
+    /// A batch: each command parsed on its own (a malformed one is answered
+    /// and skipped, the rest still run).
+    Batch(Vec<Result<Submission, Rejection>>),
+    /// A view of a tenant, at an instant (default: ledger time).
+    Query { tenant: String, view: QueryView, at_us: Option<i64> },
+}
+
+/// The views `ledger.query.<tenant>.<view>` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryView {
+    Usage,
+    Invoice,
+    Invoices,
+}
+
+/// Parses a request from its subject and body: pure, no IO, never panics
+/// on anything a request carries (the fuzz target `serve_request` holds it
+/// to that).
+pub fn parse_request(subject: &str, body: &[u8]) -> Result<ParsedRequest, Rejection> {
     let tokens: Vec<&str> = subject.split('.').collect();
-    let result = match tokens.as_slice() {
-        ["ledger", "cmd", tenant, role, command] => match tenant_actor(tenant, role) {
-            Ok(actor) if *command == "batch" => batch(context, Some(tenant), &actor, body).await,
-            Ok(actor) => match fields(body) {
-                Ok(fields) => Ok(one(context, Some(tenant), &actor, command, fields).await),
-                Err(rejection) => Err(rejection),
-            },
-            Err(rejection) => Err(rejection),
-        },
-        ["ledger", "admin", "batch"] => batch(context, None, &Actor::Admin, body).await,
-        ["ledger", "admin", command] => match fields(body) {
-            Ok(fields) => Ok(one(context, None, &Actor::Admin, command, fields).await),
-            Err(rejection) => Err(rejection),
-        },
-        ["ledger", "query", tenant, view] => query(context, tenant, view, body).await,
+    match tokens.as_slice() {
+        ["ledger", "cmd", tenant, role, command] => {
+            let actor = tenant_actor(tenant, role)?;
+            if *command == "batch" {
+                Ok(ParsedRequest::Batch(parse_batch(Some(tenant), &actor, body)?))
+            } else {
+                Ok(ParsedRequest::Command(submission(Some(tenant), &actor, command, fields(body)?)?))
+            }
+        }
+        ["ledger", "admin", "batch"] => Ok(ParsedRequest::Batch(parse_batch(None, &Actor::Admin, body)?)),
+        ["ledger", "admin", command] => {
+            Ok(ParsedRequest::Command(submission(None, &Actor::Admin, command, fields(body)?)?))
+        }
+        ["ledger", "query", tenant, view] => {
+            if !events::valid_tenant_id(tenant) {
+                return Err(Rejection::malformed(format!(
+                    "tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}"
+                )));
+            }
+            let view = match *view {
+                "usage" => QueryView::Usage,
+                "invoice" => QueryView::Invoice,
+                "invoices" => QueryView::Invoices,
+                other => {
+                    return Err(Rejection::malformed(format!(
+                        "unknown view {other:?} (usage, invoice, invoices)"
+                    )))
+                }
+            };
+            let mut fields = fields(body)?;
+            let at_us = match fields.remove("at") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(crate::command::parse_at(&s)?),
+                Some(other) => return Err(Rejection::malformed(format!("at must be a string, not {other}"))),
+            };
+            if let Some(field) = fields.keys().next() {
+                return Err(Rejection::malformed(format!(
+                    "unknown field {field:?} (a query takes only \"at\")"
+                )));
+            }
+            Ok(ParsedRequest::Query { tenant: tenant.to_string(), view, at_us })
+        }
         _ => Err(Rejection::malformed(format!("no endpoint for subject {subject}"))),
+    }
+}
+
+async fn route(context: &Context, subject: &str, body: &[u8]) -> Value {
+    let result = match parse_request(subject, body) {
+        Ok(ParsedRequest::Command(submission)) => {
+            Ok(reply_json(&within_deadline(context.ledger.submit_nowait(submission).await).await))
+        }
+        Ok(ParsedRequest::Batch(items)) => Ok(batch(context, items).await),
+        Ok(ParsedRequest::Query { tenant, view, at_us }) => query(context, &tenant, view, at_us).await,
+        Err(rejection) => Err(rejection),
     };
     result.unwrap_or_else(|rejection| rejection_json(&rejection))
 }
@@ -212,7 +283,8 @@ fn tenant_actor(tenant: &str, role: &str) -> Result<Actor, Rejection> {
         return Err(Rejection::malformed(format!("tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}")));
     }
     match role {
-        "admin" | "user" => Ok(Actor::parse(&format!("{tenant}:{role}")).expect("valid actor")),
+        "admin" => Ok(Actor::TenantAdmin { tenant: tenant.to_string() }),
+        "user" => Ok(Actor::TenantUser { tenant: tenant.to_string() }),
         other => Err(Rejection::malformed(format!("role {other:?} is neither admin nor user"))),
     }
 }
@@ -256,22 +328,14 @@ fn submission(
     Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us })
 }
 
-async fn one(
-    context: &Context,
-    tenant: Option<&str>,
-    actor: &Actor,
-    command: &str,
-    fields: Map<String, Value>,
-) -> Value {
-    match submission(tenant, actor, command, fields) {
-        Ok(submission) => reply_json(&within_deadline(context.ledger.submit_nowait(submission).await).await),
-        Err(rejection) => rejection_json(&rejection),
-    }
-}
-
 /// The reply, or `unavailable` once [`COMMAND_TIMEOUT`] has passed.
 async fn within_deadline(answer: tokio::sync::oneshot::Receiver<Reply>) -> Reply {
-    match tokio::time::timeout(COMMAND_TIMEOUT, crate::engine::wait(answer)).await {
+    until(tokio::time::Instant::now() + COMMAND_TIMEOUT, answer).await
+}
+
+/// The reply, or `unavailable` once `deadline` has passed.
+async fn until(deadline: tokio::time::Instant, answer: tokio::sync::oneshot::Receiver<Reply>) -> Reply {
+    match tokio::time::timeout_at(deadline, crate::engine::wait(answer)).await {
         Ok(reply) => reply,
         Err(_) => Reply::Failed {
             message: "not decided in time; its outcome is unknown: resend it with the same key".into(),
@@ -279,15 +343,12 @@ async fn within_deadline(answer: tokio::sync::oneshot::Receiver<Reply>) -> Reply
     }
 }
 
-/// `{"commands": [...]}` -> `{"results": [...]}` in order. Commands are
-/// queued in order (a tenant's commands are decided in that order) and
-/// group-committed together; a malformed one is answered and skipped.
-async fn batch(
-    context: &Context,
+/// The commands of a `{"commands": [...]}` body, each parsed on its own.
+fn parse_batch(
     tenant: Option<&str>,
     actor: &Actor,
     body: &[u8],
-) -> Result<Value, Rejection> {
+) -> Result<Vec<Result<Submission, Rejection>>, Rejection> {
     let mut fields = fields(body)?;
     let Some(Value::Array(commands)) = fields.remove("commands") else {
         return Err(Rejection::malformed("a batch is {\"commands\": [...]}"));
@@ -298,16 +359,28 @@ async fn batch(
             commands.len()
         )));
     }
-    let mut pending = Vec::with_capacity(commands.len());
-    for item in commands {
-        let parsed = match item {
+    Ok(commands
+        .into_iter()
+        .map(|item| match item {
             Value::Object(mut fields) => match fields.remove("cmd") {
                 Some(Value::String(name)) if name != "batch" => submission(tenant, actor, &name, fields),
                 _ => Err(Rejection::malformed("each batch command needs a \"cmd\" (not \"batch\")")),
             },
             _ => Err(Rejection::malformed("each batch command is a JSON object")),
-        };
-        pending.push(match parsed {
+        })
+        .collect())
+}
+
+/// `{"results": [...]}` in order. Commands are queued in order (a tenant's
+/// commands are decided in that order) and group-committed together. The
+/// whole batch shares one deadline: a command not decided by then is
+/// answered `unavailable`, so the reply reaches the client before its own
+/// timeout however long the batch.
+async fn batch(context: &Context, items: Vec<Result<Submission, Rejection>>) -> Value {
+    let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+    let mut pending = Vec::with_capacity(items.len());
+    for item in items {
+        pending.push(match item {
             Ok(submission) => Ok(context.ledger.submit_nowait(submission).await),
             Err(rejection) => Err(rejection),
         });
@@ -315,26 +388,19 @@ async fn batch(
     let mut results = Vec::with_capacity(pending.len());
     for entry in pending {
         results.push(match entry {
-            Ok(answer) => reply_json(&within_deadline(answer).await),
+            Ok(answer) => reply_json(&until(deadline, answer).await),
             Err(rejection) => rejection_json(&rejection),
         });
     }
-    Ok(json!({"results": results}))
+    json!({"results": results})
 }
 
-async fn query(context: &Context, tenant: &str, view: &str, body: &[u8]) -> Result<Value, Rejection> {
-    if !events::valid_tenant_id(tenant) {
-        return Err(Rejection::malformed(format!("tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}")));
-    }
-    let mut fields = fields(body)?;
-    let at_us = match fields.remove("at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(crate::command::parse_at(&s)?),
-        Some(other) => return Err(Rejection::malformed(format!("at must be a string, not {other}"))),
-    };
-    if let Some(field) = fields.keys().next() {
-        return Err(Rejection::malformed(format!("unknown field {field:?} (a query takes only \"at\")")));
-    }
+async fn query(
+    context: &Context,
+    tenant: &str,
+    view: QueryView,
+    at_us: Option<i64>,
+) -> Result<Value, Rejection> {
     // Read your writes: answer once the views include the tenant's newest
     // event, whichever instance appended it.
     let unavailable = |e: String| Rejection::new("unavailable", e);
@@ -345,16 +411,14 @@ async fn query(context: &Context, tenant: &str, view: &str, body: &[u8]) -> Resu
         .map_err(|e| unavailable(e.to_string()))?;
     let views = context.ledger.views();
     let answer = match view {
-        "usage" => report::usage(views, tenant, at_us),
-        "invoice" => report::invoice(views, tenant, at_us),
-        "invoices" => report::invoices(views, tenant),
-        other => {
-            return Err(Rejection::malformed(format!("unknown view {other:?} (usage, invoice, invoices)")))
-        }
+        QueryView::Usage => report::usage(views, tenant, at_us),
+        QueryView::Invoice => report::invoice(views, tenant, at_us),
+        QueryView::Invoices => report::invoices(views, tenant),
     };
     answer.map_err(|e| match e {
         QueryError::NotSubscribed(_) => Rejection::new("not_subscribed", e.to_string()),
         QueryError::BeforeSubscription(..) => Rejection::malformed(e.to_string()),
+        QueryError::Unpriceable(_) => Rejection::new("invalid_amount", e.to_string()),
         QueryError::View(e) => unavailable(e.to_string()),
     })
 }
@@ -482,4 +546,38 @@ pub fn nats_authorization(
     }
     out.push_str("  ]\n}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_allowed;
+
+    #[test]
+    fn replies_go_only_to_the_requesters_own_inbox() {
+        let cmd = "ledger.cmd.acme.user.consume_tokens";
+        // With credentials: only the inbox of a user allowed on the subject.
+        assert!(reply_allowed(cmd, "_INBOX_acme-user.abc.1", false));
+        for refused in [
+            "_INBOX.abc.1",                   // the shared default prefix
+            "_INBOX_acme-admin.abc",          // another role of the tenant
+            "_INBOX_beta-user.abc",           // another tenant
+            "_INBOX_acme-user",               // the bare prefix
+            "_INBOX_acme-user.",              // nothing after it
+            "_INBOX_acme-userx.abc",          // a longer user name
+            "$JS.API.STREAM.PURGE.LEDGER",    // not an inbox at all
+            "ledger.v1.acme.tokens_consumed", // the stream
+        ] {
+            assert!(!reply_allowed(cmd, refused, false), "{refused}");
+        }
+        assert!(reply_allowed("ledger.admin.define_plan", "_INBOX_panel.x", false));
+        assert!(!reply_allowed("ledger.admin.define_plan", "_INBOX_acme-admin.x", false));
+        for user in ["panel", "acme-admin", "acme-user"] {
+            assert!(reply_allowed("ledger.query.acme.usage", &format!("_INBOX_{user}.x"), false), "{user}");
+        }
+        assert!(!reply_allowed("ledger.query.acme.usage", "_INBOX_beta-user.x", false));
+        // Without authentication (development) the default prefix works too.
+        assert!(reply_allowed(cmd, "_INBOX.abc.1", true));
+        assert!(!reply_allowed(cmd, "_INBOX.", true));
+        assert!(!reply_allowed(cmd, "$JS.API.STREAM.PURGE.LEDGER", true));
+    }
 }

@@ -131,7 +131,8 @@ async fn embedded_ledger_view_survives_repeated_kills() {
         let engine = ledger::engine::Ledger::start(log.clone(), ViewStore::open(scratch.path()).unwrap())
             .await
             .unwrap();
-        let (results, _) = ledger::cli::apply_lines(&engine, &lines).await.unwrap();
+        let (results, _) =
+            ledger::cli::apply_lines(&engine, &lines, ledger::cli::Future::Allow).await.unwrap();
         assert!(results.iter().all(|r| r["ok"] == true));
         engine.shutdown().await;
         ledger::log::Source::head(&log).await.unwrap()

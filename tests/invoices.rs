@@ -135,7 +135,7 @@ async fn run(case: &Case) -> serde_json::Value {
     let views = open_views(dir.path(), &log).unwrap();
     let ledger = Ledger::start(log, views.clone()).await.unwrap();
     let lines: Vec<String> = CATALOG.lines().chain(case.commands.lines()).map(str::to_string).collect();
-    let (results, malformed) = apply_lines(&ledger, &lines).await.unwrap();
+    let (results, malformed) = apply_lines(&ledger, &lines, ledger::cli::Future::Allow).await.unwrap();
     assert!(!malformed);
     for r in &results {
         assert_eq!(r["ok"], true, "{}: {r}", case.name);

@@ -62,8 +62,23 @@ pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, EventError> {
             bytes.len()
         )));
     }
+    // The decode limit counts the memory a decode claims (a list of N lines
+    // claims N x the size of a line in memory), not the bytes read, so an
+    // event can encode within the limit and still not decode. Every reader
+    // would then skip it as foreign. Anything big enough to be at risk is
+    // decoded once here, so the log only ever holds what its readers read.
+    if bytes.len() > ROUND_TRIP_CHECK_BYTES {
+        decode(&bytes).map_err(|e| EventError::Encode(format!("the event would not decode again: {e}")))?;
+    }
     Ok(bytes)
 }
+
+/// Events at least this large are decoded once after encoding (see
+/// [`encode`]). A value takes at most ~24x its smallest encoding in memory
+/// (an empty string: 1 byte encoded, 24 in memory), so smaller events cannot
+/// reach the decode limit; ordinary events (a few hundred bytes) never pay
+/// for the check.
+const ROUND_TRIP_CHECK_BYTES: usize = MAX_EVENT_BYTES / 32;
 
 /// Decodes, upcasts and validates an event read from the log.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, EventError> {
@@ -93,8 +108,36 @@ fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, EventE
     Ok(value)
 }
 
+/// The canonical bytes of `value`: bincode with the events' [`config`]
+/// (little-endian, variable-length integers; the decode limit plays no part
+/// in encoding), without the schema-version prefix. For digests and other
+/// audit formats that must never move: hash these, never `Debug` output.
+/// Pass only frozen shapes (the `v1`/`v2` types, or structs of them, whose
+/// field order is the byte order): a type whose fields change changes these
+/// bytes.
+///
+/// # Panics
+/// When `value`'s `Serialize` fails, which plain data (structs, enums,
+/// strings, integers, options, sequences of known length) never does.
+pub fn canonical_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, config()).expect("plain data always encodes")
+}
+
 /// SHA-256 of an event's encoded bytes: the link in a tenant's hash chain
 /// (the next event's `prev_hash`).
 pub fn event_hash(encoded: &[u8]) -> [u8; 32] {
     Sha256::digest(encoded).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_bytes;
+
+    #[test]
+    fn canonical_bytes_are_little_endian_varint_bincode() {
+        // u64 300: marker 251 then u16 LE; str: varint length then UTF-8;
+        // option: 0 or 1 then the value; array: its bytes, no length.
+        let value = (300u64, "ab", Some(7u32), None::<u8>, [9u8; 2]);
+        assert_eq!(canonical_bytes(&value), [251, 44, 1, 2, b'a', b'b', 1, 7, 0, 9, 9]);
+    }
 }

@@ -11,7 +11,7 @@ pub mod v1;
 pub mod v2;
 mod validate;
 
-pub use codec::{decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};
+pub use codec::{canonical_bytes, decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};
 pub use validate::{valid_id, valid_tenant_id};
 
 /// The current event shapes: the v2 envelope around the v1 payloads. `codec`

@@ -226,8 +226,11 @@ impl TenantState {
                 }
             }
             Event::FileStored { file, bytes } => {
-                self.live_files += 1;
-                self.used_bytes += bytes;
+                // The decider keeps live bytes and per-period tokens within
+                // u64 (it rejects a command whose totals would not fit);
+                // saturating keeps the fold total for anything else.
+                self.live_files = self.live_files.saturating_add(1);
+                self.used_bytes = self.used_bytes.saturating_add(*bytes);
                 let entry = FileEntry { bytes: *bytes, position };
                 return Some(Spill::File { file: file.clone(), entry: Some(entry) });
             }
@@ -243,7 +246,8 @@ impl TenantState {
             }
             Event::TokensConsumed { request, tokens, .. } => {
                 if let Some(k) = self.period_at(at_us) {
-                    *self.tokens_by_period.entry(k).or_default() += tokens;
+                    let used = self.tokens_by_period.entry(k).or_default();
+                    *used = used.saturating_add(*tokens);
                 }
                 let entry = RequestEntry { tokens: *tokens, position };
                 return Some(Spill::Request { request: request.clone(), entry });
@@ -335,25 +339,38 @@ impl TenantState {
     }
 
     /// quota_bytes = floor((plan GB + active add-on GB x quantity) x 2^30),
-    /// as of the current state.
+    /// as of the current state; `u64::MAX` when it does not fit (the
+    /// decider never lets a state get there: see [`Self::try_quota_bytes`]).
     pub fn quota_bytes(&self, catalog: &CatalogState) -> u64 {
-        let Some(sub) = &self.subscription else { return 0 };
-        let Some(plan) = catalog.plans.get(&sub.plan) else { return 0 };
+        self.try_quota_bytes(catalog).unwrap_or(u64::MAX)
+    }
+
+    /// The storage quota computed exactly, `None` when it does not fit in
+    /// a u64 byte count.
+    pub fn try_quota_bytes(&self, catalog: &CatalogState) -> Option<u64> {
+        let Some(sub) = &self.subscription else { return Some(0) };
+        let Some(plan) = catalog.plans.get(&sub.plan) else { return Some(0) };
         let mut gb = plan.storage_quota_gb;
         for p in self.purchases.values().filter(|p| p.status == PurchaseStatus::Active) {
             if let Some(extra) = catalog.addons.get(&p.addon).and_then(|a| a.grants.storage_gb) {
-                gb += extra * Decimal::from(p.quantity);
+                gb = gb.checked_add(extra.checked_mul(Decimal::from(p.quantity))?)?;
             }
         }
-        (gb * Decimal::from(GB_BYTES)).floor().to_u64().unwrap_or(u64::MAX)
+        gb.checked_mul(Decimal::from(GB_BYTES))?.floor().to_u64()
     }
 
     /// The token limit in force at `t_us`: the plan's monthly limit plus
     /// tokens granted by add-ons active then (a one-off grant counts only in
-    /// the period it was activated).
+    /// the period it was activated). `u64::MAX` when it does not fit (the
+    /// decider never lets a state get there).
     pub fn token_limit_at(&self, catalog: &CatalogState, t_us: i64) -> u64 {
-        let Some(segment) = self.segment_at(t_us) else { return 0 };
-        let Some(plan) = catalog.plans.get(&segment.plan) else { return 0 };
+        self.try_token_limit_at(catalog, t_us).unwrap_or(u64::MAX)
+    }
+
+    /// The token limit computed exactly, `None` when it does not fit a u64.
+    pub fn try_token_limit_at(&self, catalog: &CatalogState, t_us: i64) -> Option<u64> {
+        let Some(segment) = self.segment_at(t_us) else { return Some(0) };
+        let Some(plan) = catalog.plans.get(&segment.plan) else { return Some(0) };
         let period = self.period_at(t_us);
         let mut limit = plan.monthly_token_limit;
         for p in self.purchases.values() {
@@ -365,9 +382,35 @@ impl TenantState {
                 Self::grants_at(p, t_us) && p.activated_at_us.and_then(|a| self.period_at(a)) == period
             };
             if counts {
-                limit = limit.saturating_add(tokens.saturating_mul(u64::from(p.quantity)));
+                limit = limit.checked_add(tokens.checked_mul(u64::from(p.quantity))?)?;
             }
         }
-        limit
+        Some(limit)
+    }
+
+    /// Every plan and add-on this tenant's history names: a catalog that
+    /// lacks one is older than the tenant (another writer defined it).
+    pub fn catalog_ids(&self) -> impl Iterator<Item = CatalogId<'_>> {
+        self.segments
+            .iter()
+            .map(|s| CatalogId::Plan(s.plan.as_str()))
+            .chain(self.purchases.values().map(|p| CatalogId::Addon(p.addon.as_str())))
+    }
+}
+
+/// A plan or add-on a tenant refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogId<'a> {
+    Plan(&'a str),
+    Addon(&'a str),
+}
+
+impl CatalogState {
+    /// Whether this catalog knows everything `state` refers to.
+    pub fn covers(&self, state: &TenantState) -> bool {
+        state.catalog_ids().all(|id| match id {
+            CatalogId::Plan(p) => self.plans.contains_key(p),
+            CatalogId::Addon(a) => self.addons.contains_key(a),
+        })
     }
 }

@@ -46,7 +46,10 @@ fn overlap(a: (i64, i64), b: (i64, i64)) -> i64 {
     (a.1.min(b.1) - a.0.max(b.0)).max(0)
 }
 
-/// Prices period `k`. `None` when the tenant never subscribed.
+/// Prices period `k`. `None` when the tenant never subscribed, or when an
+/// amount does not fit a `Decimal` (the decider rejects any command that
+/// would make its tenant's invoice so: see `decide`'s representability
+/// check; arithmetic here is checked, never wrapping or panicking).
 pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Option<PricedPeriod> {
     let sub = state.subscription.as_ref()?;
     let (start_us, end_us) = period_bounds_us(sub.anchor_us, k);
@@ -79,14 +82,15 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
         }
     }
     for (id, units) in per_plan {
-        let plan = &catalog.plans[&id]; // present: checked when accumulated
-        let exact = plan.price * Decimal::from(units) / period_us;
+        let plan = catalog.plans.get(&id)?; // present: checked when accumulated
+        let units = Decimal::try_from_i128_with_scale(units, 0).ok()?;
+        let exact = plan.price.checked_mul(units)?.checked_div(period_us)?;
         let (what, unit) =
             if plan.per_seat { ("seat-seconds", "seat") } else { ("active seconds", "period") };
         let arithmetic = format!(
             "{} per {unit} x {} {what} / {} period seconds",
             plan.price,
-            Decimal::from(units) / Decimal::from(1_000_000),
+            units / Decimal::from(1_000_000),
             period_us / Decimal::from(1_000_000)
         );
         push(format!("plan:{id}"), plan.name.clone().unwrap_or(id.clone()), exact, false, arithmetic);
@@ -102,7 +106,11 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
             if active_us == 0 {
                 continue;
             }
-            let exact = addon.price * quantity * Decimal::from(active_us) / period_us;
+            let exact = addon
+                .price
+                .checked_mul(quantity)?
+                .checked_mul(Decimal::from(active_us))?
+                .checked_div(period_us)?;
             let arithmetic = format!(
                 "{} x {} x {} active seconds / {} period seconds",
                 addon.price,
@@ -112,7 +120,7 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
             );
             push(format!("addon:{purchase_id}"), name, exact, false, arithmetic);
         } else if (start_us..end_us).contains(&activated_us) && p.status != PurchaseStatus::Failed {
-            let exact = addon.price * quantity;
+            let exact = addon.price.checked_mul(quantity)?;
             let arithmetic = format!("{} x {} (one-off)", addon.price, p.quantity);
             push(format!("addon:{purchase_id}"), name, exact, p.paid_by_card, arithmetic);
         }
@@ -128,22 +136,26 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
             let limit = state.token_limit_at(catalog, last_us);
             let over = used.saturating_sub(limit);
             if over > 0 {
-                let exact = Decimal::from(over) * price / Decimal::from(1000);
+                let exact = Decimal::from(over).checked_mul(*price)?.checked_div(Decimal::from(1000))?;
                 let arithmetic = format!("({used} used - {limit} limit) x {price} / 1000");
                 push("tokens:overage".into(), "Token overage".into(), exact, false, arithmetic);
             }
         }
     }
 
-    let total: Decimal = lines.iter().map(|l| l.line.amount).sum::<Decimal>() + money::zero(&currency);
-    let paid: Decimal =
-        lines.iter().filter(|l| l.line.paid).map(|l| l.line.amount).sum::<Decimal>() + money::zero(&currency);
+    let sum = |paid_only: bool| {
+        lines
+            .iter()
+            .filter(|l| !paid_only || l.line.paid)
+            .try_fold(money::zero(&currency), |sum, l| sum.checked_add(l.line.amount))
+    };
+    let (total, paid) = (sum(false)?, sum(true)?);
     let invoice = Invoice {
         currency: currency.clone(),
         lines: lines.iter().map(|l| l.line.clone()).collect(),
         total,
         paid,
-        amount_due: total - paid,
+        amount_due: total.checked_sub(paid)?,
         inputs_digest: inputs_digest(state, catalog, k),
     };
     Some(PricedPeriod { period: k, start_us, end_us, lines, invoice })
@@ -151,23 +163,288 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
 
 /// SHA-256 over what the invoice was derived from: the tenant's chain head
 /// (which fixes every event before it), the period, and the definitions of
-/// the plans and add-ons the tenant used.
+/// the plans and add-ons the tenant used, in the format new invoices record
+/// ([`DigestVersion::CURRENT`]; byte layout in docs/audit-format.md).
+/// Verification accepts every version: see [`recorded_digest_version`].
 fn inputs_digest(state: &TenantState, catalog: &CatalogState, k: u32) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(state.chain.last_position.to_le_bytes());
-    hasher.update(state.chain.last_hash);
-    hasher.update(k.to_le_bytes());
+    inputs_digest_versioned(state, catalog, k, DigestVersion::CURRENT)
+}
+
+// The inputs digest, versioned. A recorded digest never depends on `Debug`
+// output or field names: each version below is a fixed byte layout, written
+// out in docs/audit-format.md, and verification accepts every version.
+
+use std::fmt::Write as _;
+
+use events::v1::{AddonV1, GrantsV1, PlanV1, TokenOverageV1};
+
+/// The formats of [`Invoice::inputs_digest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestVersion {
+    /// The first format: the chain head and period as fixed-width integers,
+    /// then the plans and add-ons as the text their `Debug` output had when
+    /// it was frozen (now written out by hand). Still verified, never written.
+    V1,
+    /// [`INPUTS_TAG_V2`], then the canonical bincode encoding
+    /// ([`events::canonical_bytes`]) of the chain head, the period and the
+    /// frozen v1 definitions of the plans and add-ons used.
+    V2,
+}
+
+impl DigestVersion {
+    /// The version new invoices record.
+    pub const CURRENT: DigestVersion = DigestVersion::V2;
+    /// Every version verification accepts, newest first.
+    pub const ALL: [DigestVersion; 2] = [DigestVersion::V2, DigestVersion::V1];
+}
+
+/// Domain and version tag: the first bytes of every v2 preimage.
+pub const INPUTS_TAG_V2: &[u8] = b"ledger/invoice-inputs/v2\0";
+
+/// What a v2 digest covers, in encoding order. The definitions are the
+/// frozen v1 shapes, never the current aliases: if `events::Plan` or
+/// `events::Addon` ever stops being the v1 type this stops compiling, and
+/// the new shape must be converted down (or a v3 defined), so the bytes of
+/// recorded digests never move. An id the catalog lacks is encoded with
+/// `None`, never skipped.
+#[derive(serde::Serialize)]
+struct InputsV2<'a> {
+    last_position: u64,
+    last_hash: [u8; 32],
+    period: u32,
+    plans: Vec<(&'a str, Option<&'a PlanV1>)>,
+    addons: Vec<(&'a str, Option<&'a AddonV1>)>,
+}
+
+/// The ids of the plans the tenant was ever on, sorted (bytewise), once each.
+fn used_plans(state: &TenantState) -> Vec<&str> {
     let mut plans: Vec<&str> = state.segments.iter().map(|s| s.plan.as_str()).collect();
     plans.sort_unstable();
     plans.dedup();
-    for id in plans {
-        hasher.update(format!("{:?}", catalog.plans.get(id)).as_bytes());
-    }
+    plans
+}
+
+/// The ids of the add-ons the tenant ever purchased, sorted, once each.
+fn used_addons(state: &TenantState) -> Vec<&str> {
     let mut addons: Vec<&str> = state.purchases.values().map(|p| p.addon.as_str()).collect();
     addons.sort_unstable();
     addons.dedup();
-    for id in addons {
-        hasher.update(format!("{:?}", catalog.addons.get(id)).as_bytes());
+    addons
+}
+
+/// The bytes a digest of `version` hashes (docs/audit-format.md).
+pub fn inputs_preimage(
+    state: &TenantState,
+    catalog: &CatalogState,
+    k: u32,
+    version: DigestVersion,
+) -> Vec<u8> {
+    match version {
+        DigestVersion::V1 => inputs_preimage_v1(state, catalog, k),
+        DigestVersion::V2 => inputs_preimage_v2(state, catalog, k),
     }
-    hasher.finalize().into()
+}
+
+/// SHA-256 of [`inputs_preimage`].
+pub fn inputs_digest_versioned(
+    state: &TenantState,
+    catalog: &CatalogState,
+    k: u32,
+    version: DigestVersion,
+) -> [u8; 32] {
+    Sha256::digest(inputs_preimage(state, catalog, k, version)).into()
+}
+
+/// The version under which `recorded` is the digest of these inputs, if any
+/// (newest first).
+pub fn recorded_digest_version(
+    recorded: &[u8; 32],
+    state: &TenantState,
+    catalog: &CatalogState,
+    k: u32,
+) -> Option<DigestVersion> {
+    DigestVersion::ALL.into_iter().find(|v| inputs_digest_versioned(state, catalog, k, *v) == *recorded)
+}
+
+/// Whether `recorded` is the digest of these inputs under any version.
+pub fn digest_verifies(recorded: &[u8; 32], state: &TenantState, catalog: &CatalogState, k: u32) -> bool {
+    recorded_digest_version(recorded, state, catalog, k).is_some()
+}
+
+/// Whether two invoices charge the same, bit for bit: currency, lines,
+/// total, paid and amount due have the same canonical bytes (so `20.0` is
+/// not `20.00`: a final invoice re-derives exactly, scale included). The
+/// digest is not compared.
+pub fn same_charges(a: &Invoice, b: &Invoice) -> bool {
+    let charges = |i: &Invoice| {
+        let Invoice { currency, lines, total, paid, amount_due, inputs_digest: _ } = i;
+        events::canonical_bytes(&(currency, lines, total, paid, amount_due))
+    };
+    charges(a) == charges(b)
+}
+
+/// Why a recorded invoice is not the one its inputs re-derive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceMismatch {
+    /// Currency, lines, total, paid or amount due differ.
+    Charges,
+    /// The charges agree, but the recorded inputs digest is not the digest
+    /// of these inputs under any [`DigestVersion`].
+    Digest,
+}
+
+impl std::fmt::Display for InvoiceMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InvoiceMismatch::Charges => "charges differ",
+            InvoiceMismatch::Digest => "inputs digest matches no digest version",
+        })
+    }
+}
+
+/// Checks a recorded invoice against `derived`, the one
+/// [`price_period`]`(state, catalog, k)` re-derives: the same charges
+/// ([`same_charges`]) and a recorded digest that verifies under some
+/// version (`derived`'s own digest, always the current version, is not
+/// compared). Returns the version the recorded digest is in.
+pub fn check_recorded_invoice(
+    recorded: &Invoice,
+    derived: &Invoice,
+    state: &TenantState,
+    catalog: &CatalogState,
+    k: u32,
+) -> Result<DigestVersion, InvoiceMismatch> {
+    if !same_charges(recorded, derived) {
+        return Err(InvoiceMismatch::Charges);
+    }
+    recorded_digest_version(&recorded.inputs_digest, state, catalog, k).ok_or(InvoiceMismatch::Digest)
+}
+
+/// v2: [`INPUTS_TAG_V2`] then `events::canonical_bytes(&InputsV2 { .. })`.
+fn inputs_preimage_v2(state: &TenantState, catalog: &CatalogState, k: u32) -> Vec<u8> {
+    let inputs = InputsV2 {
+        last_position: state.chain.last_position,
+        last_hash: state.chain.last_hash,
+        period: k,
+        plans: used_plans(state).into_iter().map(|id| (id, catalog.plans.get(id))).collect(),
+        addons: used_addons(state).into_iter().map(|id| (id, catalog.addons.get(id))).collect(),
+    };
+    let mut bytes = INPUTS_TAG_V2.to_vec();
+    bytes.extend_from_slice(&events::canonical_bytes(&inputs));
+    bytes
+}
+
+/// v1, frozen: the last position (u64 LE), the last hash, the period (u32
+/// LE), then for each used plan and then each used add-on (sorted ids) the
+/// text `{:?}` gave for `Option<&PlanV1>` / `Option<&AddonV1>` when v1 was
+/// written, with no separators. Written out by hand so that no derive,
+/// rename or std formatting change can move it; only string escaping is
+/// std's (`{:?}` of a `str`) and decimals print as their `Display`.
+fn inputs_preimage_v1(state: &TenantState, catalog: &CatalogState, k: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&state.chain.last_position.to_le_bytes());
+    bytes.extend_from_slice(&state.chain.last_hash);
+    bytes.extend_from_slice(&k.to_le_bytes());
+    let mut text = String::new();
+    for id in used_plans(state) {
+        v1_option(&mut text, catalog.plans.get(id), v1_plan);
+    }
+    for id in used_addons(state) {
+        v1_option(&mut text, catalog.addons.get(id), v1_addon);
+    }
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+/// `"..."` with std's string escaping.
+fn v1_str(out: &mut String, s: &str) {
+    let _ = write!(out, "{s:?}");
+}
+
+/// `None`, or `Some(` the value `)`.
+fn v1_option<T>(out: &mut String, value: Option<T>, some: impl FnOnce(&mut String, T)) {
+    match value {
+        None => out.push_str("None"),
+        Some(v) => {
+            out.push_str("Some(");
+            some(out, v);
+            out.push(')');
+        }
+    }
+}
+
+/// rust_decimal's `Debug` is its `Display`: sign, digits, the scale kept
+/// (`20.00`), never an exponent.
+fn v1_decimal(out: &mut String, d: &Decimal) {
+    let _ = write!(out, "{d}");
+}
+
+fn v1_plan(out: &mut String, plan: &PlanV1) {
+    // Exhaustive, so a field added to the frozen type cannot go unnoticed.
+    let PlanV1 {
+        id,
+        name,
+        currency,
+        price,
+        per_seat,
+        min_seats,
+        max_seats,
+        storage_quota_gb,
+        monthly_token_limit,
+        token_overage,
+        addons,
+    } = plan;
+    out.push_str("PlanV1 { id: ");
+    v1_str(out, id);
+    out.push_str(", name: ");
+    v1_option(out, name.as_deref(), v1_str);
+    out.push_str(", currency: ");
+    v1_str(out, currency);
+    out.push_str(", price: ");
+    v1_decimal(out, price);
+    let _ = write!(out, ", per_seat: {per_seat}, min_seats: {min_seats}, max_seats: ");
+    v1_option(out, *max_seats, |out, n| {
+        let _ = write!(out, "{n}");
+    });
+    out.push_str(", storage_quota_gb: ");
+    v1_decimal(out, storage_quota_gb);
+    let _ = write!(out, ", monthly_token_limit: {monthly_token_limit}, token_overage: ");
+    match token_overage {
+        TokenOverageV1::Block => out.push_str("Block"),
+        TokenOverageV1::BillPer1k { price } => {
+            out.push_str("BillPer1k { price: ");
+            v1_decimal(out, price);
+            out.push_str(" }");
+        }
+    }
+    out.push_str(", addons: [");
+    for (i, addon) in addons.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        v1_str(out, addon);
+    }
+    out.push_str("] }");
+}
+
+fn v1_addon(out: &mut String, addon: &AddonV1) {
+    let AddonV1 { id, name, currency, price, recurring, grants } = addon;
+    let GrantsV1 { storage_gb, tokens, feature } = grants;
+    out.push_str("AddonV1 { id: ");
+    v1_str(out, id);
+    out.push_str(", name: ");
+    v1_option(out, name.as_deref(), v1_str);
+    out.push_str(", currency: ");
+    v1_str(out, currency);
+    out.push_str(", price: ");
+    v1_decimal(out, price);
+    let _ = write!(out, ", recurring: {recurring}, grants: GrantsV1 {{ storage_gb: ");
+    v1_option(out, storage_gb.as_ref(), v1_decimal);
+    out.push_str(", tokens: ");
+    v1_option(out, *tokens, |out, n| {
+        let _ = write!(out, "{n}");
+    });
+    out.push_str(", feature: ");
+    v1_option(out, feature.as_deref(), v1_str);
+    out.push_str(" } }");
 }

@@ -5,14 +5,15 @@
 //! - [`audit_log`]: one pass over the log that reports messages the ledger
 //!   did not write (undecodable, on the wrong subject, or breaking their
 //!   tenant's hash chain) and re-derives every finalized invoice, which must
-//!   equal the one recorded.
+//!   charge what the recorded one charges, with a recorded inputs digest
+//!   that verifies under some digest version (docs/audit-format.md).
 
 use std::collections::HashMap;
 
 use events::{Event, CATALOG_TENANT};
 use futures_util::StreamExt;
 use projections::domain::{CatalogState, Chain, Fact, TenantState};
-use projections::invoice::price_period;
+use projections::invoice::{check_recorded_invoice, price_period};
 use projections::{View, ViewStore};
 
 use crate::{source, ReplayError, Source};
@@ -148,13 +149,20 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
                                 basis.chain = tenant.before_cancel;
                             }
                             let derived = price_period(&basis, &catalog, *period).map(|p| p.invoice);
-                            if derived.as_ref().map(|d| format!("{d:?}")) != Some(format!("{invoice:?}")) {
+                            // By value, and the recorded digest under any
+                            // digest version (older invoices carry v1).
+                            let checked = match &derived {
+                                None => Err("the period does not price".to_string()),
+                                Some(d) => check_recorded_invoice(invoice, d, &basis, &catalog, *period)
+                                    .map_err(|m| m.to_string()),
+                            };
+                            if let Err(why) = checked {
                                 summary.findings.push(Finding {
                                     kind: "invoice_mismatch",
                                     position: Some(position),
                                     view: None,
                                     key: Some(format!("{}/period {period}", envelope.tenant)),
-                                    detail: format!("recorded {invoice:?}, re-derived {derived:?}"),
+                                    detail: format!("{why}: recorded {invoice:?}, re-derived {derived:?}"),
                                 });
                             }
                         }

@@ -193,13 +193,17 @@ impl EventLog for JetStreamLog {
                 )));
             }
             // The ack must describe exactly our batch; anything else means we
-            // cannot say which positions our events got.
-            assert_eq!(reply.batch, batch_id, "commit ack for another batch");
-            assert_eq!(reply.count as usize, count, "commit ack counts another batch size");
-            assert!(reply.seq >= count as u64, "commit ack sequence below batch size");
+            // cannot say which positions our events got, so the outcome is
+            // unknown (what the server sends is never trusted to hold).
+            if reply.batch != batch_id || reply.count != count as u64 || reply.seq < count as u64 {
+                return Err(LogError::Unavailable(format!(
+                    "commit ack does not describe the batch sent (batch {:?}, count {}, seq {}; sent {batch_id}, {count})",
+                    reply.batch, reply.count, reply.seq
+                )));
+            }
             return Ok(AppendAck { first: reply.seq + 1 - count as u64, last: reply.seq });
         }
-        unreachable!("batch.check() refuses empty batches")
+        Err(LogError::InvalidBatch("empty batch".into()))
     }
 
     async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {

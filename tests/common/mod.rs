@@ -1,6 +1,8 @@
 //! Shared test helpers: events to append, and backends to append them to.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
