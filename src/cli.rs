@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use projections::{Activity, ActivityRow, LedgerView, Projection, ViewStore};
 
+use crate::apply::{apply_lines, read_lines, Future};
 use crate::engine::Ledger;
-
-use crate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamLog, JetStreamOptions, LogRecord, Source};
+use crate::log::{AnyLog, EventLog, LogRecord, Source};
 use crate::projector::{self, ProjectorOptions};
+use crate::store::{open_log, open_views};
 
 #[derive(Debug, Parser)]
 #[command(name = "ledger", version, about = "Event-sourced subscription ledger")]
@@ -178,40 +179,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_async(cli))
 }
 
-/// Opens the log the global options select.
-pub async fn open_log(data: &Path, nats: Option<&str>, replicas: usize) -> anyhow::Result<AnyLog> {
-    Ok(match nats {
-        Some(url) => {
-            let options = JetStreamOptions { replicas, ..JetStreamOptions::new(url) };
-            AnyLog::JetStream(JetStreamLog::connect(&options).await?)
-        }
-        None => {
-            std::fs::create_dir_all(data)?;
-            AnyLog::Embedded(EmbeddedLog::open(&data.join("log"))?)
-        }
-    })
-}
-
-/// Opens the views, refusing views that were folded from a different log.
-pub fn open_views(data: &Path, log: &AnyLog) -> anyhow::Result<ViewStore> {
-    let store = ViewStore::open(&data.join("views"))?;
-    let meta = store.tree("meta")?;
-    let source = log.describe();
-    match meta.get(b"log")? {
-        None => {
-            meta.insert(b"log", source.as_bytes())?;
-        }
-        Some(bound) if bound.as_ref() == source.as_bytes() => {}
-        Some(bound) => anyhow::bail!(
-            "the views in {} were built from the {} log, not {source}: use another --data \
-             directory, or delete its views/ to rebuild them",
-            data.display(),
-            String::from_utf8_lossy(&bound)
-        ),
-    }
-    Ok(store)
-}
-
 async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(command) = cli.command {
         return crate::bench::run(command, cli.nats.as_deref()).await.map(|()| ExitCode::SUCCESS);
@@ -223,10 +190,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         let password = || uuid::Uuid::new_v4().simple().to_string();
         let mut credentials = Vec::new();
         for tenant in tenants {
-            anyhow::ensure!(
-                events::valid_tenant_id(tenant),
-                "tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}"
-            );
+            crate::engine::command::tenant_id(tenant).map_err(|r| anyhow::anyhow!(r.message))?;
             credentials.push(crate::serve::TenantCredentials {
                 tenant: tenant.clone(),
                 admin_password: password(),
@@ -254,7 +218,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(Query { tenant, at, json, explain, as_of }) => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             if explain {
-                let usage = crate::explain::usage(&log, &store, &tenant, at).await?;
+                let usage = crate::audit::explain::usage(&log, &store, &tenant, at).await?;
                 print_view(&usage, json, |u| {
                     format!(
                         "{}{}\n",
@@ -269,8 +233,8 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoice(Query { tenant, at, json, explain, as_of }) => {
             let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
             if explain {
-                let invoice = crate::explain::invoice(&log, &store, &tenant, at).await?;
-                print_view(&invoice, json, crate::explain::invoice_table);
+                let invoice = crate::audit::explain::invoice(&log, &store, &tenant, at).await?;
+                print_view(&invoice, json, crate::audit::explain::invoice_table);
             } else {
                 print_view(&crate::report::invoice(&store, &tenant, at)?, json, crate::report::invoice_table);
             }
@@ -284,8 +248,8 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_views(&cli.data, &log)?;
             projector::catch_up(&log, &store, &[&LedgerView]).await?;
             let at = at.as_deref().map(parse_at).transpose()?;
-            let report = crate::explain::what_if(&store, &tenant, &plan, at)?;
-            print_view(&report, json, crate::explain::what_if_table);
+            let report = crate::audit::explain::what_if(&store, &tenant, &plan, at)?;
+            print_view(&report, json, crate::audit::explain::what_if_table);
         }
         Command::Audit(AuditCommand::Verify { json }) => {
             let store = open_views(&cli.data, &log)?;
@@ -354,7 +318,7 @@ async fn query_state(
 }
 
 fn parse_at(text: &str) -> anyhow::Result<i64> {
-    crate::command::parse_at(text).map_err(|r| anyhow::anyhow!(r.message))
+    crate::engine::command::parse_at(text).map_err(|r| anyhow::anyhow!(r.message))
 }
 
 fn print_view(value: &serde_json::Value, json: bool, table: fn(&serde_json::Value) -> String) {
@@ -363,89 +327,6 @@ fn print_view(value: &serde_json::Value, json: bool, table: fn(&serde_json::Valu
     } else {
         print!("{}", table(value));
     }
-}
-
-/// Reads JSON Lines commands from a file or stdin.
-pub fn read_lines(file: &str) -> anyhow::Result<Vec<String>> {
-    use std::io::Read;
-    let mut text = String::new();
-    if file == "-" {
-        std::io::stdin().read_to_string(&mut text)?;
-    } else {
-        text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?;
-    }
-    Ok(text.lines().map(str::to_string).collect())
-}
-
-/// How far past the wall clock an `apply` line's `at` may be without
-/// `--allow-future`.
-pub const MAX_FUTURE_AT: chrono::Duration = chrono::Duration::hours(24);
-
-/// Whether lines may carry an `at` past [`MAX_FUTURE_AT`] (simulations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Future {
-    Refuse,
-    Allow,
-}
-
-/// `future_at` when `at_us` lies more than [`MAX_FUTURE_AT`] after now.
-pub fn check_future(at_us: i64) -> Result<(), crate::command::Rejection> {
-    let limit_us = (chrono::Utc::now() + MAX_FUTURE_AT).timestamp_micros();
-    if at_us > limit_us {
-        return Err(crate::command::Rejection::new(
-            "future_at",
-            format!(
-                "at {} is more than 24 hours after the wall clock ({}); pass --allow-future to simulate the future",
-                crate::report::rfc3339(at_us),
-                crate::report::rfc3339(chrono::Utc::now().timestamp_micros())
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Submits every parsed line in order (pipelined: the engine group-commits
-/// them), then waits until the views include the last event.
-pub async fn apply_lines(
-    ledger: &Ledger,
-    lines: &[String],
-    future: Future,
-) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
-    let mut pending = Vec::new();
-    let mut malformed = false;
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = crate::command::parse_line(line).and_then(|submission| {
-            match submission.at_us {
-                Some(at_us) if future == Future::Refuse => check_future(at_us)?,
-                _ => {}
-            }
-            Ok(submission)
-        });
-        match parsed {
-            Ok(submission) => pending.push((i + 1, Ok(ledger.submit_nowait(submission).await))),
-            Err(rejection) => {
-                // A `future_at` line parsed: refused, but not malformed.
-                malformed |= rejection.code != "future_at";
-                pending.push((i + 1, Err(rejection)));
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for (line, entry) in pending {
-        let mut value = match entry {
-            Ok(answer) => crate::report::reply_json(&crate::engine::wait(answer).await),
-            Err(rejection) => crate::report::rejection_json(&rejection),
-        };
-        let mut object = serde_json::Map::new();
-        object.insert("line".into(), line.into());
-        object.append(value.as_object_mut().expect("replies are objects"));
-        out.push(serde_json::Value::Object(object));
-    }
-    ledger.sync().await?;
-    Ok((out, malformed))
 }
 
 async fn apply(log: AnyLog, store: ViewStore, file: &str, allow_future: bool) -> anyhow::Result<ExitCode> {
@@ -463,12 +344,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn at_rfc3339(at_us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(at_us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| at_us.to_string())
-}
-
 fn event_json(record: &LogRecord) -> serde_json::Value {
     match record.decode().event {
         Ok(e) => serde_json::json!({
@@ -476,12 +351,12 @@ fn event_json(record: &LogRecord) -> serde_json::Value {
             "subject": record.subject,
             "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
             "tenant": e.tenant,
-            "at": at_rfc3339(e.at_us),
+            "at": crate::report::rfc3339(e.at_us),
             "actor": e.actor.label(),
             "kind": e.kind().name(),
             "prev_hash": hex(&e.prev_hash),
             "payload": e.payload,
-            "admitted_offline_at": e.offline.as_ref().map(|o| at_rfc3339(o.admitted_at_us)),
+            "admitted_offline_at": e.offline.as_ref().map(|o| crate::report::rfc3339(o.admitted_at_us)),
         }),
         Err(error) => serde_json::json!({
             "position": record.position,
@@ -519,7 +394,7 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
                     out,
                     "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",
                     record.position,
-                    at_rfc3339(e.at_us),
+                    crate::report::rfc3339(e.at_us),
                     e.tenant,
                     e.actor.label(),
                     e.kind().name(),
@@ -564,7 +439,7 @@ fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow
                     "events_by_kind": row.events_by_kind,
                     "first_position": row.first_position,
                     "last_position": row.last_position,
-                    "last_at": at_rfc3339(row.last_at_us),
+                    "last_at": crate::report::rfc3339(row.last_at_us),
                 })
             );
         } else {
@@ -573,7 +448,7 @@ fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow
                 row.events,
                 row.first_position,
                 row.last_position,
-                at_rfc3339(row.last_at_us)
+                crate::report::rfc3339(row.last_at_us)
             );
             for (kind, count) in &row.events_by_kind {
                 println!("  {kind:<24} {count:>10}");

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use crate::cli::{apply_lines, open_log, open_views};
+use crate::apply::{apply_lines, Future};
 use crate::engine::Ledger;
 use crate::report;
+use crate::store::{open_log, open_views};
 
 /// The scenario, as `ledger apply` input. Three tenants over March 2026:
 /// the spec's worked example (`demo`), a per-seat team that changes seats,
@@ -54,7 +55,7 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let ledger = Ledger::start(log, views.clone()).await?;
     let lines: Vec<String> = SCENARIO.lines().map(str::to_string).collect();
     println!("== applying {} commands to a fresh embedded ledger in {}", lines.len(), data.display());
-    let (results, _) = apply_lines(&ledger, &lines, crate::cli::Future::Allow).await?;
+    let (results, _) = apply_lines(&ledger, &lines, Future::Allow).await?;
     for (line, result) in lines.iter().zip(&results) {
         let command: serde_json::Value = serde_json::from_str(line)?;
         let what = format!(
@@ -77,7 +78,7 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     for tenant in ["demo", "acme", "globex"] {
         println!("\n== {tenant}");
         print!("{}", report::usage_table(&report::usage(&views, tenant, None)?));
-        let march = crate::command::parse_at("2026-03-15T00:00:00Z").expect("fixed instant");
+        let march = crate::engine::command::parse_at("2026-03-15T00:00:00Z").expect("fixed instant");
         print!("{}", report::invoice_table(&report::invoice(&views, tenant, Some(march))?));
     }
     Ok(())

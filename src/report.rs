@@ -7,14 +7,10 @@ use projections::period::period_bounds_us;
 use projections::{LedgerView, ViewStore};
 use serde_json::{json, Value};
 
-use crate::command::Rejection;
+use crate::engine::command::Rejection;
 use crate::engine::Reply;
 
-pub fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| us.to_string())
-}
+pub use ledger_client::protocol::rfc3339;
 
 /// The object `apply` prints for a line (without `line`) and `serve` replies.
 pub fn reply_json(reply: &Reply) -> Value {

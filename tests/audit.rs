@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Backend, Embedded, JetStream};
-use ledger::cli::apply_lines;
+use ledger::apply::apply_lines;
 use ledger::engine::Ledger;
 use projections::{ViewStore, ALL_VIEWS};
 use serde_json::Value;
@@ -37,7 +37,7 @@ async fn replay_equals_live<B: Backend>(mut backend: B) {
     let log = backend.open().await;
     let live = ViewStore::open(&dir.path().join("live")).unwrap();
     let engine = Ledger::start(log.clone(), live.clone()).await.unwrap();
-    apply_lines(&engine, &scenario(), ledger::cli::Future::Allow).await.unwrap();
+    apply_lines(&engine, &scenario(), ledger::apply::Future::Allow).await.unwrap();
     engine.shutdown().await;
     let rebuilt_dir = dir.path().join("rebuilt");
     let (reached, rebuilt) = ledger::audit::replay_into(&log, &rebuilt_dir, None, &ALL_VIEWS).await.unwrap();

@@ -5,7 +5,7 @@
 //! rejected command recorded nothing.
 
 use events::Actor;
-use ledger::cli::{apply_lines, Future};
+use ledger::apply::{apply_lines, Future};
 use ledger::command::{parse_line, Command, MAX_COUNT};
 use ledger::decide::{decide, Context};
 use ledger::engine::Ledger;

@@ -173,7 +173,7 @@ async fn folding_the_same_log_twice_gives_identical_views() {
     let log = backend.open().await;
     let live = ViewStore::open(&data.path().join("live")).unwrap();
     let engine = ledger::engine::Ledger::start(log.clone(), live.clone()).await.unwrap();
-    ledger::cli::apply_lines(&engine, &scenario, ledger::cli::Future::Allow).await.unwrap();
+    ledger::apply::apply_lines(&engine, &scenario, ledger::apply::Future::Allow).await.unwrap();
     let mut dumps = Vec::new();
     for name in ["one", "two"] {
         let store = ViewStore::open(&data.path().join(name)).unwrap();

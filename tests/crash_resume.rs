@@ -132,7 +132,7 @@ async fn embedded_ledger_view_survives_repeated_kills() {
             .await
             .unwrap();
         let (results, _) =
-            ledger::cli::apply_lines(&engine, &lines, ledger::cli::Future::Allow).await.unwrap();
+            ledger::apply::apply_lines(&engine, &lines, ledger::apply::Future::Allow).await.unwrap();
         assert!(results.iter().all(|r| r["ok"] == true));
         engine.shutdown().await;
         ledger::log::Source::head(&log).await.unwrap()

@@ -1,8 +1,9 @@
 //! Invoices, data-driven: each case is `apply` input plus amounts computed
 //! by hand, checked through the real engine on the embedded log.
 
-use ledger::cli::{apply_lines, open_log, open_views};
+use ledger::apply::apply_lines;
 use ledger::engine::Ledger;
+use ledger::store::{open_log, open_views};
 
 const CATALOG: &str = r#"{"at":"2020-01-01T00:00:00Z","cmd":"define_addon","addon":{"id":"storage","currency":"USD","price":"3.10","recurring":true,"grants":{"storage_gb":"5"}}}
 {"at":"2020-01-01T00:00:00Z","cmd":"define_addon","addon":{"id":"pack","currency":"USD","price":"10.00","recurring":false,"grants":{"tokens":50000}}}
@@ -135,7 +136,7 @@ async fn run(case: &Case) -> serde_json::Value {
     let views = open_views(dir.path(), &log).unwrap();
     let ledger = Ledger::start(log, views.clone()).await.unwrap();
     let lines: Vec<String> = CATALOG.lines().chain(case.commands.lines()).map(str::to_string).collect();
-    let (results, malformed) = apply_lines(&ledger, &lines, ledger::cli::Future::Allow).await.unwrap();
+    let (results, malformed) = apply_lines(&ledger, &lines, ledger::apply::Future::Allow).await.unwrap();
     assert!(!malformed);
     for r in &results {
         assert_eq!(r["ok"], true, "{}: {r}", case.name);

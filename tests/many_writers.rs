@@ -19,11 +19,11 @@ use std::time::Duration;
 use common::serve::{wait_for_service, Serve};
 use common::JetStream;
 use events::{Envelope, CATALOG_TENANT};
+use ledger::bench::natsd::NatsServer;
 use ledger::command::{parse_line, Submission};
 use ledger::decide::{decide, Context, Decision};
 use ledger::engine::{Ledger, Reply};
 use ledger::log::Source;
-use ledger::natsd::NatsServer;
 use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
 use projections::ViewStore;
 use serde_json::{json, Value};
@@ -79,7 +79,7 @@ async fn serve_instances_and_an_apply_writer_give_single_writer_answers() {
     let mut serves =
         vec![Serve::spawn(&url, dirs[0].path(), 60_000), Serve::spawn(&url, dirs[1].path(), 60_000)];
     wait_for_service(&url, 2).await;
-    let (address, options) = ledger::nats::options(&url, "test", None);
+    let (address, options) = ledger_client::nats::options(&url, "test", None);
     let nc = options.connect(&address).await.unwrap();
     let tokens = |request: &str| json!({"request": request, "tokens": 10});
     let cmd = "ledger.cmd.acme.user.consume_tokens";
@@ -233,12 +233,10 @@ struct Model {
 impl Model {
     fn fold(&mut self, fact: &Fact<'_>) {
         if fact.envelope.tenant == CATALOG_TENANT {
-            assert!(self.catalog.chain.continued_by(fact));
-            self.catalog.apply(fact);
+            self.catalog.fold(fact).expect("the ledger keeps the catalog's chain");
             return;
         }
-        assert!(self.state.chain.continued_by(fact), "the ledger broke a chain at {}", fact.position);
-        match self.state.apply(fact) {
+        match self.state.fold(fact).expect("the ledger keeps every tenant's chain") {
             Some(Spill::Request { request, entry }) => {
                 self.requests.insert(request, entry);
             }

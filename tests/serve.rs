@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::serve::{wait_for_service, with_credentials, Serve};
 
-use ledger::client::{AdminClient, Answer, Client, ClientConfig, OfflineConfig, Role};
-use ledger::natsd::NatsServer;
+use ledger::bench::natsd::NatsServer;
 use ledger::serve::{inbox_prefix, nats_authorization, TenantCredentials};
+use ledger_client::{AdminClient, Answer, Client, ClientConfig, OfflineConfig, Role};
 use serde_json::{json, Value};
 
 /// A nats-server with the shipped authorization for `tenants` (passwords
@@ -193,7 +193,7 @@ async fn credentials_reach_only_their_own_tenant_and_role() {
     assert_eq!(acme_user.usage(None).await.unwrap()["tokens"]["used"], 100);
 
     // Tenant A's user cannot change or read tenant B, nor act as A's admin.
-    let (address, options) = ledger::nats::options(
+    let (address, options) = ledger_client::nats::options(
         &with_credentials(server.url(), "acme-user", "acme-user-pw"),
         "intruder",
         Some(&inbox_prefix("acme-user")),
@@ -215,8 +215,8 @@ async fn credentials_reach_only_their_own_tenant_and_role() {
     assert!(beta_admin.set_seats(4).await.unwrap().ok);
     let acme_as_beta =
         Client::connect(as_user("beta-admin", "beta-admin-pw"), "acme", Role::Admin, None).await.unwrap();
-    assert!(matches!(acme_as_beta.usage(None).await, Err(ledger::client::ClientError::Unreachable(_))));
-    assert!(matches!(acme_as_beta.set_seats(9).await, Err(ledger::client::ClientError::Unreachable(_))));
+    assert!(matches!(acme_as_beta.usage(None).await, Err(ledger_client::ClientError::Unreachable(_))));
+    assert!(matches!(acme_as_beta.set_seats(9).await, Err(ledger_client::ClientError::Unreachable(_))));
 
     // Nobody but the ledger writes the stream: neither a plain publish nor
     // a JetStream publish from a tenant credential lands.
@@ -228,7 +228,7 @@ async fn credentials_reach_only_their_own_tenant_and_role() {
     };
     intruder.publish(forged.subject(), forged.payload.clone()).await.unwrap();
     // The control panel's credential cannot either.
-    let (address, options) = ledger::nats::options(
+    let (address, options) = ledger_client::nats::options(
         &with_credentials(server.url(), "panel", "panel-pw"),
         "panel-raw",
         Some(&inbox_prefix("panel")),
@@ -422,7 +422,7 @@ async fn a_client_survives_a_server_stop_and_restart() {
     // if they land they are duplicates.)
     assert!(matches!(
         other.consume_tokens("other-1", 7000).await,
-        Err(ledger::client::ClientError::Unreachable(_))
+        Err(ledger_client::ClientError::Unreachable(_))
     ));
 
     // Back: the outbox is delivered with its original keys, before any new

@@ -48,6 +48,32 @@ impl Chain {
     }
 }
 
+/// An event that does not continue its tenant's (or the catalog's) hash
+/// chain: not written by the ledger's decider (a raw publish, a forgery, a
+/// replayed message). [`TenantState::fold`] and [`CatalogState::fold`]
+/// never apply one; the caller logs or reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub position: u64,
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the event at {} does not continue its hash chain", self.position)
+    }
+}
+
+impl Chain {
+    /// `Ok` when `fact` continues this chain (see [`Chain::continued_by`]).
+    fn check(&self, fact: &Fact<'_>) -> Result<(), ChainBreak> {
+        if self.continued_by(fact) {
+            Ok(())
+        } else {
+            Err(ChainBreak { position: fact.position })
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogState {
     pub plans: BTreeMap<String, Plan>,
@@ -56,6 +82,17 @@ pub struct CatalogState {
 }
 
 impl CatalogState {
+    /// The one chain-checked fold of the catalog: what every reader of the
+    /// log (engine loads, views, audit, explain) calls. Applies `fact` if
+    /// it continues the catalog's chain.
+    pub fn fold(&mut self, fact: &Fact<'_>) -> Result<(), ChainBreak> {
+        self.chain.check(fact)?;
+        self.apply(fact);
+        Ok(())
+    }
+
+    /// Applies `fact` unchecked: for events the caller made itself (the
+    /// decider's scratch states), never for events read from the log.
     pub fn apply(&mut self, fact: &Fact<'_>) {
         self.chain.advance(fact);
         match &fact.envelope.payload {
@@ -182,7 +219,19 @@ pub struct TenantState {
 }
 
 impl TenantState {
-    /// The one fold. Returns what does not belong in the state row.
+    /// The one chain-checked fold of a tenant: what every reader of the log
+    /// (engine loads, views, audit, explain) calls. Applies `fact` if it
+    /// continues the tenant's chain and returns what does not belong in
+    /// the state row.
+    pub fn fold(&mut self, fact: &Fact<'_>) -> Result<Option<Spill>, ChainBreak> {
+        self.chain.check(fact)?;
+        Ok(self.apply(fact))
+    }
+
+    /// Applies `fact` unchecked: for events the caller made itself (the
+    /// decider's scratch states, a consumer that checked the chain), never
+    /// for events read from the log. Returns what does not belong in the
+    /// state row.
     pub fn apply(&mut self, fact: &Fact<'_>) -> Option<Spill> {
         self.chain.advance(fact);
         let at_us = fact.envelope.at_us;

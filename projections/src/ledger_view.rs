@@ -292,14 +292,8 @@ impl Projection for LedgerView {
                 if catalog.is_none() {
                     catalog = Some(rows.get(Self::CATALOG_KEY)?.unwrap_or_default());
                 }
-                let catalog = catalog.as_mut().expect("loaded");
-                if catalog.chain.continued_by(fact) {
-                    catalog.apply(fact);
-                } else {
-                    tracing::warn!(
-                        position = fact.position,
-                        "skipping a catalog event that breaks the hash chain"
-                    );
+                if let Err(error) = catalog.get_or_insert_default().fold(fact) {
+                    tracing::warn!(%error, "skipping a catalog event");
                 }
                 continue;
             }
@@ -312,12 +306,14 @@ impl Projection for LedgerView {
                 tenants.insert(envelope.tenant.clone(), state);
             }
             let row = tenants.get_mut(&envelope.tenant).expect("loaded");
-            let state = &mut row.state;
-            if !state.chain.continued_by(fact) {
-                tracing::warn!(tenant = %envelope.tenant, position = fact.position, "skipping an event that breaks the tenant's hash chain");
-                continue;
-            }
-            match state.apply(fact) {
+            let spill = match row.state.fold(fact) {
+                Ok(spill) => spill,
+                Err(error) => {
+                    tracing::warn!(tenant = %envelope.tenant, %error, "skipping an event");
+                    continue;
+                }
+            };
+            match spill {
                 None => {}
                 Some(Spill::Request { request, entry }) => {
                     row.requests.change(rows, 'r', &envelope.tenant, request, Some(entry))?;

@@ -114,12 +114,7 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
             }),
             Ok(envelope) => {
                 let fact = Fact { position, hash: decoded.hash, envelope };
-                let chain = if envelope.tenant == CATALOG_TENANT {
-                    catalog.chain
-                } else {
-                    tenants.get(&envelope.tenant).map_or(Chain::default(), |t| t.state.chain)
-                };
-                if !chain.continued_by(&fact) {
+                let chain_break = |summary: &mut LogSummary| {
                     summary.findings.push(Finding {
                         kind: "chain_break",
                         position: Some(position),
@@ -130,45 +125,55 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
                             envelope.kind().name(),
                             record.subject
                         ),
-                    });
-                } else if envelope.tenant == CATALOG_TENANT {
-                    catalog.apply(&fact);
+                    })
+                };
+                if envelope.tenant == CATALOG_TENANT {
+                    if catalog.fold(&fact).is_err() {
+                        chain_break(&mut summary);
+                    }
                 } else {
                     let tenant = tenants.entry(envelope.tenant.clone()).or_default();
-                    match &envelope.payload {
-                        Event::SubscriptionCancelled => tenant.before_cancel = tenant.state.chain,
-                        Event::PeriodFinalized { period, invoice, .. } => {
-                            summary.invoices_checked += 1;
-                            let cancelled_now = tenant
-                                .state
-                                .subscription
-                                .as_ref()
-                                .is_some_and(|s| s.cancelled_at_us == Some(envelope.at_us));
-                            let mut basis = tenant.state.clone();
-                            if cancelled_now {
-                                basis.chain = tenant.before_cancel;
-                            }
-                            let derived = price_period(&basis, &catalog, *period).map(|p| p.invoice);
-                            // By value, and the recorded digest under any
-                            // digest version (older invoices carry v1).
-                            let checked = match &derived {
-                                None => Err("the period does not price".to_string()),
-                                Some(d) => check_recorded_invoice(invoice, d, &basis, &catalog, *period)
-                                    .map_err(|m| m.to_string()),
-                            };
-                            if let Err(why) = checked {
-                                summary.findings.push(Finding {
-                                    kind: "invoice_mismatch",
-                                    position: Some(position),
-                                    view: None,
-                                    key: Some(format!("{}/period {period}", envelope.tenant)),
-                                    detail: format!("{why}: recorded {invoice:?}, re-derived {derived:?}"),
-                                });
-                            }
+                    let chain_before = tenant.state.chain;
+                    // What a finalized invoice is re-derived from: the state
+                    // before its event, and for a cancel's invoices the
+                    // chain before the cancel.
+                    let basis = matches!(envelope.payload, Event::PeriodFinalized { .. }).then(|| {
+                        let mut basis = tenant.state.clone();
+                        let cancelled_now = basis
+                            .subscription
+                            .as_ref()
+                            .is_some_and(|s| s.cancelled_at_us == Some(envelope.at_us));
+                        if cancelled_now {
+                            basis.chain = tenant.before_cancel;
                         }
-                        _ => {}
+                        basis
+                    });
+                    if tenant.state.fold(&fact).is_err() {
+                        chain_break(&mut summary);
+                    } else if let Event::SubscriptionCancelled = envelope.payload {
+                        tenant.before_cancel = chain_before;
+                    } else if let (Event::PeriodFinalized { period, invoice, .. }, Some(basis)) =
+                        (&envelope.payload, basis)
+                    {
+                        summary.invoices_checked += 1;
+                        let derived = price_period(&basis, &catalog, *period).map(|p| p.invoice);
+                        // Bit for bit, and the recorded digest under any
+                        // digest version (older invoices carry v1).
+                        let checked = match &derived {
+                            None => Err("the period does not price".to_string()),
+                            Some(d) => check_recorded_invoice(invoice, d, &basis, &catalog, *period)
+                                .map_err(|m| m.to_string()),
+                        };
+                        if let Err(why) = checked {
+                            summary.findings.push(Finding {
+                                kind: "invoice_mismatch",
+                                position: Some(position),
+                                view: None,
+                                key: Some(format!("{}/period {period}", envelope.tenant)),
+                                detail: format!("{why}: recorded {invoice:?}, re-derived {derived:?}"),
+                            });
+                        }
                     }
-                    tenant.state.apply(&fact);
                 }
             }
         }

@@ -86,7 +86,7 @@ impl JetStreamLog {
         // Its own inbox prefix: replies the service sends to `_INBOX.` (for
         // clients without per-credential prefixes) can never reach the
         // ledger's own JetStream requests.
-        let (address, connect) = crate::nats::options(&options.url, "ledger", Some("_INBOX_ledger"));
+        let (address, connect) = ledger_client::nats::options(&options.url, "ledger", Some("_INBOX_ledger"));
         let client = connect
             .connect(&address)
             .await

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use events::{Actor, Envelope, Event};
+use ledger::bench::natsd::NatsServer;
 use ledger::log::{AppendBatch, AppendMessage, EmbeddedLog, Expectation, JetStreamLog, JetStreamOptions};
-use ledger::natsd::NatsServer;
 
 /// A valid token-consumption event for `tenant`, numbered `n`.
 pub fn event(tenant: &str, n: u64) -> Envelope {

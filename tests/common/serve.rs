@@ -48,7 +48,7 @@ pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
 
 /// Waits until `instances` distinct `ledger` services answer `$SRV.PING`.
 pub async fn wait_for_service(url: &str, instances: usize) {
-    let (address, options) = ledger::nats::options(url, "probe", None);
+    let (address, options) = ledger_client::nats::options(url, "probe", None);
     let client = options.connect(&address).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -29,8 +29,11 @@ use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, Te
 use projections::{LedgerView, Projection, ViewStore};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{Command, Rejection, Submission};
-use crate::decide::{decide, Context, Decision};
+pub mod command;
+pub mod decide;
+
+use self::command::{Command, Rejection, Submission};
+use self::decide::{decide, Context, Decision};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, LogError, MAX_BATCH_MESSAGES};
 use crate::projector::{self, ProjectorOptions};
 
@@ -269,27 +272,20 @@ impl Loaded {
         }
     }
 
-    /// Folds an event, or skips it when it breaks the hash chain (exactly as
-    /// the views do, so memory and views agree).
+    /// Folds an event, or skips it when it breaks the hash chain (the one
+    /// chain-checked fold the views use too, so memory and views agree).
     fn fold(&mut self, catalog: bool, fact: &Fact<'_>) {
         self.log_position = fact.position;
-        let chain = if catalog { &self.catalog.chain } else { &self.state.chain };
-        if !chain.continued_by(fact) {
-            tracing::warn!(position = fact.position, "skipping an event that breaks the hash chain");
-            return;
-        }
-        if catalog {
-            self.catalog.apply(fact);
-            return;
-        }
-        match self.state.apply(fact) {
-            Some(Spill::Request { request, entry }) => {
+        let folded = if catalog { self.catalog.fold(fact).map(|()| None) } else { self.state.fold(fact) };
+        match folded {
+            Err(error) => tracing::warn!(%error, "skipping an event"),
+            Ok(Some(Spill::Request { request, entry })) => {
                 self.recent_requests.insert(request, entry);
             }
-            Some(Spill::File { file, entry }) => {
+            Ok(Some(Spill::File { file, entry })) => {
                 self.recent_files.insert(file, entry);
             }
-            Some(Spill::Invoice { .. }) | None => {}
+            Ok(Some(Spill::Invoice { .. }) | None) => {}
         }
     }
 }
@@ -618,8 +614,8 @@ impl<L: EventLog> Engine<L> {
                     "clock_regression",
                     format!(
                         "at {} is before ledger time {}",
-                        crate::report::rfc3339(at),
-                        crate::report::rfc3339(floor_us.max(self.ledger_time_us))
+                        ledger_client::protocol::rfc3339(at),
+                        ledger_client::protocol::rfc3339(floor_us.max(self.ledger_time_us))
                     ),
                 );
                 return Outcome::Answer(Reply::Rejected { rejection, seq: None });

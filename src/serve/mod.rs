@@ -27,20 +27,23 @@ use std::time::Duration;
 use async_nats::service::ServiceExt;
 use events::Actor;
 use futures_util::StreamExt;
-use projections::period::period_bounds_us;
-use projections::TenantRow;
-use projections::{LedgerView, Projection, ViewStore};
+use projections::ViewStore;
 use serde_json::{json, Map, Value};
 
-use crate::command::{parse_command, take_admitted_offline, Command, Rejection, Submission};
+mod clock;
+mod config;
+
+pub use clock::close_ended_periods;
+pub use config::{nats_authorization, TenantCredentials};
+
+use crate::engine::command::{
+    parse_command, take_admitted_offline, tenant_id, Command, Rejection, Submission,
+};
 use crate::engine::{Ledger, Reply};
 use crate::log::{EventLog, JetStreamLog};
 use crate::report::{self, rejection_json, reply_json, QueryError};
 
-/// The name the service registers under (NATS service discovery).
-pub const SERVICE_NAME: &str = "ledger";
-/// Most commands in one batch request.
-pub const MAX_BATCH_COMMANDS: usize = 1000;
+pub use ledger_client::protocol::{inbox_prefix, MAX_BATCH_COMMANDS, SERVICE_NAME};
 /// How long a query waits for the views to include the tenant's newest
 /// event: well below the client's request timeout, so an `unavailable`
 /// answer reaches the client.
@@ -89,7 +92,7 @@ impl Server {
                 .map_err(|e| anyhow::anyhow!("adding endpoint {subject}: {e}"))?;
             tasks.push(tokio::spawn(serve_endpoint(endpoint, context.clone())));
         }
-        tasks.push(tokio::spawn(billing_clock(ledger.clone(), options.clock_interval)));
+        tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
         tracing::info!("serving ledger.cmd.>, ledger.admin.>, ledger.query.>");
         Ok(Server { tasks, service, ledger })
     }
@@ -116,8 +119,8 @@ pub async fn run(
     replicas: usize,
     options: ServeOptions,
 ) -> anyhow::Result<()> {
-    let log = crate::cli::open_log(data, Some(url), replicas).await?;
-    let views = crate::cli::open_views(data, &log)?;
+    let log = crate::store::open_log(data, Some(url), replicas).await?;
+    let views = crate::store::open_views(data, &log)?;
     let crate::log::AnyLog::JetStream(log) = log else { unreachable!("opened with a NATS URL") };
     let server = Server::start(log, views, options).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -234,11 +237,7 @@ pub fn parse_request(subject: &str, body: &[u8]) -> Result<ParsedRequest, Reject
             Ok(ParsedRequest::Command(submission(None, &Actor::Admin, command, fields(body)?)?))
         }
         ["ledger", "query", tenant, view] => {
-            if !events::valid_tenant_id(tenant) {
-                return Err(Rejection::malformed(format!(
-                    "tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}"
-                )));
-            }
+            tenant_id(tenant)?;
             let view = match *view {
                 "usage" => QueryView::Usage,
                 "invoice" => QueryView::Invoice,
@@ -252,7 +251,7 @@ pub fn parse_request(subject: &str, body: &[u8]) -> Result<ParsedRequest, Reject
             let mut fields = fields(body)?;
             let at_us = match fields.remove("at") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(crate::command::parse_at(&s)?),
+                Some(Value::String(s)) => Some(crate::engine::command::parse_at(&s)?),
                 Some(other) => return Err(Rejection::malformed(format!("at must be a string, not {other}"))),
             };
             if let Some(field) = fields.keys().next() {
@@ -279,9 +278,7 @@ async fn route(context: &Context, subject: &str, body: &[u8]) -> Value {
 }
 
 fn tenant_actor(tenant: &str, role: &str) -> Result<Actor, Rejection> {
-    if !events::valid_tenant_id(tenant) {
-        return Err(Rejection::malformed(format!("tenant {tenant:?} must match [a-z0-9][a-z0-9-]{{0,62}}")));
-    }
+    tenant_id(tenant)?;
     match role {
         "admin" => Ok(Actor::TenantAdmin { tenant: tenant.to_string() }),
         "user" => Ok(Actor::TenantUser { tenant: tenant.to_string() }),
@@ -421,131 +418,6 @@ async fn query(
         QueryError::Unpriceable(_) => Rejection::new("invalid_amount", e.to_string()),
         QueryError::View(e) => unavailable(e.to_string()),
     })
-}
-
-/// Finalizes every ended period, every `interval`.
-async fn billing_clock(ledger: Ledger, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match close_ended_periods(&ledger).await {
-            Ok(0) => {}
-            Ok(closed) => tracing::info!(closed, "billing clock finalized periods"),
-            Err(error) => tracing::warn!(%error, "billing clock: will try again"),
-        }
-    }
-}
-
-/// Issues `close_period` (as the control panel) for every active tenant
-/// whose earliest unclosed period has ended by the wall clock, until its
-/// next one has not. Returns how many periods were finalized.
-pub async fn close_ended_periods(ledger: &Ledger) -> anyhow::Result<u32> {
-    let now_us = chrono::Utc::now().timestamp_micros();
-    let mut due = Vec::new();
-    for item in ledger.views().tree(LedgerView::NAME)?.scan_prefix(b"s/") {
-        let (key, value) = item?;
-        let state = match projections::decode_row::<TenantRow>(LedgerView::NAME, &value) {
-            Ok(row) => row.state,
-            Err(error) => {
-                // One unreadable row must not stop the clock for everyone.
-                tracing::warn!(%error, key = %String::from_utf8_lossy(&key), "billing clock skips a row");
-                continue;
-            }
-        };
-        let Some(sub) = state.subscription.as_ref().filter(|s| s.cancelled_at_us.is_none()) else { continue };
-        if period_bounds_us(sub.anchor_us, sub.closed_periods).1 <= now_us {
-            due.push(String::from_utf8_lossy(&key[2..]).into_owned());
-        }
-    }
-    let mut closed = 0;
-    for tenant in due {
-        // A tenant the ledger was down for may owe several periods; the cap
-        // only stops a runaway loop (a century of months).
-        for _ in 0..1200 {
-            let close = Submission::new(Actor::Admin, Command::ClosePeriod { tenant: tenant.clone() });
-            match ledger.submit(close).await {
-                Reply::Ok { .. } => closed += 1,
-                Reply::Rejected { rejection, .. } if rejection.code == "period_not_ended" => break,
-                other => {
-                    tracing::warn!(%tenant, reply = ?other, "billing clock could not close a period");
-                    break;
-                }
-            }
-        }
-    }
-    Ok(closed)
-}
-
-/// One tenant's two credentials in the NATS configuration.
-#[derive(Debug, Clone)]
-pub struct TenantCredentials {
-    pub tenant: String,
-    pub admin_password: String,
-    pub user_password: String,
-}
-
-/// The inbox prefix a credential may receive replies on: its own, so no
-/// credential can read another's replies (`_INBOX.>` would be shared).
-pub fn inbox_prefix(user: &str) -> String {
-    format!("_INBOX_{user}")
-}
-
-/// JetStream API subjects the `ledger` credential is denied.
-const LEDGER_DENIED: [&str; 4] = [
-    "$JS.API.STREAM.DELETE.>",
-    "$JS.API.STREAM.PURGE.>",
-    "$JS.API.STREAM.MSG.DELETE.>",
-    "$JS.API.STREAM.UPDATE.>",
-];
-
-/// The `authorization` block of the shipped nats-server configuration:
-/// - `ledger` (the service): everything, and the only user that may publish
-///   to the `LEDGER` stream's subjects (`ledger.v1.>`) or use JetStream;
-/// - `panel` (the control panel): `ledger.admin.>` and every tenant's views;
-/// - per tenant `<t>-admin` and `<t>-user`: their own role's command
-///   subjects `ledger.cmd.<t>.<role>.>` and their tenant's views
-///   `ledger.query.<t>.>`, nothing else.
-///
-/// Each non-ledger user receives replies only on its own inbox prefix.
-pub fn nats_authorization(
-    ledger_password: &str,
-    panel_password: &str,
-    tenants: &[TenantCredentials],
-) -> String {
-    let quote = |s: &str| serde_json::to_string(s).expect("strings encode");
-    let user = |name: &str, password: &str, publish: &[String]| {
-        let publish: Vec<String> = publish.iter().map(|s| quote(s)).collect();
-        format!(
-            "    {{ user: {}, password: {}, permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n    }} }}\n",
-            quote(name),
-            quote(password),
-            publish.join(", "),
-            quote(&format!("{}.>", inbox_prefix(name)))
-        )
-    };
-    let mut out = String::from("authorization {\n  users = [\n");
-    // The ledger never deletes, purges or reconfigures its stream: deny it
-    // those, so not even a bug or a forged reply subject can.
-    out.push_str(&format!(
-        "    {{ user: \"ledger\", password: {}, permissions: {{\n        publish: {{ allow: \">\", deny: [{}] }}\n        subscribe: \">\"\n    }} }}\n",
-        quote(ledger_password),
-        LEDGER_DENIED.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
-    ));
-    out.push_str(&user("panel", panel_password, &["ledger.admin.>".into(), "ledger.query.>".into()]));
-    for t in tenants {
-        let tenant = &t.tenant;
-        assert!(events::valid_tenant_id(tenant), "tenant ids are checked by the caller");
-        for (role, password) in [("admin", &t.admin_password), ("user", &t.user_password)] {
-            out.push_str(&user(
-                &format!("{tenant}-{role}"),
-                password,
-                &[format!("ledger.cmd.{tenant}.{role}.>"), format!("ledger.query.{tenant}.>")],
-            ));
-        }
-    }
-    out.push_str("  ]\n}\n");
-    out
 }
 
 #[cfg(test)]

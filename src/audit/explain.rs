@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use events::{Envelope, Event};
 use futures_util::StreamExt;
-use projections::domain::{CatalogState, Chain, Fact, TenantState};
+use projections::domain::{CatalogState, Fact, TenantState};
 use projections::invoice::{price_period, PricedPeriod};
 use projections::period::period_bounds_us;
 use projections::ViewStore;
@@ -21,7 +21,6 @@ async fn tenant_events<L: EventLog>(log: &L, tenant: &str) -> anyhow::Result<Vec
     if head == 0 {
         return Ok(out);
     }
-    let mut chain = Chain::default();
     let mut scratch = TenantState::default();
     let mut records = log.read(1, Some(tenant)).await?;
     while let Some(record) = records.next().await {
@@ -29,9 +28,7 @@ async fn tenant_events<L: EventLog>(log: &L, tenant: &str) -> anyhow::Result<Vec
         let decoded = record.decode();
         if let Ok(envelope) = decoded.event {
             let fact = Fact { position: record.position, hash: decoded.hash, envelope: &envelope };
-            if chain.continued_by(&fact) {
-                scratch.apply(&fact);
-                chain = scratch.chain;
+            if scratch.fold(&fact).is_ok() {
                 out.push((record.position, envelope));
             }
         }

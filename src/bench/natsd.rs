@@ -2,9 +2,11 @@
 //! temporary store directory, `sync_interval: always`, stopped on drop (the way
 //! nats.rs's own tests run their servers).
 //!
-//! The binary is found, in order: `$LEDGER_NATS_SERVER`, the project's
-//! `.tools/venv/bin/nats-server` (installed by `scripts/nats-server`), then
-//! `nats-server` on PATH. Each must be >= 2.12.
+//! The binary is found at run time, in order: `$LEDGER_NATS_SERVER`,
+//! `.tools/venv/bin/nats-server` (installed by `scripts/nats-server`) in the
+//! current directory or the nearest ancestor that has one, then
+//! `nats-server` on PATH. Each must be >= 2.12. No path is fixed at build
+//! time, so a release binary carries nothing of the machine that built it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,8 +43,11 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("LEDGER_NATS_SERVER") {
         candidates.push(PathBuf::from(p));
     }
-    let project = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    candidates.push(project.join(".tools/venv/bin/nats-server"));
+    if let Ok(cwd) = std::env::current_dir() {
+        let installed =
+            cwd.ancestors().map(|dir| dir.join(".tools/venv/bin/nats-server")).find(|p| p.exists());
+        candidates.extend(installed);
+    }
     candidates.push(PathBuf::from("nats-server"));
     for candidate in &candidates {
         if version_ok(candidate).is_some() {

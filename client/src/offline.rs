@@ -69,6 +69,21 @@ impl Drop for Probe<'_> {
 }
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
+
+/// Opens the sled file, retrying for up to 5 s while another handle (a
+/// client of this process that is closing, its flusher finishing) still
+/// holds the directory lock. sled reports that lock as an I/O error.
+fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut result = config.open();
+    while matches!(&result, Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+        && Instant::now() < give_up
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        result = config.open();
+    }
+    result
+}
 /// How long the client decides offline before trying the ledger again.
 pub(super) const OFFLINE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -76,7 +91,7 @@ impl Cache {
     /// Opens the cache directory (waiting briefly for a client that is
     /// still closing it).
     pub(super) fn open(config: OfflineConfig) -> Result<Cache, ClientError> {
-        let db = projections::open_sled(&sled::Config::new().path(&config.dir)).map_err(Cache::err)?;
+        let db = open_waiting(&sled::Config::new().path(&config.dir)).map_err(Cache::err)?;
         Ok(Cache {
             db,
             config,
@@ -163,8 +178,9 @@ impl Cache {
     /// Stores a reading; the caller holds the gate exclusively.
     pub(super) fn remember(&self, usage: &Value) -> Result<(), ClientError> {
         let number = |v: &Value| v.as_u64().ok_or_else(|| ClientError::Protocol(format!("not a count: {v}")));
-        let period_end_us = crate::command::parse_at(usage["period"]["end"].as_str().unwrap_or(""))
-            .map_err(|r| ClientError::Protocol(r.message))?;
+        let end = usage["period"]["end"].as_str().unwrap_or("");
+        let period_end_us = crate::protocol::parse_rfc3339(end)
+            .ok_or_else(|| ClientError::Protocol(format!("period end {end:?} is not an RFC 3339 instant")))?;
         let snapshot = QuotaSnapshot {
             read_at_us: now_us(),
             period_end_us,
@@ -270,7 +286,7 @@ impl Cache {
             ));
         }
         body["cmd"] = json!(command);
-        body["admitted_offline_at"] = json!(crate::report::rfc3339(now));
+        body["admitted_offline_at"] = json!(crate::protocol::rfc3339(now));
         if command == "upload" {
             snapshot.offline_bytes += amount;
         } else {

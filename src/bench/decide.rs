@@ -10,8 +10,8 @@ use bytes::Bytes;
 use events::Actor;
 use projections::ViewStore;
 
-use crate::bench::{baseline_round, connect, create_baseline_stream, machine, rate, Rng};
-use crate::command::{Command, Submission};
+use super::support::{baseline_round, connect, create_baseline_stream, machine, rate, Rng};
+use crate::engine::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, Source};
 
@@ -123,7 +123,7 @@ fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
 /// Defines the plan every bench tenant subscribes to (no limit in reach).
 async fn define_bench_plan(ledger: &Ledger) -> anyhow::Result<()> {
     let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
-    let define = crate::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
+    let define = crate::engine::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
     anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
     Ok(())
 }
@@ -281,7 +281,7 @@ async fn load_service(
     total: usize,
     seed: u64,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
-    use crate::client::{Client, ClientConfig, Role};
+    use ledger_client::{Client, ClientConfig, Role};
     let mut config = ClientConfig::new(url);
     config.request_timeout = Duration::from_secs(30);
     config.attempts = 1;

@@ -337,15 +337,21 @@ fn truncated(text: &str) -> String {
     }
 }
 
-fn tenant(value: String) -> Result<String, Rejection> {
-    if events::valid_tenant_id(&value) {
-        Ok(value)
+/// A tenant id as the spec allows it, or `malformed` saying what is wrong.
+pub fn tenant_id(value: &str) -> Result<(), Rejection> {
+    if events::valid_tenant_id(value) {
+        Ok(())
     } else {
         Err(Rejection::malformed(format!(
             "tenant {:?} must match [a-z0-9][a-z0-9-]{{0,62}}",
-            truncated(&value)
+            truncated(value)
         )))
     }
+}
+
+fn tenant(value: String) -> Result<String, Rejection> {
+    tenant_id(&value)?;
+    Ok(value)
 }
 
 fn currency(value: String) -> Result<String, Rejection> {

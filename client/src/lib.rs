@@ -1,4 +1,4 @@
-//! `ledger::client`: the Rust client tenant applications and the control
+//! `ledger-client`: the Rust client tenant applications and the control
 //! panel use to talk to `ledger serve`.
 //!
 //! - Typed calls for every command and query of the spec's service contract.
@@ -18,7 +18,7 @@
 //!   `admitted_offline_at` once the ledger answers again, before any new
 //!   upload or token use is decided online. The ledger records those events
 //!   as admitted offline, past the quota if need be, but at most
-//!   `decide::OFFLINE_MARGIN_PERCENT` past it.
+//!   10% past it (the ledger's `OFFLINE_MARGIN_PERCENT`).
 //!
 //! The overshoot is bounded twice: a client admits at most
 //! `offline_share x (quota - used)` of what it last read, and the ledger
@@ -30,7 +30,9 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use sled::Transactional;
 
+pub mod nats;
 mod offline;
+pub mod protocol;
 
 use offline::Cache;
 pub use offline::{OfflineConfig, QuotaSnapshot};
@@ -72,8 +74,7 @@ impl ClientConfig {
     /// (`_INBOX_<user>`; the NATS default without a user).
     pub fn new(url: impl Into<String>) -> ClientConfig {
         let url = url.into();
-        let inbox_prefix =
-            crate::nats::split_credentials(&url).1.map(|(user, _)| crate::serve::inbox_prefix(&user));
+        let inbox_prefix = nats::split_credentials(&url).1.map(|(user, _)| protocol::inbox_prefix(&user));
         ClientConfig { url, request_timeout: Duration::from_secs(5), attempts: 3, inbox_prefix }
     }
 }
@@ -279,7 +280,7 @@ impl Client {
     }
 
     fn subject(&self, command: &str) -> String {
-        format!("ledger.cmd.{}.{}.{command}", self.tenant, self.role.name())
+        protocol::command_subject(&self.tenant, self.role.name(), command)
     }
 
     async fn command(&self, command: &str, body: Value) -> Result<Answer, ClientError> {
@@ -349,7 +350,7 @@ impl Client {
             Some(at) => json!({ "at": at }),
             None => json!({}),
         };
-        self.transport.query(&format!("ledger.query.{}.{view}", self.tenant), &body).await
+        self.transport.query(&protocol::query_subject(&self.tenant, view), &body).await
     }
 
     /// The `usage` object (`ledger usage --json`); refreshes the quota cache.
@@ -540,7 +541,7 @@ impl AdminClient {
 
     /// Any command by name with its fields (`tenant` included where it has one).
     pub async fn command(&self, command: &str, fields: Value) -> Result<Answer, ClientError> {
-        Answer::from_reply(self.transport.request(&format!("ledger.admin.{command}"), &fields).await?)
+        Answer::from_reply(self.transport.request(&protocol::admin_subject(command), &fields).await?)
     }
 
     /// `plan`: the `define_plan` plan object of the spec.
@@ -587,7 +588,10 @@ impl AdminClient {
     }
 
     pub async fn batch(&self, commands: Vec<Value>) -> Result<Vec<Answer>, ClientError> {
-        let reply = self.transport.request("ledger.admin.batch", &json!({ "commands": commands })).await?;
+        let reply = self
+            .transport
+            .request(&protocol::admin_subject("batch"), &json!({ "commands": commands }))
+            .await?;
         match reply["results"].as_array() {
             Some(results) => results.iter().cloned().map(Answer::from_reply).collect(),
             None => Err(ClientError::Protocol(format!("batch reply without results: {reply}"))),
@@ -600,6 +604,6 @@ impl AdminClient {
             Some(at) => json!({ "at": at }),
             None => json!({}),
         };
-        self.transport.query(&format!("ledger.query.{tenant}.{view}"), &body).await
+        self.transport.query(&protocol::query_subject(tenant, view), &body).await
     }
 }

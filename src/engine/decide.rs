@@ -7,7 +7,7 @@ use projections::domain::{CatalogState, Fact, FileEntry, PurchaseStatus, Request
 use projections::invoice::price_period;
 use projections::period::period_bounds_us;
 
-use crate::command::{Command, Rejection};
+use super::command::{Command, Rejection};
 
 /// What a decision produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -531,7 +531,7 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             if at_us < end_us {
                 return Err(Rejection::new(
                     "period_not_ended",
-                    format!("period {k} ends at {}", crate::report::rfc3339(end_us)),
+                    format!("period {k} ends at {}", ledger_client::protocol::rfc3339(end_us)),
                 ));
             }
             Ok(Decision::Accept(vec![finalize(state, catalog, k)?]))
@@ -546,7 +546,7 @@ fn period_of(state: &TenantState, at_us: i64) -> Result<u32, Rejection> {
     state.period_at(at_us).ok_or_else(|| {
         Rejection::new(
             "clock_regression",
-            format!("at {} is before the subscription began", crate::report::rfc3339(at_us)),
+            format!("at {} is before the subscription began", ledger_client::protocol::rfc3339(at_us)),
         )
     })
 }

@@ -1,6 +1,8 @@
 //! `ledger replay`, `ledger audit verify` and the point-in-time queries:
 //! everything that re-derives state from the log instead of trusting views.
 
+pub mod explain;
+
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
