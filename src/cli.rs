@@ -12,13 +12,13 @@ use crate::apply::{apply_lines, read_lines, Future};
 use crate::engine::Ledger;
 use crate::log::{AnyLog, EventLog, LogRecord, Source};
 use crate::projector::{self, ProjectorOptions};
-use crate::store::{open_log, open_views};
+use crate::store::{open_existing_log, open_log, open_views};
 
 #[derive(Debug, Parser)]
 #[command(name = "ledger", version, about = "Event-sourced subscription ledger")]
 pub struct Cli {
     /// Data directory: the embedded log (without --nats) and the views.
-    #[arg(long, global = true, default_value = "./ledger-data", env = "LEDGER_DATA")]
+    #[arg(long, global = true, default_value = crate::demo::DEFAULT_DATA, env = "LEDGER_DATA")]
     pub data: PathBuf,
     /// NATS URL: use the JetStream stream LEDGER instead of the embedded log.
     #[arg(long, global = true, env = "LEDGER_NATS")]
@@ -114,6 +114,12 @@ pub enum Command {
     },
     /// Apply commands from a JSON Lines file (`-` for stdin); prints one
     /// result line per input line. Exit 2 if any line was malformed.
+    ///
+    /// A line: {"at"?: RFC 3339, "actor"?: "admin" | "<tenant>:admin" |
+    /// "<tenant>:user", "cmd": NAME, ...fields}, for example
+    /// {"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"r1","tokens":1200}.
+    /// Every command, its fields and every rejection code: docs/commands.md;
+    /// a file to try: examples/commands.jsonl.
     Apply {
         file: String,
         /// Accept an `at` more than 24 hours after the wall clock (for
@@ -128,7 +134,9 @@ pub enum Command {
     Invoice(Query),
     /// Rebuild views from the log into a fresh directory.
     Replay {
-        /// Where to write the rebuilt views (must not hold views yet).
+        /// A new data directory to rebuild into (must be empty or absent).
+        /// With the embedded log it gets a copy of the log up to --to-seq,
+        /// so `--data DIR` answers as the ledger stood then.
         #[arg(long)]
         into: PathBuf,
         /// Stop at this log position (default: the head).
@@ -143,10 +151,14 @@ pub enum Command {
     Audit(AuditCommand),
     /// Run a realistic multi-tenant scenario on a fresh embedded ledger and
     /// print usage and invoices.
-    Demo {
-        /// Keep the demo's data here instead of a temporary directory.
+    /// Record a realistic multi-tenant month into a fresh ledger: the data
+    /// directory's embedded log (`--data`, default ./ledger-data), or the
+    /// JetStream stream with `--nats`. Refuses a ledger that holds events.
+    Demo,
+    /// Every tenant: plan, status, seats.
+    Tenants {
         #[arg(long)]
-        keep: Option<PathBuf>,
+        json: bool,
     },
     /// Serve commands and queries over NATS (needs --nats), with the billing
     /// clock. Runs until Ctrl-C or SIGTERM.
@@ -162,6 +174,11 @@ pub enum Command {
         /// A tenant to create credentials for; repeatable.
         #[arg(long = "tenant")]
         tenants: Vec<String>,
+        /// Also write the passwords to FILE as shell variables
+        /// (LEDGER_PASSWORD, PANEL_PASSWORD, <TENANT>_ADMIN_PASSWORD,
+        /// <TENANT>_USER_PASSWORD), readable by its owner only.
+        #[arg(long)]
+        env: Option<PathBuf>,
     },
     /// Benchmarks; each prints its figures and ratios.
     #[command(subcommand)]
@@ -171,7 +188,11 @@ pub enum Command {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a log written to a file or a pipe stays
+    // plain text.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -183,10 +204,12 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(command) = cli.command {
         return crate::bench::run(command, cli.nats.as_deref()).await.map(|()| ExitCode::SUCCESS);
     }
-    if let Command::Demo { keep } = &cli.command {
-        return crate::demo::run(keep.as_deref()).await.map(|()| ExitCode::SUCCESS);
+    if let Command::Demo = &cli.command {
+        return crate::demo::run(&cli.data, cli.nats.as_deref(), cli.replicas)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
-    if let Command::NatsConfig { tenants } = &cli.command {
+    if let Command::NatsConfig { tenants, env } = &cli.command {
         let password = || uuid::Uuid::new_v4().simple().to_string();
         let mut credentials = Vec::new();
         for tenant in tenants {
@@ -197,7 +220,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 user_password: password(),
             });
         }
-        print!("{}", crate::serve::nats_authorization(&password(), &password(), &credentials));
+        let (ledger_password, panel_password) = (password(), password());
+        if let Some(file) = env {
+            write_secret(
+                file,
+                &crate::serve::credentials_env(&ledger_password, &panel_password, &credentials),
+            )?;
+        }
+        print!("{}", crate::serve::nats_authorization(&ledger_password, &panel_password, &credentials));
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Serve { clock_interval_ms } = cli.command {
@@ -209,7 +239,11 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::serve::run(url, &cli.data, cli.replicas, options).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let log = open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?;
+    let log = match cli.command {
+        // Only `apply` may start a ledger; everything else reads one.
+        Command::Apply { .. } => open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?,
+        _ => open_existing_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?,
+    };
     match cli.command {
         Command::Apply { file, allow_future } => {
             let store = open_views(&cli.data, &log)?;
@@ -241,8 +275,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
-            let (reached, _) = crate::audit::replay_into(&log, &into, to_seq, &selected).await?;
+            let reached = crate::audit::replay_into_data_dir(&log, &into, to_seq, &selected).await?;
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
+            let nats = if matches!(log, AnyLog::JetStream(_)) { " --nats URL" } else { "" };
+            println!("ask it like any data directory: ledger{nats} --data {} usage TENANT", into.display());
         }
         Command::Audit(AuditCommand::WhatIf { tenant, plan, at, json }) => {
             let store = open_views(&cli.data, &log)?;
@@ -255,7 +291,11 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_views(&cli.data, &log)?;
             return crate::audit::verify(&log, &store, json).await;
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Tenants { json } => {
+            let store = open_views(&cli.data, &log)?;
+            projector::catch_up(&log, &store, &[&LedgerView]).await?;
+            print_view(&crate::report::tenants(&store)?, json, crate::report::tenants_table);
+        }
         Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
@@ -271,11 +311,26 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             store.flush().await?;
             println!("views at position {checkpoint}");
         }
-        Command::Bench(_) | Command::Serve { .. } | Command::NatsConfig { .. } => {
+        Command::Bench(_) | Command::Serve { .. } | Command::NatsConfig { .. } | Command::Demo => {
             unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to a new file only its owner may read.
+fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+    out.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn names(views: &[&dyn projector::View]) -> String {
@@ -294,7 +349,11 @@ async fn query_state(
     let mut at = at.as_deref().map(parse_at).transpose()?;
     let as_of_us = as_of.as_of.as_deref().map(parse_at).transpose()?;
     let to = match (as_of.as_of_seq, as_of_us) {
-        (Some(seq), _) => Some(seq),
+        (Some(seq), _) => {
+            let head = log.head().await?;
+            anyhow::ensure!(seq <= head, "--as-of-seq {seq} is past the log's last position, {head}");
+            Some(seq)
+        }
         (None, Some(t)) => {
             at = at.or(Some(t));
             Some(crate::audit::position_at(log, t).await?)
@@ -369,7 +428,14 @@ fn event_json(record: &LogRecord) -> serde_json::Value {
 async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let end = match tenant {
-        Some(t) => log.tenant_head(t).await?,
+        Some(t) => {
+            if t != events::CATALOG_TENANT {
+                crate::engine::command::tenant_id(t).map_err(|r| anyhow::anyhow!(r.message))?;
+            }
+            let end = log.tenant_head(t).await?;
+            anyhow::ensure!(end > 0, "tenant {t} has no events on this ledger (`ledger tenants` lists them)");
+            end
+        }
         None => log.head().await?,
     };
     if from > end {

@@ -1,12 +1,19 @@
-//! `ledger demo`: a realistic multi-tenant month on a fresh embedded ledger,
-//! through the same `apply` path the command line uses.
+//! `ledger demo`: a realistic multi-tenant month recorded into a fresh
+//! ledger (the data directory's embedded log, or the JetStream stream with
+//! `--nats`) through the same `apply` path the command line uses, so the
+//! commands after it (`usage`, `invoice`, `audit verify`, `serve`) answer
+//! about its tenants.
 
 use std::path::Path;
 
 use crate::apply::{apply_lines, Future};
 use crate::engine::Ledger;
+use crate::log::Source;
 use crate::report;
 use crate::store::{open_log, open_views};
+
+/// The data directory when `--data` is not given.
+pub const DEFAULT_DATA: &str = "./ledger-data";
 
 /// The scenario, as `ledger apply` input. Three tenants over March 2026:
 /// the spec's worked example (`demo`), a per-seat team that changes seats,
@@ -47,14 +54,20 @@ pub const SCENARIO: &str = r#"{"at":"2026-02-01T00:00:00Z","cmd":"define_addon",
 {"at":"2026-04-02T00:00:00Z","actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"r-3","tokens":1000}
 "#;
 
-pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
-    let temporary = tempfile::tempdir()?;
-    let data = keep.unwrap_or(temporary.path());
-    let log = open_log(data, None, 1).await?;
+pub async fn run(data: &Path, nats: Option<&str>, replicas: usize) -> anyhow::Result<()> {
+    let log = open_log(data, nats, replicas).await?;
+    let where_ = crate::store::describe(data, nats);
+    let head = log.head().await?;
+    anyhow::ensure!(
+        head == 0,
+        "{where_} already holds a ledger ({head} events): the demo records into a fresh one. \
+         Pass another --data directory{}",
+        if nats.is_some() { " and a fresh stream" } else { ", or delete this one" }
+    );
     let views = open_views(data, &log)?;
     let ledger = Ledger::start(log, views.clone()).await?;
     let lines: Vec<String> = SCENARIO.lines().map(str::to_string).collect();
-    println!("== applying {} commands to a fresh embedded ledger in {}", lines.len(), data.display());
+    println!("== applying {} commands to a fresh ledger in {where_}", lines.len());
     let (results, _) = apply_lines(&ledger, &lines, Future::Allow).await?;
     for (line, result) in lines.iter().zip(&results) {
         let command: serde_json::Value = serde_json::from_str(line)?;
@@ -81,5 +94,15 @@ pub async fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         let march = crate::engine::command::parse_at("2026-03-15T00:00:00Z").expect("fixed instant");
         print!("{}", report::invoice_table(&report::invoice(&views, tenant, Some(march))?));
     }
+    ledger.shutdown().await;
+    views.flush().await?;
+    let mut data_option =
+        if data == Path::new(DEFAULT_DATA) { String::new() } else { format!(" --data {}", data.display()) };
+    if nats.is_some() {
+        data_option.push_str(" --nats URL");
+    }
+    println!(
+        "\nThe ledger is in {where_}; ask it, for example:\n  ledger{data_option} usage acme\n  ledger{data_option} invoice acme --at 2026-03-15T00:00:00Z --explain\n  ledger{data_option} audit verify"
+    );
     Ok(())
 }

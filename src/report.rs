@@ -202,3 +202,40 @@ pub fn invoice_table(i: &Value) -> String {
     }
     out
 }
+
+/// `ledger tenants --json`: every tenant with its plan, status and seats
+/// (`status` is `active`, `cancelled`, or `unsubscribed` for a tenant whose
+/// only events came before a subscription).
+pub fn tenants(views: &ViewStore) -> Result<Value, QueryError> {
+    let mut out = Vec::new();
+    for item in LedgerView::tenants(views)? {
+        let (tenant, state) = item.map_err(|(_, e)| QueryError::View(e))?;
+        out.push(match &state.subscription {
+            Some(sub) => json!({
+                "tenant": tenant,
+                "plan": sub.plan,
+                "status": if sub.cancelled_at_us.is_some() { "cancelled" } else { "active" },
+                "seats": sub.seats,
+            }),
+            None => json!({"tenant": tenant, "plan": null, "status": "unsubscribed", "seats": null}),
+        });
+    }
+    Ok(Value::Array(out))
+}
+
+/// The readable form of [`tenants`].
+pub fn tenants_table(tenants: &Value) -> String {
+    let mut out = format!("{:<24} {:<16} {:<12} {:>6}\n", "tenant", "plan", "status", "seats");
+    for t in tenants.as_array().into_iter().flatten() {
+        let text = |v: &Value| v.as_str().map_or_else(|| "-".to_string(), str::to_string);
+        let seats = t["seats"].as_u64().map_or_else(|| "-".to_string(), |s| s.to_string());
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<12} {:>6}\n",
+            text(&t["tenant"]),
+            text(&t["plan"]),
+            text(&t["status"]),
+            seats
+        ));
+    }
+    out
+}

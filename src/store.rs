@@ -5,9 +5,43 @@ use std::path::Path;
 
 use projections::ViewStore;
 
-use crate::log::{AnyLog, EmbeddedLog, JetStreamLog, JetStreamOptions};
+use crate::log::{AnyLog, EmbeddedLog, JetStreamLog, JetStreamOptions, Source};
 
-/// Opens the log the global options select.
+/// Where a ledger lives, in words for messages: the data directory's
+/// embedded log, or the JetStream stream at a URL (credentials left out).
+pub fn describe(data: &Path, nats: Option<&str>) -> String {
+    match nats {
+        Some(url) => format!("the LEDGER stream at {}", ledger_client::nats::split_credentials(url).0),
+        None => format!("{}", data.display()),
+    }
+}
+
+/// Opens the log of an existing ledger, for commands that read one. A
+/// mistyped `--data` must not answer as if the ledger were empty: a
+/// directory without a log, or an embedded log without events, is an error
+/// that says so (and nothing is created).
+pub async fn open_existing_log(data: &Path, nats: Option<&str>, replicas: usize) -> anyhow::Result<AnyLog> {
+    if nats.is_none() && !data.join("log").is_dir() {
+        anyhow::bail!(
+            "no ledger in {}: it has no log. Create one with `ledger demo` or `ledger apply FILE`, \
+             point --data at the directory they wrote, or pass --nats URL for a JetStream ledger",
+            data.display()
+        );
+    }
+    let log = open_log(data, nats, replicas).await?;
+    // A stream that answers is the ledger asked for, even before its first
+    // event; an embedded log without events is a directory a command made
+    // and nothing filled.
+    if nats.is_none() && log.head().await? == 0 {
+        anyhow::bail!(
+            "the ledger in {} holds no events yet: add some with `ledger apply FILE` (or `ledger demo`)",
+            describe(data, nats)
+        );
+    }
+    Ok(log)
+}
+
+/// Opens (creating it if need be) the log the global options select.
 pub async fn open_log(data: &Path, nats: Option<&str>, replicas: usize) -> anyhow::Result<AnyLog> {
     Ok(match nats {
         Some(url) => {

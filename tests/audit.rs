@@ -70,10 +70,9 @@ async fn jetstream_replay_equals_live_views() {
 #[test]
 fn verify_catches_a_view_altered_behind_its_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) =
-        ledger_bin(dir.path(), None, &["demo", "--keep", dir.path().join("d").to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
     let data = dir.path().join("d");
+    let (code, _, err) = ledger_bin(&data, None, &["demo"]);
+    assert_eq!(code, 0, "{err}");
     let (code, out, err) = ledger_bin(&data, None, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("finalized invoices re-derived: 3"), "{out}");
@@ -206,7 +205,7 @@ async fn point_in_time_answers_match_what_usage_printed_then() {
 fn explain_adds_up_and_what_if_reprices() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let (code, _, err) = ledger_bin(dir.path(), None, &["demo", "--keep", data.to_str().unwrap()]);
+    let (code, _, err) = ledger_bin(&data, None, &["demo"]);
     assert_eq!(code, 0, "{err}");
     for tenant in ["demo", "acme", "globex"] {
         let (code, out, err) = ledger_bin(

@@ -95,7 +95,10 @@ async fn jetstream_events_and_activity() {
 async fn views_refuse_a_different_log() {
     let backend = JetStream::new();
     let data = tempfile::tempdir().unwrap();
-    let (ok, _, err) = ledger(data.path(), None, &["activity"]);
+    // An embedded ledger (reading commands refuse a directory without one).
+    let empty = data.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, err) = ledger(data.path(), None, &["apply", empty.to_str().unwrap()]);
     assert!(ok, "{err}");
     let (ok, _, err) = ledger(data.path(), Some(&backend.url()), &["activity"]);
     assert!(!ok);

@@ -501,9 +501,14 @@ async fn the_readme_python_example_works_with_plain_nats_py() {
         AdminClient::connect(config(&with_credentials(server.url(), "panel", "panel-pw"))).await.unwrap();
     catalog_and_tenants(&panel, &["acme"]).await;
 
-    let script = example.replace("nats://127.0.0.1:4222", server.url()).replace("<password>", "acme-user-pw");
-    let out =
-        Command::new("python3").arg("-c").arg(&script).env("PYTHONPATH", python_path()).output().unwrap();
+    let script = example.replace("nats://127.0.0.1:4222", server.url());
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .env("PYTHONPATH", python_path())
+        .env("ACME_USER_PASSWORD", "acme-user-pw")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();

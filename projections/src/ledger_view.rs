@@ -242,6 +242,21 @@ impl LedgerView {
         Ok(Self::get(store, Self::CATALOG_KEY)?.unwrap_or_default())
     }
 
+    /// Every tenant's state, in tenant-id order. An unreadable row is an
+    /// `Err` item naming its tenant, so a caller can skip it and go on.
+    pub fn tenants(
+        store: &ViewStore,
+    ) -> Result<impl Iterator<Item = Result<(String, TenantState), (String, ViewError)>>, ViewError> {
+        Ok(store.tree(Self::NAME)?.scan_prefix(b"s/").map(|item| {
+            let (key, value) = item.map_err(|e| (String::new(), ViewError::from(e)))?;
+            let tenant = String::from_utf8_lossy(&key[2..]).into_owned();
+            match crate::decode_row::<TenantRow>(Self::NAME, &value) {
+                Ok(row) => Ok((tenant, row.state)),
+                Err(error) => Err((tenant, error)),
+            }
+        }))
+    }
+
     pub fn tenant(store: &ViewStore, tenant: &str) -> Result<Option<TenantState>, ViewError> {
         Ok(Self::get::<TenantRow>(store, &Self::state_key(tenant))?.map(|row| row.state))
     }

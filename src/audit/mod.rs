@@ -13,7 +13,7 @@ use projections::{View, ViewStore};
 use replay::audit::{audit_log, compare_views, Finding};
 use replay::Progress;
 
-use crate::log::EventLog;
+use crate::log::{AnyLog, AppendBatch, AppendMessage, EmbeddedLog, EventLog, Source, MAX_BATCH_MESSAGES};
 use crate::projector::ALL_VIEWS;
 
 /// A progress line on a terminal: position, events/s and time left.
@@ -69,6 +69,67 @@ pub async fn replay_into<L: EventLog>(
     };
     store.flush().await?;
     Ok((reached, store))
+}
+
+/// `ledger replay --into DIR`: DIR becomes a data directory of its own,
+/// usable as `--data DIR`. With the embedded log, the log up to `to` is
+/// copied into `DIR/log` (same positions, same bytes) and the views rebuilt
+/// from it, so DIR answers as the ledger stood at `to`. With JetStream the
+/// log stays the stream; `DIR/views` holds the rebuilt views, bound to it
+/// (queries catch them up with the stream; `--as-of-seq` pins a position).
+/// Returns the position reached.
+pub async fn replay_into_data_dir(
+    log: &AnyLog,
+    dir: &Path,
+    to: Option<u64>,
+    views: &[&'static dyn View],
+) -> anyhow::Result<u64> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
+    }
+    let until = to.unwrap_or(u64::MAX).min(log.head().await?);
+    let (reached, store) = match log {
+        AnyLog::Embedded(source) => {
+            let copy = copy_embedded_log(source, &dir.join("log"), until).await?;
+            replay_into(&copy, &dir.join("views"), Some(until), views).await?
+        }
+        AnyLog::JetStream(_) => replay_into(log, &dir.join("views"), Some(until), views).await?,
+    };
+    // Bind the views to their log, as every data directory's are.
+    store.tree("meta")?.insert(b"log", log.describe().as_bytes())?;
+    store.flush().await?;
+    Ok(reached)
+}
+
+/// Copies the embedded log's records `1..=until` into a new embedded log
+/// at `dir`: the same bytes at the same positions.
+async fn copy_embedded_log(source: &EmbeddedLog, dir: &Path, until: u64) -> anyhow::Result<EmbeddedLog> {
+    let copy = EmbeddedLog::open(dir)?;
+    if until == 0 {
+        return Ok(copy);
+    }
+    let mut records = source.read(1, None).await?;
+    let mut batch = AppendBatch::default();
+    let mut next = 1;
+    while let Some(record) = records.next().await {
+        let record = record?;
+        let (tenant, kind) = events::parse_subject(&record.subject)
+            .and_then(|(tenant, kind)| Some((tenant.to_string(), events::EventKind::from_name(kind)?.name())))
+            .ok_or_else(|| {
+                anyhow::anyhow!("position {}: unexpected subject {}", record.position, record.subject)
+            })?;
+        batch.messages.push(AppendMessage { tenant, kind, payload: record.payload.clone() });
+        let last = record.position >= until;
+        if batch.messages.len() == MAX_BATCH_MESSAGES || last {
+            let ack = copy.append(std::mem::take(&mut batch)).await?;
+            anyhow::ensure!(ack.first == next, "the copy's positions drifted from the log's");
+            next = ack.last + 1;
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(copy)
 }
 
 /// The last position whose event happened at or before `t_us` (events are

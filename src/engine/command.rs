@@ -495,9 +495,12 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
 
 /// Parses an RFC 3339 instant into microseconds.
 pub fn parse_at(text: &str) -> Result<i64, Rejection> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_micros())
-        .map_err(|e| Rejection::malformed(format!("at {text:?} is not an RFC 3339 instant: {e}")))
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_micros()).map_err(|_| {
+        Rejection::malformed(format!(
+            "at {:?} is not an RFC 3339 instant with a time zone, such as 2026-03-15T00:00:00Z",
+            truncated(text)
+        ))
+    })
 }
 
 /// Parses one JSON Lines command: `{"at"?, "actor"?, "cmd", ...fields}`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use events::Actor;
 use projections::period::period_bounds_us;
-use projections::{LedgerView, Projection, TenantRow};
+use projections::LedgerView;
 
 use crate::engine::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
@@ -32,19 +32,18 @@ pub(super) async fn billing_clock(ledger: Ledger, interval: Duration) {
 pub async fn close_ended_periods(ledger: &Ledger) -> anyhow::Result<u32> {
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut due = Vec::new();
-    for item in ledger.views().tree(LedgerView::NAME)?.scan_prefix(b"s/") {
-        let (key, value) = item?;
-        let state = match projections::decode_row::<TenantRow>(LedgerView::NAME, &value) {
-            Ok(row) => row.state,
-            Err(error) => {
+    for item in LedgerView::tenants(ledger.views())? {
+        let (tenant, state) = match item {
+            Ok(found) => found,
+            Err((tenant, error)) => {
                 // One unreadable row must not stop the clock for everyone.
-                tracing::warn!(%error, key = %String::from_utf8_lossy(&key), "billing clock skips a row");
+                tracing::warn!(%error, %tenant, "billing clock skips a row");
                 continue;
             }
         };
         let Some(sub) = state.subscription.as_ref().filter(|s| s.cancelled_at_us.is_none()) else { continue };
         if period_bounds_us(sub.anchor_us, sub.closed_periods).1 <= now_us {
-            due.push(String::from_utf8_lossy(&key[2..]).into_owned());
+            due.push(tenant);
         }
     }
     let mut closed = 0;

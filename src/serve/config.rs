@@ -67,3 +67,25 @@ pub fn nats_authorization(
     out.push_str("  ]\n}\n");
     out
 }
+
+/// The same passwords as exported shell variables (`. ./ledger.env`), for scripts and the README's
+/// commands: `LEDGER_PASSWORD`, `PANEL_PASSWORD`, and per tenant
+/// `<TENANT>_ADMIN_PASSWORD` and `<TENANT>_USER_PASSWORD` (the tenant id
+/// upper-cased, `-` as `_`, `TENANT_` before a leading digit). Passwords
+/// are hex, so no quoting is needed.
+pub fn credentials_env(ledger_password: &str, panel_password: &str, tenants: &[TenantCredentials]) -> String {
+    let mut out =
+        format!("export LEDGER_PASSWORD={ledger_password}\nexport PANEL_PASSWORD={panel_password}\n");
+    for t in tenants {
+        let mut name = t.tenant.to_uppercase().replace('-', "_");
+        if name.starts_with(|c: char| c.is_ascii_digit()) {
+            // A shell variable cannot start with a digit.
+            name.insert_str(0, "TENANT_");
+        }
+        out.push_str(&format!(
+            "export {name}_ADMIN_PASSWORD={}\nexport {name}_USER_PASSWORD={}\n",
+            t.admin_password, t.user_password
+        ));
+    }
+    out
+}

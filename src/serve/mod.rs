@@ -34,7 +34,7 @@ mod clock;
 mod config;
 
 pub use clock::close_ended_periods;
-pub use config::{nats_authorization, TenantCredentials};
+pub use config::{credentials_env, nats_authorization, TenantCredentials};
 
 use crate::engine::command::{
     parse_command, take_admitted_offline, tenant_id, Command, Rejection, Submission,
