@@ -156,11 +156,22 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
         Event::PeriodFinalized { start_us, end_us, invoice, .. } => {
             check(end_us > start_us, || "period ends before it starts".into())?;
             check_currency(&invoice.currency)?;
-            let total: Decimal = invoice.lines.iter().map(|l| l.amount).sum();
-            let paid: Decimal = invoice.lines.iter().filter(|l| l.paid).map(|l| l.amount).sum();
+            // Checked: these bytes may be forged, and `Decimal`'s `Sum`
+            // panics on overflow.
+            let sum = |paid_only: bool| {
+                invoice
+                    .lines
+                    .iter()
+                    .filter(|l| !paid_only || l.paid)
+                    .try_fold(Decimal::ZERO, |sum, l| sum.checked_add(l.amount))
+                    .ok_or_else(|| "invoice lines overflow when added".to_string())
+            };
+            let (total, paid) = (sum(false)?, sum(true)?);
             check(invoice.total == total, || "invoice total is not the sum of its lines".into())?;
             check(invoice.paid == paid, || "invoice paid is not the sum of paid lines".into())?;
-            check(invoice.amount_due == total - paid, || "invoice amount_due is not total - paid".into())
+            check(total.checked_sub(paid) == Some(invoice.amount_due), || {
+                "invoice amount_due is not total - paid".into()
+            })
         }
     }
 }
@@ -168,6 +179,27 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by reading (then confirmed with the `events_decode` fuzz
+    /// target): invoice lines whose amounts overflow when added made
+    /// `decode` panic instead of refusing a forged event.
+    #[test]
+    fn invoice_lines_that_overflow_are_invalid_not_a_panic() {
+        let mut envelope = crate::samples::sample(crate::EventKind::PeriodFinalized);
+        if let Event::PeriodFinalized { invoice, .. } = &mut envelope.payload {
+            for line in &mut invoice.lines {
+                line.amount = Decimal::MAX;
+            }
+        }
+        let error = validate(&envelope).expect_err("overflowing lines are not a valid invoice");
+        assert!(error.contains("overflow"), "{error}");
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/seeds/events_decode/invoice_line_sum_overflow.bin"
+        ))
+        .unwrap();
+        assert!(matches!(crate::decode(&bytes), Err(crate::EventError::Invalid(_))));
+    }
 
     #[test]
     fn tenant_ids() {
