@@ -1,0 +1,95 @@
+//! A tenant (or the catalog) as the engine holds it, and how it is loaded:
+//! its row in the `ledger` view plus its events in the log after that row,
+//! never by replaying its whole history.
+
+use std::collections::HashMap;
+
+use events::CATALOG_TENANT;
+use futures_util::StreamExt;
+use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
+use projections::{LedgerView, Projection, ViewStore};
+
+use crate::log::EventLog;
+
+/// A tenant (or the catalog) as the engine holds it.
+#[derive(Default)]
+pub(super) struct Loaded {
+    pub(super) state: TenantState,
+    pub(super) catalog: CatalogState,
+    /// Accepted token requests the view may not have yet.
+    pub(super) recent_requests: HashMap<String, RequestEntry>,
+    /// Files stored (`Some`) or deleted (`None`) since loading: the view may
+    /// not have them yet.
+    pub(super) recent_files: HashMap<String, Option<FileEntry>>,
+    /// The last position on the tenant's subjects, including messages that
+    /// did not decode (they count for the log's expected-sequence check).
+    pub(super) log_position: u64,
+}
+
+impl Loaded {
+    pub(super) fn hash(&self, catalog: bool) -> [u8; 32] {
+        if catalog {
+            self.catalog.chain.last_hash
+        } else {
+            self.state.chain.last_hash
+        }
+    }
+
+    /// Folds an event, or skips it when it breaks the hash chain (the one
+    /// chain-checked fold the views use too, so memory and views agree).
+    pub(super) fn fold(&mut self, catalog: bool, fact: &Fact<'_>) {
+        self.log_position = fact.position;
+        let folded = if catalog { self.catalog.fold(fact).map(|()| None) } else { self.state.fold(fact) };
+        match folded {
+            Err(error) => tracing::warn!(%error, "skipping an event"),
+            Ok(Some(Spill::Request { request, entry })) => {
+                self.recent_requests.insert(request, entry);
+            }
+            Ok(Some(Spill::File { file, entry })) => {
+                self.recent_files.insert(file, entry);
+            }
+            Ok(Some(Spill::Invoice { .. }) | None) => {}
+        }
+    }
+}
+
+/// Loads a tenant (or the catalog) from its view row plus the log after it.
+pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) -> anyhow::Result<Loaded> {
+    let catalog = tenant == CATALOG_TENANT;
+    // The checkpoint is read before the row, so the row covers at least
+    // everything up to it: no event of this tenant lies between the two.
+    let checkpoint = views.checkpoint(LedgerView::NAME)?;
+    let mut loaded = Loaded::default();
+    if catalog {
+        loaded.catalog = LedgerView::catalog(&views)?;
+        loaded.log_position = loaded.catalog.chain.last_position;
+    } else if let Some(state) = LedgerView::tenant(&views, tenant)? {
+        loaded.log_position = state.chain.last_position;
+        loaded.state = state;
+    }
+    let tenant_head = log.tenant_head(tenant).await?;
+    let start = loaded.log_position.max(checkpoint) + 1;
+    if tenant_head >= start {
+        let mut records = log.read(start, Some(tenant)).await?;
+        while let Some(record) = records.next().await {
+            let record = record?;
+            let decoded = record.decode();
+            match &decoded.event {
+                Ok(envelope) => {
+                    loaded.fold(catalog, &Fact { position: record.position, hash: decoded.hash, envelope })
+                }
+                Err(error) => {
+                    tracing::warn!(tenant, position = record.position, %error, "skipping undecodable event");
+                    loaded.log_position = record.position;
+                }
+            }
+            if record.position >= tenant_head {
+                break;
+            }
+        }
+    }
+    // Everything of the tenant's up to its head is folded (or skipped as
+    // undecodable): the head is what the next append must expect.
+    loaded.log_position = tenant_head;
+    Ok(loaded)
+}

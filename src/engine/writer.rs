@@ -1,0 +1,454 @@
+//! The writer: one task owns the catalog and a cache of tenants, decides
+//! queued commands into group-committed batches, appends each batch with
+//! every touched tenant's expected position, then folds it into memory and
+//! answers (see `mod.rs` for the whole picture).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use events::{Envelope, Event, CATALOG_TENANT};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use projections::domain::{Fact, TenantState};
+use projections::{LedgerView, ViewStore};
+use tokio::sync::mpsc;
+
+use super::command::{Command, Rejection, Submission};
+use super::decide::{decide, Context, Decision};
+use super::loaded::{load, Loaded};
+use super::{Job, Reply, MAX_GROUPS_IN_FLIGHT, MAX_RECENT_KEYS, MAX_RETRIES};
+use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, LogError, MAX_BATCH_MESSAGES};
+
+pub(super) struct Engine<L> {
+    pub(super) log: L,
+    pub(super) views: ViewStore,
+    pub(super) catalog: Loaded,
+    pub(super) tenants: HashMap<String, Loaded>,
+    pub(super) ledger_time_us: i64,
+    pub(super) appended: tokio::sync::watch::Sender<u64>,
+    /// Tenants with a batch in flight: their next commands wait for it.
+    pub(super) busy: HashSet<String>,
+}
+
+/// A batch ready to append and the commands it answers.
+struct Group {
+    staged: Vec<Staged>,
+    batch: AppendBatch,
+}
+
+/// An append that finished, with the commands it answers.
+struct InFlight {
+    staged: Vec<Staged>,
+    result: Result<crate::log::AppendAck, LogError>,
+}
+
+/// What deciding one command came to.
+enum Outcome {
+    /// Answer now; nothing to append.
+    Answer(Reply),
+    /// Append these events (each with its hash and encoded bytes); answer
+    /// once durable, with `denial` if it was a recorded denial.
+    Append { at_us: i64, envelopes: Vec<(Envelope, [u8; 32], Bytes)>, denial: Option<Rejection> },
+}
+
+/// How often a command whose answer appends nothing is decided again
+/// because the tenant or the catalog moved on the log meanwhile.
+const MAX_FRESHNESS_ROUNDS: usize = 16;
+
+/// A decided command waiting for its batch to commit.
+struct Staged {
+    job: Job,
+    tenant: String,
+    envelopes: Vec<(Envelope, [u8; 32])>,
+    /// Index of its first message in the batch.
+    offset: usize,
+    denial: Option<Rejection>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl<L: EventLog> Engine<L> {
+    pub(super) async fn find_ledger_time(&self) -> anyhow::Result<i64> {
+        let mut time = LedgerView::ledger_time_us(&self.views)?;
+        let head = self.log.head().await?;
+        if head > 0 {
+            let mut records = self.log.read(head, None).await?;
+            if let Some(record) = records.next().await {
+                if let Ok(envelope) = record?.decode().event {
+                    time = time.max(envelope.at_us);
+                }
+            }
+        }
+        Ok(time)
+    }
+
+    pub(super) async fn load(&self, tenant: &str) -> anyhow::Result<Loaded> {
+        load(&self.log, &self.views, tenant).await
+    }
+
+    async fn ensure_loaded(&mut self, tenant: &str) -> anyhow::Result<()> {
+        if self.catalog.log_position == u64::MAX {
+            // Marked stale by a failed catalog append: every decision needs it.
+            self.catalog = self.load(CATALOG_TENANT).await?;
+        }
+        if tenant == CATALOG_TENANT || self.tenants.contains_key(tenant) {
+            return Ok(());
+        }
+        let loaded = self.load(tenant).await?;
+        if !self.catalog.catalog.covers(&loaded.state) {
+            // The tenant names a plan or add-on another writer defined
+            // after this engine loaded the catalog.
+            self.catalog = self.load(CATALOG_TENANT).await?;
+            if !self.catalog.catalog.covers(&loaded.state) {
+                tracing::warn!(tenant, "the tenant names a plan or add-on the catalog lacks");
+            }
+        }
+        self.tenants.insert(tenant.to_string(), loaded);
+        Ok(())
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        let mut inflight: FuturesUnordered<futures_util::future::BoxFuture<'static, InFlight>> =
+            FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            while queue.len() < 4 * MAX_BATCH_MESSAGES {
+                match rx.try_recv() {
+                    Ok(job) => queue.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
+                if let Some(group) = self.build_group(&mut queue, !inflight.is_empty()).await {
+                    let log = self.log.clone();
+                    let append = tokio::spawn(async move { log.append(group.batch).await });
+                    let staged = group.staged;
+                    inflight.push(Box::pin(async move {
+                        // An append task that died has an unknown outcome,
+                        // like a lost connection: its commands fail, and
+                        // their tenants reload before deciding again.
+                        let result = append.await.unwrap_or_else(|error| {
+                            Err(LogError::Unavailable(format!("the append task failed: {error}")))
+                        });
+                        InFlight { staged, result }
+                    }));
+                    continue;
+                }
+            }
+            if !open && queue.is_empty() && inflight.is_empty() {
+                return;
+            }
+            tokio::select! {
+                job = rx.recv(), if open => match job {
+                    Some(job) => queue.push_back(job),
+                    None => open = false,
+                },
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    match done.result {
+                        Ok(ack) => self.commit(done.staged, ack.first),
+                        Err(error) => self.abandon(done.staged, error, &mut queue),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides commands from the queue into one batch. Commands of tenants
+    /// already in this group or in a batch in flight stay queued (they must
+    /// see those effects first), as does everything after a held command
+    /// that carries its own `at` (imports keep their order). A catalog
+    /// command travels alone, with nothing else in flight.
+    async fn build_group(&mut self, queue: &mut VecDeque<Job>, others_in_flight: bool) -> Option<Group> {
+        if self.busy.contains(CATALOG_TENANT) {
+            // Every decision reads the catalog: wait for its change to land.
+            return None;
+        }
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut messages: Vec<AppendMessage> = Vec::new();
+        let mut expectations: Vec<Expectation> = Vec::new();
+        let mut held: VecDeque<Job> = VecDeque::new();
+        while let Some(job) = queue.pop_front() {
+            let tenant = job.submission.command.tenant().unwrap_or(CATALOG_TENANT).to_string();
+            let catalog = tenant == CATALOG_TENANT;
+            let busy = self.busy.contains(&tenant) || staged.iter().any(|s| s.tenant == tenant);
+            if catalog && (others_in_flight || !staged.is_empty() || !held.is_empty())
+                || messages.len() + 16 > MAX_BATCH_MESSAGES
+            {
+                queue.push_front(job);
+                break;
+            }
+            if busy {
+                let ordered = job.submission.at_us.is_some();
+                held.push_back(job);
+                if ordered {
+                    break;
+                }
+                continue;
+            }
+            let (at_us, envelopes, denial) = match self.decide_fresh(&tenant, &job).await {
+                Outcome::Answer(reply) => {
+                    let _ = job.reply.send(reply);
+                    continue;
+                }
+                Outcome::Append { at_us, envelopes, denial } => (at_us, envelopes, denial),
+            };
+            if messages.len() + envelopes.len() > MAX_BATCH_MESSAGES && !messages.is_empty() {
+                // Decide it again at the head of the next group.
+                queue.push_front(job);
+                break;
+            }
+            let loaded = if catalog { &self.catalog } else { &self.tenants[&tenant] };
+            expectations.push(Expectation { tenant: tenant.clone(), last_position: loaded.log_position });
+            let offset = messages.len();
+            let mut folded = Vec::with_capacity(envelopes.len());
+            for (envelope, hash, bytes) in envelopes {
+                messages.push(AppendMessage {
+                    tenant: tenant.clone(),
+                    kind: envelope.kind().name(),
+                    payload: bytes,
+                });
+                folded.push((envelope, hash));
+            }
+            self.ledger_time_us = self.ledger_time_us.max(at_us);
+            staged.push(Staged { job, tenant, envelopes: folded, offset, denial });
+            if catalog {
+                break;
+            }
+        }
+        // Held commands go back in front, in their order.
+        while let Some(job) = held.pop_back() {
+            queue.push_front(job);
+        }
+        if staged.is_empty() {
+            return None;
+        }
+        for s in &staged {
+            self.busy.insert(s.tenant.clone());
+        }
+        Some(Group { staged, batch: AppendBatch { messages, expectations } })
+    }
+
+    /// Decides a command against state no older than the log when the
+    /// command arrived (the spec's "Many writers"). An answer that appends
+    /// something is checked by the append itself (each touched tenant's
+    /// expected position). An answer that appends nothing (a rejection, a
+    /// duplicate) is checked here: the tenant's and the catalog's heads on
+    /// the log must still be those the state was folded to, or the stale
+    /// part is reloaded and the command decided again.
+    async fn decide_fresh(&mut self, tenant: &str, job: &Job) -> Outcome {
+        for _ in 0..MAX_FRESHNESS_ROUNDS {
+            if let Err(error) = self.ensure_loaded(tenant).await {
+                return Outcome::Answer(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
+            }
+            let outcome = self.decide_encoded(tenant, job);
+            let Outcome::Answer(reply) = &outcome else { return outcome };
+            let settled = match reply {
+                Reply::Ok { .. } => false,
+                Reply::Rejected { rejection, .. } => rejection.code == "unavailable",
+                Reply::Failed { .. } => true,
+            };
+            if settled {
+                return outcome;
+            }
+            match self.drop_stale(tenant).await {
+                Ok(false) => return outcome,
+                Ok(true) => continue,
+                Err(error) => return Outcome::Answer(Reply::Failed { message: error.to_string() }),
+            }
+        }
+        Outcome::Answer(Reply::Failed {
+            message: format!("tenant {tenant} kept changing on the log while deciding; try again"),
+        })
+    }
+
+    /// Compares the tenant's and the catalog's heads on the log with what
+    /// memory holds, drops whatever is behind (the catalog is reloaded at
+    /// once), and says whether anything was.
+    async fn drop_stale(&mut self, tenant: &str) -> Result<bool, LogError> {
+        let catalog_only = tenant == CATALOG_TENANT;
+        let (catalog_head, tenant_head) = if catalog_only {
+            (self.log.tenant_head(CATALOG_TENANT).await?, 0)
+        } else {
+            let (c, t) = futures_util::future::join(
+                self.log.tenant_head(CATALOG_TENANT),
+                self.log.tenant_head(tenant),
+            )
+            .await;
+            (c?, t?)
+        };
+        let mut stale = false;
+        if catalog_head != self.catalog.log_position {
+            stale = true;
+            self.catalog.log_position = u64::MAX; // reloaded by ensure_loaded
+        }
+        if !catalog_only && self.tenants.get(tenant).is_some_and(|l| l.log_position != tenant_head) {
+            stale = true;
+            self.tenants.remove(tenant);
+        }
+        Ok(stale)
+    }
+
+    /// Decides one command against memory as it stands and encodes its
+    /// events. No IO beyond the view lookups of request keys and files.
+    fn decide_encoded(&self, tenant: &str, job: &Job) -> Outcome {
+        let catalog = tenant == CATALOG_TENANT;
+        let loaded = if catalog { &self.catalog } else { &self.tenants[tenant] };
+        // Time never runs backwards for a tenant: its newest event (whoever
+        // wrote it) and the catalog's bound every later `at`.
+        let floor_us = loaded.state.chain.last_at_us.max(self.catalog.catalog.chain.last_at_us);
+        let at_us = match job.submission.at_us {
+            // A retry after a conflict was in order against this engine's
+            // ledger time when first decided; against the log it must be now.
+            Some(at) if at < floor_us || (at < self.ledger_time_us && job.retries == 0) => {
+                let rejection = Rejection::new(
+                    "clock_regression",
+                    format!(
+                        "at {} is before ledger time {}",
+                        ledger_client::protocol::rfc3339(at),
+                        ledger_client::protocol::rfc3339(floor_us.max(self.ledger_time_us))
+                    ),
+                );
+                return Outcome::Answer(Reply::Rejected { rejection, seq: None });
+            }
+            Some(at) => at,
+            None => now_us().max(self.ledger_time_us).max(floor_us),
+        };
+        let (events, denial) = match self.decide(tenant, &job.submission, at_us) {
+            Err(rejection) => return Outcome::Answer(Reply::Rejected { rejection, seq: None }),
+            Ok(Decision::Duplicate { seq }) => return Outcome::Answer(Reply::Ok { seq, duplicate: true }),
+            Ok(Decision::Accept(events)) => (events, None),
+            Ok(Decision::Deny { event, rejection }) => (vec![event], Some(rejection)),
+        };
+        let mut prev_hash = loaded.hash(catalog);
+        let mut envelopes = Vec::with_capacity(events.len());
+        for payload in events {
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7().as_u128(),
+                tenant: tenant.to_string(),
+                at_us,
+                actor: job.submission.actor.clone(),
+                prev_hash,
+                // A client's clock may run ahead of the ledger's; the
+                // admission cannot be later than the recording.
+                offline: job.submission.admitted_offline_at_us.and_then(|admitted_at_us| {
+                    matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
+                        .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at_us) })
+                }),
+                payload,
+            };
+            // The decider keeps events within the codec's bounds; anything
+            // it missed is a rejection here, decided before any append.
+            let bytes = match events::encode(&envelope) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let code = if catalog { "malformed" } else { "invalid_amount" };
+                    let rejection =
+                        Rejection::new(code, format!("the command's event cannot be recorded: {error}"));
+                    return Outcome::Answer(Reply::Rejected { rejection, seq: None });
+                }
+            };
+            prev_hash = events::event_hash(&bytes);
+            envelopes.push((envelope, prev_hash, Bytes::from(bytes)));
+        }
+        Outcome::Append { at_us, envelopes, denial }
+    }
+
+    fn decide(&self, tenant: &str, submission: &Submission, at_us: i64) -> Result<Decision, Rejection> {
+        let empty = TenantState::default();
+        let loaded = self.tenants.get(tenant);
+        let state = loaded.map_or(&empty, |l| &l.state);
+        let earlier_request = match &submission.command {
+            Command::ConsumeTokens { request, .. } => match loaded
+                .and_then(|l| l.recent_requests.get(request))
+            {
+                Some(entry) => Some(*entry),
+                None => LedgerView::request(&self.views, tenant, request)
+                    .map_err(|e| Rejection::new("unavailable", format!("reading idempotency keys: {e}")))?,
+            },
+            _ => None,
+        };
+        let existing_file = match &submission.command {
+            Command::Upload { file, .. } | Command::DeleteFile { file, .. } => {
+                match loaded.and_then(|l| l.recent_files.get(file)) {
+                    Some(change) => *change,
+                    None => LedgerView::file(&self.views, tenant, file)
+                        .map_err(|e| Rejection::new("unavailable", format!("reading live files: {e}")))?,
+                }
+            }
+            _ => None,
+        };
+        let ctx = Context {
+            catalog: &self.catalog.catalog,
+            state,
+            actor: &submission.actor,
+            at_us,
+            earlier_request,
+            existing_file,
+            admitted_offline: submission.admitted_offline_at_us.is_some(),
+        };
+        decide(&ctx, &submission.command)
+    }
+
+    /// The batch is durable: fold it into memory and answer.
+    fn commit(&mut self, staged: Vec<Staged>, first: u64) {
+        let mut last = 0;
+        let mut replies = Vec::with_capacity(staged.len());
+        for s in staged {
+            self.busy.remove(&s.tenant);
+            let catalog = s.tenant == CATALOG_TENANT;
+            let seq = first + (s.offset + s.envelopes.len()) as u64 - 1;
+            // A tenant no longer in memory reloads from the log when next
+            // needed, which then includes this batch.
+            let loaded = if catalog { Some(&mut self.catalog) } else { self.tenants.get_mut(&s.tenant) };
+            if let Some(loaded) = loaded {
+                for (i, (envelope, hash)) in s.envelopes.iter().enumerate() {
+                    let position = first + (s.offset + i) as u64;
+                    loaded.fold(catalog, &Fact { position, hash: *hash, envelope });
+                }
+                if loaded.recent_requests.len() + loaded.recent_files.len() > MAX_RECENT_KEYS {
+                    self.tenants.remove(&s.tenant);
+                }
+            }
+            last = last.max(seq);
+            let reply = match s.denial {
+                None => Reply::Ok { seq, duplicate: false },
+                Some(rejection) => Reply::Rejected { rejection, seq: Some(seq) },
+            };
+            replies.push((s.job.reply, reply));
+        }
+        // Before answering, so a caller that then syncs waits for this batch.
+        self.appended.send_modify(|a| *a = (*a).max(last));
+        for (to, reply) in replies {
+            let _ = to.send(reply);
+        }
+    }
+
+    /// The batch was not stored: drop what memory may believe about the
+    /// touched tenants and retry or fail their commands.
+    fn abandon(&mut self, staged: Vec<Staged>, error: LogError, queue: &mut VecDeque<Job>) {
+        let conflict = matches!(error, LogError::Conflict { .. });
+        if let LogError::Conflict { tenant, .. } = &error {
+            tracing::debug!(%tenant, "append conflict; reloading and deciding again");
+        }
+        for s in staged.into_iter().rev() {
+            self.busy.remove(&s.tenant);
+            if s.tenant == CATALOG_TENANT {
+                // Reloaded before the next decision (see ensure_loaded).
+                self.catalog = Loaded::default();
+                self.catalog.log_position = u64::MAX;
+            } else {
+                self.tenants.remove(&s.tenant);
+            }
+            let mut job = s.job;
+            if conflict && job.retries < MAX_RETRIES {
+                job.retries += 1;
+                queue.push_front(job);
+            } else {
+                let _ = job.reply.send(Reply::Failed { message: error.to_string() });
+            }
+        }
+    }
+}
