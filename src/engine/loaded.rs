@@ -24,6 +24,9 @@ pub(super) struct Loaded {
     /// The last position on the tenant's subjects, including messages that
     /// did not decode (they count for the log's expected-sequence check).
     pub(super) log_position: u64,
+    /// When the engine last decided for this tenant (its own clock of
+    /// decisions): the tenant cache evicts the least recently used.
+    pub(super) used: u64,
 }
 
 impl Loaded {
@@ -92,4 +95,39 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
     // undecodable): the head is what the next append must expect.
     loaded.log_position = tenant_head;
     Ok(loaded)
+}
+
+/// What a tenant's commands staged earlier in a group leave behind: the
+/// state its next command in the same group is decided against (chained
+/// decisions). Built from the tenant's memory plus the staged events, with
+/// provisional positions that never reach the log or an answer: a chained
+/// command whose answer would append nothing waits for the next group.
+pub(super) struct Overlay {
+    pub(super) state: TenantState,
+    pub(super) requests: HashMap<String, RequestEntry>,
+    pub(super) files: HashMap<String, Option<FileEntry>>,
+}
+
+impl Overlay {
+    pub(super) fn new(base: &TenantState) -> Overlay {
+        Overlay { state: base.clone(), requests: HashMap::new(), files: HashMap::new() }
+    }
+
+    /// Folds staged events (the hashes are real: the chain continues).
+    pub(super) fn fold<'e>(&mut self, staged: impl IntoIterator<Item = &'e (events::Envelope, [u8; 32])>) {
+        for (envelope, hash) in staged {
+            let position = self.state.chain.last_position + 1;
+            match self.state.fold(&Fact { position, hash: *hash, envelope }) {
+                Ok(Some(Spill::Request { request, entry })) => {
+                    self.requests.insert(request, entry);
+                }
+                Ok(Some(Spill::File { file, entry })) => {
+                    self.files.insert(file, entry);
+                }
+                Ok(_) => {}
+                // Staged events chain by construction.
+                Err(error) => tracing::error!(%error, "a staged event does not chain"),
+            }
+        }
+    }
 }

@@ -8,15 +8,22 @@
 //! when another writer got there first, the tenant is reloaded and its
 //! commands decided again.
 //!
-//! A group holds at most one command per tenant: a tenant's next command
-//! waits until the batch carrying the previous one has committed, since it
-//! must see its effect; commands of other tenants go past it, except that
-//! commands carrying their own `at` (imports) keep their order. Two batches
-//! are in flight at once. A catalog command travels alone, with nothing else
-//! in flight (every decision reads the catalog).
+//! Latency at low load, throughput at high: a command that finds the
+//! engine idle forms a group of one and goes out at once (one message is a
+//! single publish, not an atomic batch: see `log::jetstream`); while a
+//! batch commits, the queue fills the next group. A group may carry many
+//! commands of one tenant, each decided against what its predecessors in
+//! the group leave (chained decisions, one expectation per tenant); if the
+//! batch fails, every one of them is decided again. A tenant with a batch
+//! in flight waits for it. Commands carrying their own `at` (imports) keep
+//! their order. Two batches are in flight at once. A catalog command
+//! travels alone, with nothing else in flight (every decision reads the
+//! catalog).
 //!
-//! A cold tenant loads from its row in the `ledger` view plus its events in
-//! the log after that row, never by replaying its whole history.
+//! A cold tenant loads off the decision loop (other tenants are decided
+//! meanwhile) from its row in the `ledger` view plus its events in the log
+//! after that row, never by replaying its whole history. At most
+//! `EngineOptions::tenant_cache` tenants stay in memory.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -55,6 +62,51 @@ struct Job {
     retries: u32,
 }
 
+/// What an engine has done, counted as it runs (read by tests and
+/// benchmarks; relaxed atomics, so a reading is a moment's snapshot).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Commands decided against a predecessor in the same group.
+    pub chained: std::sync::atomic::AtomicU64,
+    /// Batches another writer got to first (their commands decided again).
+    pub conflicts: std::sync::atomic::AtomicU64,
+    /// Tenants loaded off the decision loop.
+    pub loads: std::sync::atomic::AtomicU64,
+    /// Tenants dropped from memory by the cache bound.
+    pub evictions: std::sync::atomic::AtomicU64,
+    /// Batches appended, and the messages in them.
+    pub batches: std::sync::atomic::AtomicU64,
+    pub messages: std::sync::atomic::AtomicU64,
+}
+
+impl EngineStats {
+    pub(crate) fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How an engine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Most tenants kept in memory; past it the least recently used are
+    /// dropped (and load again from the view when next needed), so memory
+    /// does not grow with every tenant ever touched. Default 50,000, or
+    /// `LEDGER_TENANT_CACHE`.
+    pub tenant_cache: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        let tenant_cache =
+            std::env::var("LEDGER_TENANT_CACHE").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+        EngineOptions { tenant_cache }
+    }
+}
+
 /// A handle to a running engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
@@ -63,6 +115,7 @@ pub struct Ledger {
     projectors: std::sync::Arc<Vec<tokio::task::AbortHandle>>,
     views: ViewStore,
     appended: tokio::sync::watch::Receiver<u64>,
+    stats: std::sync::Arc<EngineStats>,
 }
 
 /// How often a command is re-decided after conflicts before giving up. Each
@@ -81,6 +134,15 @@ const MAX_RECENT_KEYS: usize = 50_000;
 impl Ledger {
     /// Starts the engine and the projectors over `log` and `views`.
     pub async fn start<L: EventLog>(log: L, views: ViewStore) -> anyhow::Result<Ledger> {
+        Ledger::start_with(log, views, EngineOptions::default()).await
+    }
+
+    /// Starts the engine with `options`.
+    pub async fn start_with<L: EventLog>(
+        log: L,
+        views: ViewStore,
+        options: EngineOptions,
+    ) -> anyhow::Result<Ledger> {
         let (appended_tx, appended) = tokio::sync::watch::channel(0);
         let mut engine = Engine {
             log: log.clone(),
@@ -90,7 +152,12 @@ impl Ledger {
             ledger_time_us: 0,
             appended: appended_tx,
             busy: HashSet::new(),
+            loading: HashMap::new(),
+            tick: 0,
+            capacity: options.tenant_cache.max(1),
+            stats: std::sync::Arc::default(),
         };
+        let stats = engine.stats.clone();
         engine.ledger_time_us = engine.find_ledger_time().await?;
         engine.catalog = engine.load(CATALOG_TENANT).await?;
         let (tx, rx) = mpsc::channel(4096);
@@ -107,7 +174,7 @@ impl Ledger {
             }
         });
         let projectors = std::sync::Arc::new(for_each_projection(&log, &views));
-        Ok(Ledger { tx, projectors, views, appended })
+        Ok(Ledger { tx, projectors, views, appended, stats })
     }
 
     /// Decides and records one command.
@@ -161,6 +228,11 @@ impl Ledger {
 
     pub fn views(&self) -> &ViewStore {
         &self.views
+    }
+
+    /// What the engine has done so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::command::{Command, Rejection, Submission};
 use super::decide::{decide, Context, Decision};
-use super::loaded::{load, Loaded};
-use super::{Job, Reply, MAX_GROUPS_IN_FLIGHT, MAX_RECENT_KEYS, MAX_RETRIES};
+use super::loaded::{load, Loaded, Overlay};
+use super::{EngineStats, Job, Reply, MAX_GROUPS_IN_FLIGHT, MAX_RECENT_KEYS, MAX_RETRIES};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, LogError, MAX_BATCH_MESSAGES};
 
 pub(super) struct Engine<L> {
@@ -28,7 +28,18 @@ pub(super) struct Engine<L> {
     pub(super) appended: tokio::sync::watch::Sender<u64>,
     /// Tenants with a batch in flight: their next commands wait for it.
     pub(super) busy: HashSet<String>,
+    /// Tenants being loaded off the decision loop, with the commands that
+    /// wait for them (in arrival order).
+    pub(super) loading: HashMap<String, Vec<Job>>,
+    /// Decisions made so far: the clock of `Loaded::used`.
+    pub(super) tick: u64,
+    /// Most tenants kept in memory (see [`Engine::evict`]).
+    pub(super) capacity: usize,
+    pub(super) stats: std::sync::Arc<EngineStats>,
 }
+
+/// A tenant load running off the decision loop.
+type Load = futures_util::future::BoxFuture<'static, (String, anyhow::Result<Loaded>)>;
 
 /// A batch ready to append and the commands it answers.
 struct Group {
@@ -113,6 +124,7 @@ impl<L: EventLog> Engine<L> {
         let mut queue: VecDeque<Job> = VecDeque::new();
         let mut inflight: FuturesUnordered<futures_util::future::BoxFuture<'static, InFlight>> =
             FuturesUnordered::new();
+        let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
         let mut open = true;
         loop {
             while queue.len() < 4 * MAX_BATCH_MESSAGES {
@@ -122,7 +134,9 @@ impl<L: EventLog> Engine<L> {
                 }
             }
             if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
-                if let Some(group) = self.build_group(&mut queue, !inflight.is_empty()).await {
+                if let Some(group) = self.build_group(&mut queue, !inflight.is_empty(), &mut loads).await {
+                    EngineStats::add(&self.stats.batches, 1);
+                    EngineStats::add(&self.stats.messages, group.batch.messages.len() as u64);
                     let log = self.log.clone();
                     let append = tokio::spawn(async move { log.append(group.batch).await });
                     let staged = group.staged;
@@ -138,7 +152,7 @@ impl<L: EventLog> Engine<L> {
                     continue;
                 }
             }
-            if !open && queue.is_empty() && inflight.is_empty() {
+            if !open && queue.is_empty() && inflight.is_empty() && loads.is_empty() {
                 return;
             }
             tokio::select! {
@@ -152,16 +166,30 @@ impl<L: EventLog> Engine<L> {
                         Err(error) => self.abandon(done.staged, error, &mut queue),
                     }
                 }
+                Some((tenant, loaded)) = loads.next(), if !loads.is_empty() => {
+                    self.loaded(tenant, loaded, &mut queue).await;
+                }
             }
         }
     }
 
-    /// Decides commands from the queue into one batch. Commands of tenants
-    /// already in this group or in a batch in flight stay queued (they must
-    /// see those effects first), as does everything after a held command
-    /// that carries its own `at` (imports keep their order). A catalog
-    /// command travels alone, with nothing else in flight.
-    async fn build_group(&mut self, queue: &mut VecDeque<Job>, others_in_flight: bool) -> Option<Group> {
+    /// Decides commands from the queue into one batch. A tenant's commands
+    /// chain within the group: each is decided against the state its
+    /// predecessors in the group leave ([`Overlay`]), under the one
+    /// expectation its first message carries; a chained command whose
+    /// answer would append nothing (it would rest on events not yet
+    /// durable) waits for the next group, and so do the tenant's commands
+    /// after it. Commands of tenants with a batch in flight wait (they must
+    /// see its outcome), as does everything after a held command that
+    /// carries its own `at` (imports keep their order). A tenant not in
+    /// memory is loaded off the loop while other tenants are decided. A
+    /// catalog command travels alone, with nothing else in flight.
+    async fn build_group(
+        &mut self,
+        queue: &mut VecDeque<Job>,
+        others_in_flight: bool,
+        loads: &mut FuturesUnordered<Load>,
+    ) -> Option<Group> {
         if self.busy.contains(CATALOG_TENANT) {
             // Every decision reads the catalog: wait for its change to land.
             return None;
@@ -170,25 +198,65 @@ impl<L: EventLog> Engine<L> {
         let mut messages: Vec<AppendMessage> = Vec::new();
         let mut expectations: Vec<Expectation> = Vec::new();
         let mut held: VecDeque<Job> = VecDeque::new();
+        let mut held_tenants: HashSet<String> = HashSet::new();
+        let mut in_group: HashSet<String> = HashSet::new();
+        let mut overlays: HashMap<String, Overlay> = HashMap::new();
         while let Some(job) = queue.pop_front() {
             let tenant = job.submission.command.tenant().unwrap_or(CATALOG_TENANT).to_string();
             let catalog = tenant == CATALOG_TENANT;
-            let busy = self.busy.contains(&tenant) || staged.iter().any(|s| s.tenant == tenant);
+            let ordered = job.submission.at_us.is_some();
             if catalog && (others_in_flight || !staged.is_empty() || !held.is_empty())
                 || messages.len() + 16 > MAX_BATCH_MESSAGES
             {
                 queue.push_front(job);
                 break;
             }
-            if busy {
-                let ordered = job.submission.at_us.is_some();
+            if self.busy.contains(&tenant) || held_tenants.contains(&tenant) {
+                held_tenants.insert(tenant);
                 held.push_back(job);
                 if ordered {
                     break;
                 }
                 continue;
             }
-            let (at_us, envelopes, denial) = match self.decide_fresh(&tenant, &job).await {
+            if let Some(waiting) = self.loading.get_mut(&tenant) {
+                waiting.push(job);
+                continue;
+            }
+            if !catalog && !ordered && !self.tenants.contains_key(&tenant) {
+                // Cold: load it off the loop; its commands wait for it.
+                EngineStats::add(&self.stats.loads, 1);
+                self.loading.insert(tenant.clone(), vec![job]);
+                let (log, views) = (self.log.clone(), self.views.clone());
+                loads.push(Box::pin(async move {
+                    let loaded = load(&log, &views, &tenant).await;
+                    (tenant, loaded)
+                }));
+                continue;
+            }
+            let chained = in_group.contains(&tenant);
+            let outcome = if chained {
+                let overlay = overlays.entry(tenant.clone()).or_insert_with(|| {
+                    let mut overlay = Overlay::new(&self.tenants[&tenant].state);
+                    overlay.fold(staged.iter().filter(|s| s.tenant == tenant).flat_map(|s| &s.envelopes));
+                    overlay
+                });
+                match self.decide_encoded(&tenant, &job, Some(overlay)) {
+                    Outcome::Answer(_) => {
+                        // Decided again after this group commits.
+                        held_tenants.insert(tenant);
+                        held.push_back(job);
+                        if ordered {
+                            break;
+                        }
+                        continue;
+                    }
+                    append => append,
+                }
+            } else {
+                self.decide_fresh(&tenant, &job).await
+            };
+            let (at_us, envelopes, denial) = match outcome {
                 Outcome::Answer(reply) => {
                     let _ = job.reply.send(reply);
                     continue;
@@ -200,8 +268,21 @@ impl<L: EventLog> Engine<L> {
                 queue.push_front(job);
                 break;
             }
-            let loaded = if catalog { &self.catalog } else { &self.tenants[&tenant] };
-            expectations.push(Expectation { tenant: tenant.clone(), last_position: loaded.log_position });
+            self.tick += 1;
+            let loaded = if catalog { Some(&mut self.catalog) } else { self.tenants.get_mut(&tenant) };
+            let Some(loaded) = loaded else {
+                // Decided just now from memory, so it is there; never
+                // append without the tenant's expectation.
+                let _ = job.reply.send(Reply::Failed { message: format!("tenant {tenant} left memory") });
+                continue;
+            };
+            loaded.used = self.tick;
+            if chained {
+                EngineStats::add(&self.stats.chained, 1);
+            } else {
+                expectations.push(Expectation { tenant: tenant.clone(), last_position: loaded.log_position });
+                in_group.insert(tenant.clone());
+            }
             let offset = messages.len();
             let mut folded = Vec::with_capacity(envelopes.len());
             for (envelope, hash, bytes) in envelopes {
@@ -211,6 +292,9 @@ impl<L: EventLog> Engine<L> {
                     payload: bytes,
                 });
                 folded.push((envelope, hash));
+            }
+            if let Some(overlay) = overlays.get_mut(&tenant) {
+                overlay.fold(&folded);
             }
             self.ledger_time_us = self.ledger_time_us.max(at_us);
             staged.push(Staged { job, tenant, envelopes: folded, offset, denial });
@@ -225,10 +309,65 @@ impl<L: EventLog> Engine<L> {
         if staged.is_empty() {
             return None;
         }
-        for s in &staged {
-            self.busy.insert(s.tenant.clone());
-        }
+        self.busy.extend(in_group);
+        self.evict();
         Some(Group { staged, batch: AppendBatch { messages, expectations } })
+    }
+
+    /// A load started by [`Engine::build_group`] finished: keep the tenant
+    /// and put its waiting commands back at the head of the queue, in order
+    /// (or fail them when it could not be loaded).
+    async fn loaded(&mut self, tenant: String, loaded: anyhow::Result<Loaded>, queue: &mut VecDeque<Job>) {
+        let waiting = self.loading.remove(&tenant).unwrap_or_default();
+        match loaded {
+            Ok(mut loaded) => {
+                if !self.catalog.catalog.covers(&loaded.state) {
+                    // Another writer defined a plan or add-on it names.
+                    if let Err(error) = self.reload_catalog().await {
+                        tracing::warn!(%error, "reloading the catalog");
+                    }
+                }
+                self.tick += 1;
+                loaded.used = self.tick;
+                // One loaded in the meantime (by a stale check) is as good.
+                self.tenants.entry(tenant).or_insert(loaded);
+                for job in waiting.into_iter().rev() {
+                    queue.push_front(job);
+                }
+            }
+            Err(error) => {
+                for job in waiting {
+                    let _ = job.reply.send(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
+                }
+            }
+        }
+    }
+
+    async fn reload_catalog(&mut self) -> anyhow::Result<()> {
+        self.catalog = self.load(CATALOG_TENANT).await?;
+        Ok(())
+    }
+
+    /// Keeps at most `capacity` tenants in memory: past it, the least
+    /// recently used tenants without a batch in flight are dropped, down to
+    /// 90% (so eviction runs now and then, not at every group). A dropped
+    /// tenant loads again, from its view row and the log, when next needed.
+    fn evict(&mut self) {
+        if self.tenants.len() <= self.capacity {
+            return;
+        }
+        let excess = self.tenants.len() - self.capacity * 9 / 10;
+        let mut idle: Vec<(u64, &String)> =
+            self.tenants.iter().filter(|(t, _)| !self.busy.contains(*t)).map(|(t, l)| (l.used, t)).collect();
+        if idle.len() > excess {
+            idle.select_nth_unstable(excess);
+            idle.truncate(excess);
+        }
+        let evicted: Vec<String> = idle.into_iter().map(|(_, t)| t.clone()).collect();
+        EngineStats::add(&self.stats.evictions, evicted.len() as u64);
+        for tenant in evicted {
+            self.tenants.remove(&tenant);
+        }
     }
 
     /// Decides a command against state no older than the log when the
@@ -243,7 +382,7 @@ impl<L: EventLog> Engine<L> {
             if let Err(error) = self.ensure_loaded(tenant).await {
                 return Outcome::Answer(Reply::Failed { message: format!("loading {tenant}: {error:#}") });
             }
-            let outcome = self.decide_encoded(tenant, job);
+            let outcome = self.decide_encoded(tenant, job, None);
             let Outcome::Answer(reply) = &outcome else { return outcome };
             let settled = match reply {
                 Reply::Ok { .. } => false,
@@ -293,12 +432,13 @@ impl<L: EventLog> Engine<L> {
 
     /// Decides one command against memory as it stands and encodes its
     /// events. No IO beyond the view lookups of request keys and files.
-    fn decide_encoded(&self, tenant: &str, job: &Job) -> Outcome {
+    fn decide_encoded(&self, tenant: &str, job: &Job, overlay: Option<&Overlay>) -> Outcome {
         let catalog = tenant == CATALOG_TENANT;
         let loaded = if catalog { &self.catalog } else { &self.tenants[tenant] };
+        let state = overlay.map_or(&loaded.state, |o| &o.state);
         // Time never runs backwards for a tenant: its newest event (whoever
         // wrote it) and the catalog's bound every later `at`.
-        let floor_us = loaded.state.chain.last_at_us.max(self.catalog.catalog.chain.last_at_us);
+        let floor_us = state.chain.last_at_us.max(self.catalog.catalog.chain.last_at_us);
         let at_us = match job.submission.at_us {
             // A retry after a conflict was in order against this engine's
             // ledger time when first decided; against the log it must be now.
@@ -316,13 +456,13 @@ impl<L: EventLog> Engine<L> {
             Some(at) => at,
             None => now_us().max(self.ledger_time_us).max(floor_us),
         };
-        let (events, denial) = match self.decide(tenant, &job.submission, at_us) {
+        let (events, denial) = match self.decide(tenant, &job.submission, at_us, overlay) {
             Err(rejection) => return Outcome::Answer(Reply::Rejected { rejection, seq: None }),
             Ok(Decision::Duplicate { seq }) => return Outcome::Answer(Reply::Ok { seq, duplicate: true }),
             Ok(Decision::Accept(events)) => (events, None),
             Ok(Decision::Deny { event, rejection }) => (vec![event], Some(rejection)),
         };
-        let mut prev_hash = loaded.hash(catalog);
+        let mut prev_hash = overlay.map_or_else(|| loaded.hash(catalog), |o| o.state.chain.last_hash);
         let mut envelopes = Vec::with_capacity(events.len());
         for payload in events {
             let envelope = Envelope {
@@ -356,13 +496,23 @@ impl<L: EventLog> Engine<L> {
         Outcome::Append { at_us, envelopes, denial }
     }
 
-    fn decide(&self, tenant: &str, submission: &Submission, at_us: i64) -> Result<Decision, Rejection> {
+    /// Decides against the tenant's memory, or the overlay of a chained
+    /// command; request keys and files are looked up in the overlay, then
+    /// memory, then the view.
+    fn decide(
+        &self,
+        tenant: &str,
+        submission: &Submission,
+        at_us: i64,
+        overlay: Option<&Overlay>,
+    ) -> Result<Decision, Rejection> {
         let empty = TenantState::default();
         let loaded = self.tenants.get(tenant);
-        let state = loaded.map_or(&empty, |l| &l.state);
+        let state = overlay.map(|o| &o.state).or(loaded.map(|l| &l.state)).unwrap_or(&empty);
         let earlier_request = match &submission.command {
-            Command::ConsumeTokens { request, .. } => match loaded
-                .and_then(|l| l.recent_requests.get(request))
+            Command::ConsumeTokens { request, .. } => match overlay
+                .and_then(|o| o.requests.get(request))
+                .or_else(|| loaded.and_then(|l| l.recent_requests.get(request)))
             {
                 Some(entry) => Some(*entry),
                 None => LedgerView::request(&self.views, tenant, request)
@@ -372,7 +522,10 @@ impl<L: EventLog> Engine<L> {
         };
         let existing_file = match &submission.command {
             Command::Upload { file, .. } | Command::DeleteFile { file, .. } => {
-                match loaded.and_then(|l| l.recent_files.get(file)) {
+                match overlay
+                    .and_then(|o| o.files.get(file))
+                    .or_else(|| loaded.and_then(|l| l.recent_files.get(file)))
+                {
                     Some(change) => *change,
                     None => LedgerView::file(&self.views, tenant, file)
                         .map_err(|e| Rejection::new("unavailable", format!("reading live files: {e}")))?,
@@ -430,6 +583,9 @@ impl<L: EventLog> Engine<L> {
     /// touched tenants and retry or fail their commands.
     fn abandon(&mut self, staged: Vec<Staged>, error: LogError, queue: &mut VecDeque<Job>) {
         let conflict = matches!(error, LogError::Conflict { .. });
+        if conflict {
+            EngineStats::add(&self.stats.conflicts, 1);
+        }
         if let LogError::Conflict { tenant, .. } = &error {
             tracing::debug!(%tenant, "append conflict; reloading and deciding again");
         }

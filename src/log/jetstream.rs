@@ -45,6 +45,8 @@ impl JetStreamOptions {
 #[derive(Clone)]
 pub struct JetStreamLog {
     client: async_nats::Client,
+    /// For single publishes (their acks are multiplexed on one inbox).
+    context: jetstream::Context,
     stream: stream::Stream,
 }
 
@@ -115,7 +117,8 @@ impl JetStreamLog {
                  (nats stream edit {STREAM_NAME} --allow-batch) and restart"
             )));
         }
-        Ok(JetStreamLog { client, stream })
+        let context = jetstream::ContextBuilder::new().timeout(COMMIT_TIMEOUT).build(client.clone());
+        Ok(JetStreamLog { client, context, stream })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -150,9 +153,53 @@ impl JetStreamLog {
     }
 }
 
+impl JetStreamLog {
+    /// One message needs no batch protocol: a single publish carrying the
+    /// tenant's expectation is as atomic and as durable, and answers ~7x
+    /// sooner (`../shared/notes/jetstream-limits.md`: p50 ~0.35 ms against
+    /// ~2.2 ms for an atomic batch of one). This is the path of a decision
+    /// that finds the engine idle.
+    async fn append_one(&self, batch: &AppendBatch) -> Result<AppendAck, LogError> {
+        let m = &batch.messages[0];
+        let mut headers = HeaderMap::new();
+        if let Some(e) = batch.expectations.first() {
+            headers.insert("Nats-Expected-Last-Subject-Sequence", e.last_position.to_string().as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                format!("{}.{}.>", events::SUBJECT_PREFIX, m.tenant).as_str(),
+            );
+        }
+        let published = self
+            .context
+            .publish_with_headers(m.subject(), headers, m.payload.clone())
+            .await
+            .map_err(unavailable)?
+            .await;
+        match published {
+            Ok(ack) if ack.stream == STREAM_NAME && ack.sequence > 0 && !ack.duplicate => {
+                Ok(AppendAck { first: ack.sequence, last: ack.sequence })
+            }
+            Ok(ack) => Err(LogError::Unavailable(format!(
+                "publish ack does not describe the message sent (stream {:?}, sequence {}, duplicate {})",
+                ack.stream, ack.sequence, ack.duplicate
+            ))),
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+                    && !batch.expectations.is_empty() =>
+            {
+                Err(self.name_conflict(batch, &error.to_string()).await)
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}
+
 impl EventLog for JetStreamLog {
     async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
         batch.check()?;
+        if batch.messages.len() == 1 {
+            return self.append_one(&batch).await;
+        }
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let count = batch.messages.len();
         // Each tenant's expectation rides on its first message; taking it out
