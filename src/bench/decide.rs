@@ -12,7 +12,7 @@ use projections::ViewStore;
 
 use super::support::{baseline_round, connect, create_baseline_stream, machine, rate, Rng};
 use crate::engine::command::{Command, Submission};
-use crate::engine::{Ledger, Reply};
+use crate::engine::{EngineStats, Ledger, Reply};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, Source};
 
 #[derive(Debug, Clone, Copy)]
@@ -270,12 +270,261 @@ pub async fn decide(nats: Option<&str>, shape: DecideShape) -> anyhow::Result<()
     Ok(())
 }
 
+/// What `ledger bench decide` measures (`--decisions` sets the largest row;
+/// the others are scaled so each runs a few seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixShape {
+    pub decisions: usize,
+    /// Distinct tenants for the memory row (memory is read after a tenth of
+    /// them and after all).
+    pub memory_tenants: usize,
+}
+
+/// One row of the matrix: decisions (or messages) per second, latencies.
+struct Row {
+    label: String,
+    rate: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Row {
+    fn new(label: &str, count: usize, elapsed: Duration, latencies: Vec<Duration>) -> Row {
+        Row { label: label.to_string(), rate: rate(count, elapsed), latencies }
+    }
+
+    fn p50(&self) -> f64 {
+        if self.latencies.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&self.latencies, 0.5)
+        }
+    }
+
+    fn print(&self) {
+        if self.latencies.is_empty() {
+            println!("  {:<44}{:>10.0}/s", self.label, self.rate);
+        } else {
+            println!(
+                "  {:<44}{:>10.0}/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+                self.label,
+                self.rate,
+                self.p50(),
+                percentile(&self.latencies, 0.99)
+            );
+        }
+    }
+}
+
+/// The bare baseline of a single publish: `clients` tasks, each publishing
+/// 150-byte messages one after another to its own subject with that
+/// subject's expected last sequence (as the ledger's single publishes carry),
+/// each waiting for its fsynced ack. `total` in all.
+async fn bare_singles(
+    client: &async_nats::Client,
+    clients: usize,
+    total: usize,
+    run: &str,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let js = async_nats::jetstream::new(client.clone());
+    let per_client = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let js = js.clone();
+        let subject = format!("baseline.single-{run}-{c}.x");
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            let mut last = 0u64;
+            for _ in 0..per_client {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string().as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", subject.as_str());
+                let sent = Instant::now();
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, Bytes::from(vec![7u8; 150]))
+                    .await?
+                    .await?;
+                latencies.push(sent.elapsed());
+                last = ack.sequence;
+            }
+            Ok(latencies)
+        }));
+    }
+    gather(started, tasks, per_client * clients).await
+}
+
+/// Resident memory of this process, in MiB (`VmRSS`).
+fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Subscribes `prefix-from..to` and has each decide once.
+async fn subscribe_and_decide(ledger: &Ledger, prefix: &str, from: usize, to: usize) -> anyhow::Result<()> {
+    for chunk_start in (from..to).step_by(10_000) {
+        let chunk = chunk_start..(chunk_start + 10_000).min(to);
+        let mut pending = Vec::with_capacity(chunk.len());
+        for i in chunk.clone() {
+            let tenant = tenant_name(prefix, i);
+            pending.push(
+                ledger
+                    .submit_nowait(admin(Command::Subscribe { tenant, plan: "bench".into(), seats: 1 }))
+                    .await,
+            );
+        }
+        for answer in pending.drain(..) {
+            anyhow::ensure!(
+                matches!(crate::engine::wait(answer).await, Reply::Ok { .. }),
+                "subscribe failed"
+            );
+        }
+        for i in chunk {
+            let tenant = tenant_name(prefix, i);
+            pending.push(ledger.submit_nowait(submission(&tenant, i as u64, i as u64)).await);
+        }
+        for answer in pending {
+            match crate::engine::wait(answer).await {
+                Reply::Ok { .. } | Reply::Rejected { seq: Some(_), .. } => {}
+                other => anyhow::bail!("decision failed: {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ledger bench decide`: the decision matrix of issue 12, every figure a
+/// ratio to a baseline measured in the same run.
+pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()> {
+    let (server, log) = connect(nats).await?;
+    let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
+    let client = log.client().clone();
+    println!(
+        "bench decide: quota decisions (70% consume_tokens, 30% upload), each client waiting for its answer"
+    );
+    println!(
+        "machine: {}; nats-server {} with sync_interval: always",
+        machine(),
+        client.server_info().version
+    );
+    create_baseline_stream(&client).await?;
+    let n = shape.decisions;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+
+    // Baselines, bare async-nats, no ledger code.
+    let (e, l) = bare_singles(&client, 1, (n / 50).max(200), &run).await?;
+    let bare_one = Row::new("bare single publish, 1 client", l.len(), e, l);
+    let (e, l) = bare_singles(&client, 16, (n / 5).max(1600), &run).await?;
+    let bare_16 = Row::new("bare single publishes, 16 in flight", l.len(), e, l);
+    let payloads: Vec<(String, Bytes)> = (0..n)
+        .map(|i| (format!("baseline.t-{:05}.tokens_consumed", i % 10_000), Bytes::from(vec![7u8; 150])))
+        .collect();
+    let batches = baseline_round(&client, &payloads, 16, 1000).await?;
+    let bare_batch = Row::new("bare atomic batches of 1000 (messages)", payloads.len(), batches, Vec::new());
+
+    // The ledger through the in-process engine, and through `ledger serve`.
+    let views_dir = tempfile::tempdir()?;
+    let views = ViewStore::open(views_dir.path())?;
+    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
+    let service = crate::serve::Server::start(log.clone(), views, options).await?;
+    let ledger = service.ledger().clone();
+    define_bench_plan(&ledger).await?;
+    let mut rows = Vec::new();
+    for (label, prefix, tenants, clients, count) in [
+        ("ledger, 1 client, 1,000 tenants", "a", 1_000, 1, (n / 50).max(200)),
+        ("ledger, 16 clients, 1,000 tenants", "b", 1_000, 16, (n / 5).max(1600)),
+        ("ledger, 100 clients, 1,000 tenants", "c", 1_000, 100, (n / 2).max(10_000)),
+        ("ledger, 100 clients, one tenant", "d", 1, 100, (n / 5).max(10_000)),
+        ("ledger, 2,000 clients, 10,000 tenants", "e", 10_000, 2_000, n.max(20_000)),
+    ] {
+        subscribe_all(&ledger, prefix, tenants).await?;
+        let (e, l) = load(&ledger, prefix, tenants, clients, count, rows.len() as u64 + 10).await?;
+        rows.push(Row::new(label, l.len(), e, l));
+    }
+    let mut served = Vec::new();
+    for (label, prefix, tenants, clients, count) in [
+        ("serve, 1 client, 1 tenant", "sa", 1, 1, (n / 50).max(200)),
+        ("serve, 100 clients, one tenant", "sd", 1, 100, (n / 5).max(10_000)),
+    ] {
+        subscribe_all(&ledger, prefix, tenants).await?;
+        let (e, l) = load_service(&url, prefix, tenants, clients, clients.min(100), count, 20).await?;
+        served.push(Row::new(label, l.len(), e, l));
+    }
+    // The in-process rows the served ones compare with, on the same tenants' shape.
+    subscribe_all(&ledger, "ia", 1).await?;
+    let (e, l) = load(&ledger, "ia", 1, 1, (n / 50).max(200), 30).await?;
+    let engine_one = Row::new("ledger, 1 client, 1 tenant", l.len(), e, l);
+
+    // Memory: distinct tenants deciding, with the tenant cache bounded.
+    let before = resident_mib();
+    let tenth = (shape.memory_tenants / 10).max(1);
+    subscribe_and_decide(&ledger, "m", 0, tenth).await?;
+    let at_tenth = resident_mib();
+    subscribe_and_decide(&ledger, "m", tenth, shape.memory_tenants).await?;
+    let at_all = resident_mib();
+    service.stop().await;
+
+    println!("baselines:");
+    for row in [&bare_one, &bare_16, &bare_batch] {
+        row.print();
+    }
+    println!("ledger (in-process engine):");
+    for row in rows.iter().chain([&engine_one]) {
+        row.print();
+    }
+    println!("through `ledger serve` (NATS request/reply):");
+    for row in &served {
+        row.print();
+    }
+    println!(
+        "resident memory: {before:.0} MiB before, {at_tenth:.0} MiB after {tenth} tenants decided, {at_all:.0} MiB after {}",
+        shape.memory_tenants
+    );
+    let stats = ledger.stats();
+    println!(
+        "engine: {} batches, {} messages, {} chained decisions, {} conflicts, {} loads, {} evictions",
+        EngineStats::get(&stats.batches),
+        EngineStats::get(&stats.messages),
+        EngineStats::get(&stats.chained),
+        EngineStats::get(&stats.conflicts),
+        EngineStats::get(&stats.loads),
+        EngineStats::get(&stats.evictions)
+    );
+    let targets = [
+        ("1 client p50 <= 1.5 x bare single publish p50", rows[0].p50() / bare_one.p50(), 1.5, false),
+        ("16 clients >= 1.0 x bare pipelined single publishes", rows[1].rate / bare_16.rate, 1.0, true),
+        ("one tenant >= 0.5 x 1,000 tenants (100 clients)", rows[3].rate / rows[2].rate, 0.5, true),
+        ("2,000 clients >= 0.35 x bare atomic batch messages", rows[4].rate / bare_batch.rate, 0.35, true),
+        ("memory after all <= 1.5 x after a tenth", at_all / at_tenth, 1.5, false),
+        (
+            "serve within 1.5 x in-process (1-client p50, one-tenant rate)",
+            (served[0].p50() / engine_one.p50()).max(rows[3].rate / served[1].rate),
+            1.5,
+            false,
+        ),
+    ];
+    let mut met = 0;
+    for (what, ratio, bound, at_least) in targets {
+        let ok = if at_least { ratio >= bound } else { ratio <= bound };
+        met += usize::from(ok);
+        println!("  {} {what}: {ratio:.3}", if ok { "met   " } else { "MISSED" });
+    }
+    println!("targets met: {met} of {}", targets.len());
+    Ok(())
+}
+
 /// `clients` tenant clients (tenant `prefix-<c>` each), sharing
 /// `connections` NATS connections, each sending decisions through the
 /// service one after another, `total` in all.
 async fn load_service(
     url: &str,
     prefix: &str,
+    tenants: usize,
     clients: usize,
     connections: usize,
     total: usize,
@@ -296,7 +545,7 @@ async fn load_service(
         let client = Client::with_connection(
             pool[c % connections].clone(),
             config.clone(),
-            &tenant_name(prefix, c),
+            &tenant_name(prefix, c % tenants),
             Role::User,
         );
         tasks.push(tokio::spawn(async move {
@@ -347,7 +596,8 @@ pub async fn serve(
     subscribe_all(&ledger, "svc", clients).await?;
     subscribe_all(&ledger, "eng", clients).await?;
 
-    let (svc_elapsed, svc_lat) = load_service(&url, "svc", clients, connections, decisions, 5).await?;
+    let (svc_elapsed, svc_lat) =
+        load_service(&url, "svc", clients, clients, connections, decisions, 5).await?;
     let (eng_elapsed, eng_lat) = load(&ledger, "eng", clients, clients, decisions, 6).await?;
     let (svc_rate, eng_rate) = (rate(svc_lat.len(), svc_elapsed), rate(eng_lat.len(), eng_elapsed));
     print_rate("through the service:", svc_rate, &svc_lat);

@@ -59,7 +59,21 @@ pub enum BenchCommand {
     /// Durable quota decisions through the engine on JetStream, with
     /// latency percentiles, beside the ingest baseline; then tenants with a
     /// long history against fresh ones.
+    /// The decision matrix: latency and throughput at 1, 16, 100 and 2,000
+    /// clients, a hot tenant, through `ledger serve`, and memory over many
+    /// tenants, each against bare baselines in the same run; ends with
+    /// `targets met: N of 6`.
     Decide {
+        /// Decisions in the largest row (others are scaled from it).
+        #[arg(long, default_value_t = 100_000)]
+        decisions: usize,
+        /// Distinct tenants for the memory row.
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_tenants: usize,
+    },
+    /// The decision rate on tenants with a long history against fresh ones,
+    /// and against the bare atomic-batch baseline.
+    DecideHistory {
         #[arg(long, default_value_t = 200_000)]
         decisions: usize,
         #[arg(long, default_value_t = 10_000)]
@@ -93,7 +107,10 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
         BenchCommand::Replay { events, tenants, rounds } => {
             replay(nats, events, tenants, rounds.max(1)).await
         }
-        BenchCommand::Decide { decisions, tenants, clients, history, history_tenants } => {
+        BenchCommand::Decide { decisions, memory_tenants } => {
+            decide::matrix(nats, decide::MatrixShape { decisions, memory_tenants }).await
+        }
+        BenchCommand::DecideHistory { decisions, tenants, clients, history, history_tenants } => {
             anyhow::ensure!(
                 clients >= 1 && tenants >= 1 && history_tenants >= 1,
                 "counts must be at least 1"
