@@ -120,6 +120,20 @@ fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
     );
 }
 
+/// `ledger serve` in this process on fresh views (the billing clock idle),
+/// with the bench plan defined. The directory lives as long as the guard.
+async fn start_service(
+    log: &JetStreamLog,
+) -> anyhow::Result<(crate::serve::Server, Ledger, tempfile::TempDir)> {
+    let views_dir = tempfile::tempdir()?;
+    let views = ViewStore::open(views_dir.path())?;
+    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
+    let service = crate::serve::Server::start(log.clone(), views, options).await?;
+    let ledger = service.ledger().clone();
+    define_bench_plan(&ledger).await?;
+    Ok((service, ledger, views_dir))
+}
+
 /// Defines the plan every bench tenant subscribes to (no limit in reach).
 async fn define_bench_plan(ledger: &Ledger) -> anyhow::Result<()> {
     let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
@@ -331,7 +345,7 @@ async fn bare_singles(
     let mut tasks = Vec::new();
     for c in 0..clients {
         let js = js.clone();
-        let subject = format!("baseline.single-{run}-{c}.x");
+        let subject = format!("baseline.single-{run}-{clients}-{c}.x");
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             let mut last = 0u64;
@@ -428,12 +442,7 @@ pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()
     let bare_batch = Row::new("bare atomic batches of 1000 (messages)", payloads.len(), batches, Vec::new());
 
     // The ledger through the in-process engine, and through `ledger serve`.
-    let views_dir = tempfile::tempdir()?;
-    let views = ViewStore::open(views_dir.path())?;
-    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
-    let service = crate::serve::Server::start(log.clone(), views, options).await?;
-    let ledger = service.ledger().clone();
-    define_bench_plan(&ledger).await?;
+    let (service, ledger, _views_dir) = start_service(&log).await?;
     let mut rows = Vec::new();
     for (label, prefix, tenants, clients, count) in [
         ("ledger, 1 client, 1,000 tenants", "a", 1_000, 1, (n / 50).max(200)),
@@ -587,12 +596,7 @@ pub async fn serve(
         machine(),
         log.client().server_info().version
     );
-    let views_dir = tempfile::tempdir()?;
-    let views = ViewStore::open(views_dir.path())?;
-    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
-    let service = crate::serve::Server::start(log.clone(), views, options).await?;
-    let ledger = service.ledger().clone();
-    define_bench_plan(&ledger).await?;
+    let (service, ledger, _views_dir) = start_service(&log).await?;
     subscribe_all(&ledger, "svc", clients).await?;
     subscribe_all(&ledger, "eng", clients).await?;
 
