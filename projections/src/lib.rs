@@ -253,6 +253,9 @@ pub struct ViewStore {
     memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
 }
 
+/// The views' page cache (see [`ViewStore::open`]).
+pub const VIEWS_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 impl ViewStore {
     pub fn open(dir: &Path) -> Result<ViewStore, ViewError> {
         let config = sled::Config::new()
@@ -261,6 +264,10 @@ impl ViewStore {
             // fsync per batch: after a crash sled recovers a consistent
             // prefix of batches and the projector resumes from its checkpoint.
             .flush_every_ms(Some(500))
+            // sled's page cache defaults to 1 GiB and fills with the views
+            // as they grow: resident memory would grow with every tenant
+            // ever seen. Bounded; rows missing from it are read from disk.
+            .cache_capacity(VIEWS_CACHE_BYTES)
             .mode(sled::Mode::HighThroughput);
         let db = open_sled(&config)?;
         rebuild_if_other_layout(&db)?;
