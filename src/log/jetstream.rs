@@ -110,7 +110,20 @@ impl JetStreamLog {
             allow_direct: true,
             ..Default::default()
         };
-        let stream = context.get_or_create_stream(config).await.map_err(unavailable)?;
+        // A server started a moment ago may accept connections before
+        // JetStream answers: retry the stream setup for a few seconds.
+        let mut tries = 0;
+        let stream = loop {
+            match context.get_or_create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(error) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(%error, "JetStream not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        };
         if !stream.cached_info().config.allow_atomic_publish {
             return Err(LogError::Unavailable(format!(
                 "stream {STREAM_NAME} exists without allow_atomic_publish; enable it \
