@@ -22,7 +22,7 @@ use events::{Envelope, CATALOG_TENANT};
 use ledger::bench::natsd::NatsServer;
 use ledger::command::{parse_line, Submission};
 use ledger::decide::{decide, Context, Decision};
-use ledger::engine::{Ledger, Reply};
+use ledger::engine::{EngineStats, Ledger, Reply};
 use ledger::log::Source;
 use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
 use projections::ViewStore;
@@ -468,6 +468,11 @@ async fn randomized_writers_answer_as_one_writer_replaying_the_log() {
         }
         assert!(model.state.used_bytes <= model.state.quota_bytes(&catalog));
     }
+
+    // The run went through the chained path (several commands of one
+    // tenant decided into one batch), which the checks above cover too.
+    let chained: u64 = engines.iter().map(|e| EngineStats::get(&e.stats().chained)).sum();
+    assert!(chained > 0, "no decision was chained: the randomized run missed that path");
 
     // Every engine's views hold the same bytes.
     for engine in &engines {
