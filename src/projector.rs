@@ -5,7 +5,7 @@
 pub use projections::{select_views, View, ALL_VIEWS};
 pub use replay::Options as ProjectorOptions;
 
-use crate::log::EventLog;
+use crate::log::{EventLog, LogError, RecordStream};
 
 /// Folds the log into `views` until `options.until` (or forever), logging
 /// progress. Returns the lowest checkpoint reached.
@@ -15,7 +15,65 @@ pub async fn run<L: EventLog>(
     views: &[&'static dyn View],
     options: ProjectorOptions,
 ) -> anyhow::Result<u64> {
-    Ok(replay::run(log, store, views, options, &mut replay::LogProgress::new()).await?)
+    let mut progress = replay::LogProgress::new();
+    Ok(match options.until {
+        Some(_) => replay::run(log, store, views, options, &mut progress).await?,
+        None => replay::run(&Lingering(log.clone()), store, views, options, &mut progress).await?,
+    })
+}
+
+/// How long the live projector lets events gather before folding them.
+/// Following the tail at low load, every event would otherwise be folded
+/// (and written to sled) alone, and that work competes with the writer and
+/// nats-server for the machine's cores at the moment the next decision is
+/// made (`docs/benchmarks.md`: the probe with the projectors stopped). The
+/// views lag by at most this much more.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The log, read so that a lone event (nothing else ready with it) waits up
+/// to [`LINGER`] for those that follow it (at most a batch's worth), so the
+/// fold takes them together; events that arrive together (a batch) go to
+/// the fold at once, as they did.
+#[derive(Clone)]
+struct Lingering<L>(L);
+
+impl<L: EventLog> replay::Source for Lingering<L> {
+    type Error = LogError;
+
+    async fn head(&self) -> Result<u64, LogError> {
+        self.0.head().await
+    }
+
+    async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {
+        use futures_util::{FutureExt, StreamExt};
+        let records = self.0.read(from, tenant).await?.fuse();
+        let lingering = futures_util::stream::unfold(
+            (records, std::collections::VecDeque::new()),
+            |(mut records, mut gathered)| async move {
+                if let Some(record) = gathered.pop_front() {
+                    return Some((record, (records, gathered)));
+                }
+                let first = records.next().await?;
+                // What is ready at once (a batch's events arrive together)
+                // is folded at once; only a lone event waits for company.
+                while let Some(Some(record)) = records.next().now_or_never() {
+                    gathered.push_back(record);
+                }
+                if !gathered.is_empty() {
+                    return Some((first, (records, gathered)));
+                }
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while gathered.len() < crate::log::MAX_BATCH_MESSAGES {
+                    match tokio::time::timeout_at(deadline, records.next()).await {
+                        Ok(Some(record)) => gathered.push_back(record),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Some((first, (records, gathered)))
+            },
+        );
+        Ok(lingering.boxed())
+    }
 }
 
 /// Brings views up to the log's current head.
