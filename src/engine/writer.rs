@@ -38,6 +38,10 @@ pub(super) struct Engine<L> {
     pub(super) stats: std::sync::Arc<EngineStats>,
 }
 
+/// The catalog's `log_position` while it must be loaded again before the
+/// next decision (a failed catalog append, or another writer moved it).
+const STALE: u64 = u64::MAX;
+
 /// A tenant load running off the decision loop.
 type Load = futures_util::future::BoxFuture<'static, (String, anyhow::Result<Loaded>)>;
 
@@ -100,24 +104,34 @@ impl<L: EventLog> Engine<L> {
     }
 
     async fn ensure_loaded(&mut self, tenant: &str) -> anyhow::Result<()> {
-        if self.catalog.log_position == u64::MAX {
-            // Marked stale by a failed catalog append: every decision needs it.
+        if self.catalog.log_position == STALE {
+            // Every decision needs the catalog.
             self.catalog = self.load(CATALOG_TENANT).await?;
         }
         if tenant == CATALOG_TENANT || self.tenants.contains_key(tenant) {
             return Ok(());
         }
         let loaded = self.load(tenant).await?;
-        if !self.catalog.catalog.covers(&loaded.state) {
-            // The tenant names a plan or add-on another writer defined
-            // after this engine loaded the catalog.
+        self.cover(tenant, &loaded.state).await?;
+        self.tenants.insert(tenant.to_string(), loaded);
+        Ok(())
+    }
+
+    /// Reloads the catalog when `state` names a plan or add-on it lacks
+    /// (another writer defined it after this engine loaded the catalog).
+    async fn cover(&mut self, tenant: &str, state: &TenantState) -> anyhow::Result<()> {
+        if !self.catalog.catalog.covers(state) {
             self.catalog = self.load(CATALOG_TENANT).await?;
-            if !self.catalog.catalog.covers(&loaded.state) {
+            if !self.catalog.catalog.covers(state) {
                 tracing::warn!(tenant, "the tenant names a plan or add-on the catalog lacks");
             }
         }
-        self.tenants.insert(tenant.to_string(), loaded);
         Ok(())
+    }
+
+    /// Marks the catalog for reloading before the next decision.
+    fn mark_catalog_stale(&mut self) {
+        self.catalog = Loaded { log_position: STALE, ..Loaded::default() };
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -321,11 +335,8 @@ impl<L: EventLog> Engine<L> {
         let waiting = self.loading.remove(&tenant).unwrap_or_default();
         match loaded {
             Ok(mut loaded) => {
-                if !self.catalog.catalog.covers(&loaded.state) {
-                    // Another writer defined a plan or add-on it names.
-                    if let Err(error) = self.reload_catalog().await {
-                        tracing::warn!(%error, "reloading the catalog");
-                    }
+                if let Err(error) = self.cover(&tenant, &loaded.state).await {
+                    tracing::warn!(%error, "reloading the catalog");
                 }
                 self.tick += 1;
                 loaded.used = self.tick;
@@ -341,11 +352,6 @@ impl<L: EventLog> Engine<L> {
                 }
             }
         }
-    }
-
-    async fn reload_catalog(&mut self) -> anyhow::Result<()> {
-        self.catalog = self.load(CATALOG_TENANT).await?;
-        Ok(())
     }
 
     /// Keeps at most `capacity` tenants in memory: past it, the least
@@ -421,7 +427,7 @@ impl<L: EventLog> Engine<L> {
         let mut stale = false;
         if catalog_head != self.catalog.log_position {
             stale = true;
-            self.catalog.log_position = u64::MAX; // reloaded by ensure_loaded
+            self.mark_catalog_stale();
         }
         if !catalog_only && self.tenants.get(tenant).is_some_and(|l| l.log_position != tenant_head) {
             stale = true;
@@ -592,9 +598,7 @@ impl<L: EventLog> Engine<L> {
         for s in staged.into_iter().rev() {
             self.busy.remove(&s.tenant);
             if s.tenant == CATALOG_TENANT {
-                // Reloaded before the next decision (see ensure_loaded).
-                self.catalog = Loaded::default();
-                self.catalog.log_position = u64::MAX;
+                self.mark_catalog_stale();
             } else {
                 self.tenants.remove(&s.tenant);
             }
