@@ -53,6 +53,28 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it, alone on stdout (the only time it is
+    /// shown): `keys add TENANT user|admin`, or `keys add --panel`.
+    Add {
+        #[arg(required_unless_present = "panel", conflicts_with = "panel")]
+        tenant: Option<String>,
+        #[arg(required_unless_present = "panel", value_parser = ["user", "admin"])]
+        role: Option<String>,
+        /// A key for the control panel (actor `admin`).
+        #[arg(long)]
+        panel: bool,
+    },
+    /// Every key: id, tenant, role, created (never the key).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the key with ID (as `keys list` shows it).
+    Revoke { id: String },
+}
+
 /// Which state a query answers from: today's views, or the log as it stood.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AsOf {
@@ -160,13 +182,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve commands and queries over NATS (needs --nats), with the billing
-    /// clock. Runs until Ctrl-C or SIGTERM.
+    /// Serve commands and queries over NATS (with --nats) and/or HTTP (with
+    /// --http; without --nats, on the embedded log), with the billing clock.
+    /// Runs until Ctrl-C or SIGTERM.
     Serve {
         /// How often the billing clock looks for ended periods, in ms.
         #[arg(long, default_value_t = 10_000)]
         clock_interval_ms: u64,
+        /// Serve the HTTP API, /metrics, /healthz and the console on ADDR
+        /// (for example 127.0.0.1:8080; port 0 picks a free one, logged).
+        #[arg(long, value_name = "ADDR", env = "LEDGER_HTTP")]
+        http: Option<std::net::SocketAddr>,
     },
+    /// API keys for the HTTP API, kept hashed in the data directory.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the nats-server `authorization` block that isolates tenants:
     /// one credential per tenant role, the control panel, the ledger.
     /// Passwords are generated and printed in the block; keep it secret.
@@ -230,14 +260,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", crate::serve::nats_authorization(&ledger_password, &panel_password, &credentials));
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Serve { clock_interval_ms } = cli.command {
-        let Some(url) = cli.nats.as_deref() else {
-            anyhow::bail!("serve needs --nats URL (or LEDGER_NATS): it serves over NATS");
-        };
+    if let Command::Serve { clock_interval_ms, http } = cli.command {
         let options =
             crate::serve::ServeOptions { clock_interval: Duration::from_millis(clock_interval_ms.max(1)) };
-        crate::serve::run(url, &cli.data, cli.replicas, options).await?;
+        crate::serve::run(&cli.data, cli.nats.as_deref(), cli.replicas, http, options).await?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Keys(command) = &cli.command {
+        return keys(&cli.data, command);
     }
     let log = match cli.command {
         // Only `apply` may start a ledger; everything else reads one.
@@ -311,7 +341,11 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             store.flush().await?;
             println!("views at position {checkpoint}");
         }
-        Command::Bench(_) | Command::Serve { .. } | Command::NatsConfig { .. } | Command::Demo => {
+        Command::Bench(_)
+        | Command::Serve { .. }
+        | Command::Keys(_)
+        | Command::NatsConfig { .. }
+        | Command::Demo => {
             unreachable!("handled above")
         }
     }
@@ -522,4 +556,45 @@ fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow
         }
     }
     Ok(())
+}
+
+/// `ledger keys add|list|revoke`.
+fn keys(data: &Path, command: &KeysCommand) -> anyhow::Result<ExitCode> {
+    use crate::serve::keys::{self, Role};
+    match command {
+        KeysCommand::Add { tenant, role, panel } => {
+            let key = if *panel {
+                keys::add(data, None, Role::Panel)?
+            } else {
+                let role = if role.as_deref() == Some("admin") { Role::Admin } else { Role::User };
+                keys::add(data, tenant.as_deref(), role)?
+            };
+            println!("{key}");
+        }
+        KeysCommand::List { json } => {
+            let list = keys::list(data)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<14} {:<24} {:<6} created", "id", "tenant", "role");
+                for key in list {
+                    let role = serde_json::to_value(&key.role)?;
+                    println!(
+                        "{:<14} {:<24} {:<6} {}",
+                        key.id,
+                        key.tenant.as_deref().unwrap_or("-"),
+                        role.as_str().unwrap_or(""),
+                        key.created
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !keys::revoke(data, id)? {
+                anyhow::bail!("no key with id {id}");
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

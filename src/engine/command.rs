@@ -87,6 +87,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's `cmd` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::DefinePlan(_) => "define_plan",
+            Command::DefineAddon(_) => "define_addon",
+            Command::Subscribe { .. } => "subscribe",
+            Command::SetSeats { .. } => "set_seats",
+            Command::ChangePlan { .. } => "change_plan",
+            Command::Cancel { .. } => "cancel",
+            Command::Upload { .. } => "upload",
+            Command::DeleteFile { .. } => "delete_file",
+            Command::ConsumeTokens { .. } => "consume_tokens",
+            Command::PurchaseAddon { .. } => "purchase_addon",
+            Command::SettlePayment { .. } => "settle_payment",
+            Command::CancelAddon { .. } => "cancel_addon",
+            Command::ClosePeriod { .. } => "close_period",
+        }
+    }
+
     /// The tenant the command is about; `None` for catalog commands.
     pub fn tenant(&self) -> Option<&str> {
         match self {

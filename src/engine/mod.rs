@@ -77,11 +77,27 @@ pub struct EngineStats {
     /// Batches appended, and the messages in them.
     pub batches: std::sync::atomic::AtomicU64,
     pub messages: std::sync::atomic::AtomicU64,
+    /// Batches by messages in them: bucket i counts batches of more than
+    /// 2^(i-1) and at most 2^i messages; the last bucket counts every larger
+    /// one. Read by `GET /metrics`.
+    pub batch_sizes: [std::sync::atomic::AtomicU64; BATCH_SIZE_BUCKETS],
 }
+
+/// Buckets of [`EngineStats::batch_sizes`]: up to 1, 2, 4, ... 1024 messages.
+pub const BATCH_SIZE_BUCKETS: usize = 11;
 
 impl EngineStats {
     pub(crate) fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
         counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one appended batch of `messages` messages.
+    pub(crate) fn batch(&self, messages: usize) {
+        EngineStats::add(&self.batches, 1);
+        EngineStats::add(&self.messages, messages as u64);
+        let bucket =
+            (messages.max(1).next_power_of_two().trailing_zeros() as usize).min(BATCH_SIZE_BUCKETS - 1);
+        EngineStats::add(&self.batch_sizes[bucket], 1);
     }
 
     pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
@@ -233,6 +249,11 @@ impl Ledger {
     /// What the engine has done so far.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// The engine's counters, shared (for a metrics registry).
+    pub fn stats_handle(&self) -> std::sync::Arc<EngineStats> {
+        self.stats.clone()
     }
 }
 

@@ -149,8 +149,7 @@ impl<L: EventLog> Engine<L> {
             }
             if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
                 if let Some(group) = self.build_group(&mut queue, !inflight.is_empty(), &mut loads).await {
-                    EngineStats::add(&self.stats.batches, 1);
-                    EngineStats::add(&self.stats.messages, group.batch.messages.len() as u64);
+                    self.stats.batch(group.batch.messages.len());
                     let log = self.log.clone();
                     let append = tokio::spawn(async move { log.append(group.batch).await });
                     let staged = group.staged;

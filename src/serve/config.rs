@@ -1,7 +1,7 @@
 //! `ledger nats-config`: the nats-server `authorization` block that gives
 //! each credential only its own tenant and role.
 
-use super::inbox_prefix;
+use ledger_client::protocol::inbox_prefix;
 
 /// One tenant's two credentials in the NATS configuration.
 #[derive(Debug, Clone)]
