@@ -36,7 +36,7 @@ mod nats;
 
 pub use clock::close_ended_periods;
 pub use config::{credentials_env, nats_authorization, TenantCredentials};
-pub use nats::{parse_request, reply_allowed, ParsedRequest, SERVICE_NAME};
+pub use nats::{inbox_prefix, parse_request, reply_allowed, ParsedRequest, SERVICE_NAME};
 
 use self::core::Core;
 use crate::engine::Ledger;

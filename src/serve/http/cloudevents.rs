@@ -46,9 +46,11 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Vec<Result<Mapped, Rejec
                 "application/cloudevents-batch+json carries a JSON array of events",
             ))
         }
-        (other, _) => return Err(Rejection::malformed(format!(
+        (other, _) => {
+            return Err(Rejection::malformed(format!(
             "Content-Type {other:?}: send application/cloudevents+json or application/cloudevents-batch+json"
-        ))),
+        )))
+        }
     };
     if events.len() > MAX_BATCH_COMMANDS {
         return Err(Rejection::malformed(format!(

@@ -1,0 +1,361 @@
+//! `ledger serve --http` end to end: real `ledger serve` processes (on the
+//! embedded log, and beside NATS on a real nats-server), real API keys from
+//! `ledger keys`, and a real HTTP client.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::http::{add_key, Http, HttpServe};
+use serde_json::{json, Value};
+
+/// The spec's worked example catalog, through the panel's HTTP routes, and
+/// two subscribed tenants.
+async fn catalog(http: &Http, panel: &str, tenants: &[&str]) {
+    let addon = json!({"addon": {"id": "extra-storage", "currency": "USD", "price": "3.00", "recurring": true, "grants": {"storage_gb": "5"}}});
+    let plan = json!({"plan": {"id": "starter", "currency": "USD", "price": "20.00", "per_seat": false, "storage_quota_gb": "2", "monthly_token_limit": 10000, "token_overage": "block", "addons": ["extra-storage"]}});
+    for (command, body) in [("define_addon", addon), ("define_plan", plan)] {
+        let answer = http.post(&format!("/v1/admin/{command}"), Some(panel), &body).await;
+        assert_eq!((answer.status, &answer.body["ok"]), (200, &json!(true)), "{:?}", answer.body);
+    }
+    for tenant in tenants {
+        let answer = http
+            .post(
+                "/v1/admin/subscribe",
+                Some(panel),
+                &json!({"tenant": tenant, "plan": "starter", "seats": 2}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+}
+
+fn ledger(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ledger")).arg("--data").arg(data).args(args).output().unwrap()
+}
+
+const CE_ONE: &str = "application/cloudevents+json";
+const CE_BATCH: &str = "application/cloudevents-batch+json";
+
+fn cloudevent(id: &str, tenant: &str, kind: &str, data: Value) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "tests/http", "type": kind, "subject": tenant, "data": data})
+}
+
+async fn log_head(http: &Http) -> u64 {
+    let health = http.get("/healthz", None).await;
+    health.body["log_head"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_the_spec_on_the_embedded_log() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let user = add_key(data.path(), &["acme", "user"]);
+    let admin = add_key(data.path(), &["acme", "admin"]);
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    catalog(&http, &panel, &["acme"]).await;
+    let (u, a, p) = (Some(user.as_str()), Some(admin.as_str()), Some(panel.as_str()));
+
+    // Commands: accepted, a recorded denial (200), a duplicate, and
+    // rejections as problems with the spec's statuses.
+    let tokens = |request: &str, n: i64| json!({"request": request, "tokens": n});
+    let ok = http.post("/v1/tenants/acme/consume_tokens", u, &tokens("a", 6000)).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("content-type"), Some("application/json"));
+    assert_eq!((ok.body["ok"].clone(), ok.body["duplicate"].clone()), (json!(true), json!(false)));
+    let denied = http.post("/v1/tenants/acme/consume_tokens", u, &tokens("b", 5000)).await;
+    assert_eq!(denied.status, 200, "a recorded denial is a decision: {:?}", denied.body);
+    assert_eq!(denied.body["code"], "token_limit_exceeded");
+    assert_eq!(denied.body["ok"], false);
+    let again = http.post("/v1/tenants/acme/consume_tokens", u, &tokens("a", 6000)).await;
+    assert_eq!((again.status, again.body["duplicate"].clone()), (200, json!(true)));
+    http.post("/v1/tenants/acme/consume_tokens", u, &tokens("a", 7))
+        .await
+        .problem(409, "idempotency_conflict");
+    http.post("/v1/tenants/acme/consume_tokens", u, &tokens("c", 0)).await.problem(400, "invalid_amount");
+    http.post("/v1/tenants/acme/set_seats", u, &json!({"seats": 3})).await.problem(403, "forbidden");
+    http.post("/v1/tenants/acme/define_plan", a, &json!({})).await.problem(403, "forbidden");
+    let bought = json!({"addon": "nope", "purchase": "p1", "payment": "invoice"});
+    http.post("/v1/tenants/acme/purchase_addon", a, &bought).await.problem(404, "unknown_addon");
+    http.post("/v1/tenants/acme/delete_file", u, &json!({"file": "ghost"}))
+        .await
+        .problem(404, "unknown_file");
+    http.post("/v1/tenants/acme/no_such_command", u, &json!({})).await.problem(400, "malformed");
+    let not_json =
+        http.send("POST", "/v1/tenants/acme/upload", u, Some("application/json"), b"{".to_vec()).await;
+    not_json.problem(400, "malformed");
+    http.post("/v1/admin/subscribe", p, &json!({"tenant": "acme", "plan": "starter", "seats": 2}))
+        .await
+        .problem(409, "already_subscribed");
+    http.post("/v1/admin/close_period", p, &json!({"tenant": "ghost"})).await.problem(404, "not_subscribed");
+    let big = format!("{{\"file\": \"f\", \"bytes\": 1, \"pad\": \"{}\"}}", "x".repeat(1 << 20));
+    http.send("POST", "/v1/tenants/acme/upload", u, Some("application/json"), big.into_bytes())
+        .await
+        .problem(413, "too_large");
+    let purchase = json!({"addon": "extra-storage", "purchase": "x1", "payment": "invoice"});
+    assert_eq!(http.post("/v1/tenants/acme/purchase_addon", a, &purchase).await.status, 200);
+
+    // Batches: tenant and panel, results in order, each item on its own.
+    let batch = json!({"commands": [
+        {"cmd": "upload", "file": "f1", "bytes": 1000},
+        {"cmd": "upload", "file": "f2", "bytes": 8_000_000_000u64},
+        {"cmd": "nonsense"},
+        {"cmd": "delete_file", "file": "f1"},
+    ]});
+    let results = http.post("/v1/tenants/acme/batch", u, &batch).await;
+    assert_eq!(results.status, 200);
+    let codes: Vec<Value> =
+        results.body["results"].as_array().unwrap().iter().map(|r| r["code"].clone()).collect();
+    assert_eq!(codes, [Value::Null, json!("storage_quota_exceeded"), json!("malformed"), Value::Null]);
+    http.post("/v1/tenants/acme/batch", u, &json!({"commands": 3})).await.problem(400, "malformed");
+    let panel_batch = json!({"commands": [{"cmd": "set_seats", "tenant": "acme", "seats": 4}]});
+    let results = http.post("/v1/admin/batch", p, &panel_batch).await;
+    assert_eq!(results.body["results"][0]["ok"], true, "{:?}", results.body);
+
+    // CloudEvents: one, a retry of it (a duplicate, counted once), a batch.
+    let event = cloudevent("ce-1", "acme", "ledger.tokens.consumed", json!({"tokens": 100}));
+    let body = serde_json::to_vec(&event).unwrap();
+    let first = http.send("POST", "/v1/events", u, Some(CE_ONE), body.clone()).await;
+    assert_eq!(
+        (first.status, first.body["results"][0]["ok"].clone()),
+        (200, json!(true)),
+        "{:?}",
+        first.body
+    );
+    let retry = http.send("POST", "/v1/events", u, Some(CE_ONE), body).await;
+    assert_eq!(retry.body["results"][0]["duplicate"], true, "{:?}", retry.body);
+    let batch = json!([
+        cloudevent("up-1", "acme", "ledger.file.stored", json!({"bytes": 2048})),
+        cloudevent("ev-2", "acme", "ledger.file.stored", json!({"bytes": 10, "file": "named"})),
+        cloudevent("ev-3", "acme", "ledger.file.deleted", json!({"file": "named"})),
+        cloudevent("ev-4", "acme", "com.example.unknown", json!({})),
+    ]);
+    let results =
+        http.send("POST", "/v1/events", u, Some(CE_BATCH), serde_json::to_vec(&batch).unwrap()).await;
+    let oks: Vec<Value> =
+        results.body["results"].as_array().unwrap().iter().map(|r| r["ok"].clone()).collect();
+    assert_eq!(oks, [json!(true), json!(true), json!(true), json!(false)], "{:?}", results.body);
+    assert_eq!(results.body["results"][3]["code"], "malformed");
+    http.send("POST", "/v1/events", u, Some("application/json"), b"{}".to_vec())
+        .await
+        .problem(400, "malformed");
+
+    // Views: the CLI's objects.
+    let usage = http.get("/v1/tenants/acme/usage", u).await;
+    assert_eq!(usage.status, 200, "{:?}", usage.body);
+    assert_eq!(usage.body["tokens"], json!({"used": 6100, "limit": 10000}));
+    assert_eq!(usage.body["storage"], json!({"used_bytes": 2048, "quota_bytes": 7u64 << 30}));
+    assert_eq!(usage.body["seats"], 4);
+    assert_eq!(usage.body["addons"][0]["purchase"], "x1");
+    let invoice = http.get("/v1/tenants/acme/invoice?explain=true", a).await;
+    assert_eq!(invoice.body["status"], "draft", "{:?}", invoice.body);
+    let explained = invoice.body["explain"].as_array().unwrap();
+    assert_eq!(explained.len(), invoice.body["lines"].as_array().unwrap().len());
+    assert!(explained.iter().all(|line| !line["events"].as_array().unwrap().is_empty()), "{explained:?}");
+    let plain = http.get("/v1/tenants/acme/invoice", a).await;
+    assert!(plain.body.get("explain").is_none());
+    let list = http.get("/v1/tenants/acme/invoices", u).await;
+    assert_eq!(list.body["invoices"].as_array().unwrap().len(), 1, "{:?}", list.body);
+    http.get("/v1/tenants/acme/usage?at=yesterday", u).await.problem(400, "malformed");
+    http.get("/v1/tenants/acme/usage?colour=blue", u).await.problem(400, "malformed");
+    http.get("/v1/tenants/acme/usage?at=1999-01-01T00:00:00Z", u).await.problem(400, "malformed");
+    let ghost_key = add_key(data.path(), &["ghost", "user"]);
+    http.get("/v1/tenants/ghost/usage", Some(&ghost_key)).await.problem(404, "not_subscribed");
+    let tenants = http.get("/v1/tenants", p).await;
+    assert_eq!(tenants.body["tenants"][0]["tenant"], "acme", "{:?}", tenants.body);
+    assert_eq!(tenants.body["tenants"][0]["tokens"]["used"], 6100);
+    let me = http.get("/v1/me", u).await;
+    assert_eq!((me.body["tenant"].clone(), me.body["actor"].clone()), (json!("acme"), json!("acme:user")));
+
+    // Keys: none, unknown, malformed, revoked while serving: 401.
+    http.get("/v1/me", None).await.problem(401, "unauthorized");
+    let unknown = http.get("/v1/me", Some("lk_000000000000_00000000000000000000000000000000")).await;
+    assert_eq!(unknown.header("www-authenticate"), Some("Bearer"));
+    unknown.problem(401, "unauthorized");
+    let basic = http.send("GET", "/v1/me", None, None, Vec::new()).await;
+    basic.problem(401, "unauthorized");
+    let id = me.body["id"].as_str().unwrap();
+    assert!(ledger(data.path(), &["keys", "revoke", id]).status.success());
+    http.get("/v1/tenants/acme/usage", u).await.problem(401, "unauthorized");
+    let listed = ledger(data.path(), &["keys", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().all(|k| k["id"] != id && k.get("key").is_none()));
+    assert!(!std::fs::read_to_string(data.path().join("keys.json")).unwrap().contains(&panel));
+
+    // Operations.
+    let health = http.get("/healthz", None).await;
+    assert_eq!((health.status, health.body["status"].clone()), (200, json!("ok")), "{:?}", health.body);
+    let metrics = http.get("/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    for expected in [
+        "ledger_decisions_total{command=\"consume_tokens\",outcome=\"accepted\"} 2",
+        "ledger_decisions_total{command=\"consume_tokens\",outcome=\"denied\"} 1",
+        "ledger_decisions_total{command=\"consume_tokens\",outcome=\"duplicate\"} 2",
+        "ledger_decisions_total{command=\"upload\",outcome=\"denied\"} 1",
+        "ledger_decision_seconds_bucket{le=\"+Inf\"}",
+        "ledger_log_batch_messages_count",
+        "ledger_projector_lag_events 0",
+        "ledger_log_reachable 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
+    let page = http.get("/", None).await;
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page.body.as_str().unwrap().contains("Subscription ledger"));
+    http.get("/v1/nowhere", u).await.problem(404, "not_found");
+}
+
+/// Every documented route exists, and every route is documented: each
+/// path and method of `/v1/openapi.json` is served (never the router's
+/// 404 or 405), and a path it does not list is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    let doc = http.get("/v1/openapi.json", None).await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            assert!(operation["responses"]["200"].is_object(), "{method} {path}");
+            let concrete = path.replace("{tenant}", "acme").replace("{command}", "consume_tokens");
+            let answer = http
+                .send(
+                    &method.to_uppercase(),
+                    &concrete,
+                    Some(&panel),
+                    Some("application/json"),
+                    b"{}".to_vec(),
+                )
+                .await;
+            assert_ne!(answer.status, 405, "{method} {path}");
+            assert_ne!(answer.body["code"], "not_found", "{method} {path} is documented but not served");
+            // A documented route refuses the wrong method.
+            let other = if method == "get" { "POST" } else { "GET" };
+            assert_eq!(
+                http.send(other, &concrete, Some(&panel), None, Vec::new()).await.status,
+                405,
+                "{other} {path}"
+            );
+        }
+    }
+    documented.sort();
+    let expected = [
+        "GET /",
+        "GET /healthz",
+        "GET /metrics",
+        "GET /v1/me",
+        "GET /v1/openapi.json",
+        "GET /v1/tenants",
+        "GET /v1/tenants/{tenant}/invoice",
+        "GET /v1/tenants/{tenant}/invoices",
+        "GET /v1/tenants/{tenant}/usage",
+        "POST /v1/admin/{command}",
+        "POST /v1/events",
+        "POST /v1/tenants/{tenant}/{command}",
+    ];
+    assert_eq!(documented, expected);
+    for undocumented in ["/v1/tenants/acme/usage/extra", "/v1/admin", "/v2/events", "/console"] {
+        http.get(undocumented, Some(&panel)).await.problem(404, "not_found");
+    }
+}
+
+/// A tenant's keys never reach another tenant, on any route: each attempt
+/// is a 403 (not a 401, not a 404), and the log does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_never_reaches_another_tenant() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let keys = [add_key(data.path(), &["acme", "user"]), add_key(data.path(), &["acme", "admin"])];
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    catalog(&http, &panel, &["acme", "beta"]).await;
+    let before = log_head(&http).await;
+    let beta_usage = http.get("/v1/tenants/beta/usage", Some(&panel)).await.body;
+    for key in keys.iter().map(|k| Some(k.as_str())) {
+        for command in [
+            "consume_tokens",
+            "upload",
+            "delete_file",
+            "set_seats",
+            "purchase_addon",
+            "cancel_addon",
+            "batch",
+        ] {
+            let body = json!({"request": "r", "tokens": 1, "file": "f", "bytes": 1, "seats": 2, "commands": [{"cmd": "consume_tokens", "request": "r", "tokens": 1}]});
+            http.post(&format!("/v1/tenants/beta/{command}"), key, &body).await.problem(403, "forbidden");
+        }
+        for view in ["usage", "invoice", "invoice?explain=true", "invoices"] {
+            http.get(&format!("/v1/tenants/beta/{view}"), key).await.problem(403, "forbidden");
+        }
+        for command in ["subscribe", "set_seats", "consume_tokens", "batch", "define_plan"] {
+            let body = json!({"tenant": "beta", "seats": 9, "commands": []});
+            http.post(&format!("/v1/admin/{command}"), key, &body).await.problem(403, "forbidden");
+        }
+        http.get("/v1/tenants", key).await.problem(403, "forbidden");
+        // CloudEvents: one event for another tenant stops the whole request.
+        let events = json!([
+            cloudevent("mine", "acme", "ledger.tokens.consumed", json!({"tokens": 1})),
+            cloudevent("theirs", "beta", "ledger.tokens.consumed", json!({"tokens": 1})),
+        ]);
+        let answer =
+            http.send("POST", "/v1/events", key, Some(CE_BATCH), serde_json::to_vec(&events).unwrap()).await;
+        answer.problem(403, "forbidden");
+    }
+    assert_eq!(log_head(&http).await, before, "nothing was recorded");
+    assert_eq!(http.get("/v1/tenants/beta/usage", Some(&panel)).await.body, beta_usage);
+    // The same key on its own tenant works, so the 403s were about the tenant.
+    let own = http
+        .post("/v1/tenants/acme/consume_tokens", Some(&keys[0]), &json!({"request": "r", "tokens": 1}))
+        .await;
+    assert_eq!(own.status, 200);
+}
+
+/// With `--nats`, HTTP runs beside the NATS service over one engine: what
+/// HTTP records, a NATS client and `ledger usage --json` see; when the log
+/// is unreachable, commands are 503 with Retry-After and `/healthz` is 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
+    let mut nats = common::JetStream::new();
+    let url = nats.url();
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let user = add_key(data.path(), &["acme", "user"]);
+    let serve = HttpServe::spawn(data.path(), Some(&url));
+    let http = Http::new(&serve.base);
+    catalog(&http, &panel, &["acme"]).await;
+    let answer = http
+        .post("/v1/tenants/acme/consume_tokens", Some(&user), &json!({"request": "h1", "tokens": 42}))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // The same tenant over NATS, from the same process.
+    let config = ledger_client::ClientConfig::new(&url);
+    let client =
+        ledger_client::Client::connect(config, "acme", ledger_client::Role::User, None).await.unwrap();
+    let over_nats = client.usage(None).await.unwrap();
+    let over_http = http.get("/v1/tenants/acme/usage", Some(&user)).await.body;
+    assert_eq!(over_nats, over_http);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = ledger(elsewhere.path(), &["--nats", &url, "usage", "acme", "--json"]);
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&cli.stdout).unwrap(), over_http);
+    assert_eq!(over_http["tokens"]["used"], 42);
+
+    // The log goes away.
+    nats.server.take().unwrap().stop();
+    let answer = http
+        .post("/v1/tenants/acme/consume_tokens", Some(&user), &json!({"request": "h2", "tokens": 1}))
+        .await;
+    answer.problem(503, "unavailable");
+    assert!(answer.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    let health = http.get("/healthz", None).await;
+    assert_eq!((health.status, health.body["status"].clone()), (503, json!("log_unreachable")));
+    assert!(http.get("/metrics", None).await.body.as_str().unwrap().contains("ledger_log_reachable 0"));
+}
