@@ -72,6 +72,7 @@ fn bin_dir(dir: &Path) -> PathBuf {
 fn the_readme_walks() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let port = free_port();
+    let http_port = free_port();
     let walk = tempfile::tempdir().unwrap();
     let dir = walk.path();
     for part in ["scripts", "examples"] {
@@ -85,7 +86,7 @@ fn the_readme_walks() {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             std::fs::write(
                 dir.join("docs").join(path.file_name().unwrap()),
-                text.replace(":4222", &format!(":{port}")),
+                text.replace(":4222", &format!(":{port}")).replace(":8080", &format!(":{http_port}")),
             )
             .unwrap();
         }
@@ -111,7 +112,7 @@ fn the_readme_walks() {
             _ => continue, // the Rust example is a fragment, not a program
         }
         for line in text.lines() {
-            let line = line.replace(":4222", &format!(":{port}"));
+            let line = line.replace(":4222", &format!(":{port}")).replace(":8080", &format!(":{http_port}"));
             let command = line.split(" #").next().unwrap_or("").trim_end().to_string();
             if command.is_empty() || command.starts_with('#') {
                 continue;
@@ -121,7 +122,8 @@ fn the_readme_walks() {
                 "scripts/test" => continue,
                 _ => command,
             };
-            script.push_str(&format!("echo {}\n", shell_quote(&format!("### {command}"))));
+            // A newline first: output without one (curl's) ends its step.
+            script.push_str(&format!("echo; echo {}\n", shell_quote(&format!("### {command}"))));
             if let Some(job) = command.strip_suffix('&') {
                 background += 1;
                 let log = format!("background-{background}.log");
@@ -180,6 +182,7 @@ fn the_readme_walks() {
             .find(|(c, _)| c == command)
             .unwrap_or_else(|| panic!("no step {command:?} in {steps:?}"))
             .1
+            .trim_end()
     };
     let json = |command: &str| -> Value {
         serde_json::from_str(step(command).trim())
@@ -221,11 +224,28 @@ fn the_readme_walks() {
     let first = lines.next().unwrap_or_default();
     assert!(first.contains("'ok': True") && first.contains("'duplicate': False"), "{python}");
     assert!(lines.next().unwrap_or_default().contains("'used': 1200"), "{python}");
+    // HTTP beside NATS, on the same stream: a command, a CloudEvent, the
+    // usage that counts both after the Python example's 1,200.
+    let curl = |what: &str| {
+        let (command, _) = steps.iter().find(|(c, _)| c.starts_with("curl") && c.contains(what)).unwrap();
+        json(command)
+    };
+    assert_eq!(curl("/consume_tokens")["ok"], true);
+    assert_eq!(curl("/v1/events")["results"][0]["ok"], true);
+    assert_eq!(curl("/usage")["tokens"]["used"], 2000);
+    assert_eq!(curl("/healthz")["status"], "ok");
     // The walk's secrets and stores are what .gitignore names.
     let ignored = std::fs::read_to_string(repo().join(".gitignore")).unwrap();
-    for written in
-        ["auth.conf", "nats.conf", "ledger.env", "nats-store", "ledger-served", "rebuilt", "ledger-data"]
-    {
+    for written in [
+        "auth.conf",
+        "nats.conf",
+        "ledger.env",
+        "nats-store",
+        "ledger-served",
+        "ledger-http",
+        "rebuilt",
+        "ledger-data",
+    ] {
         assert!(dir.join(written).exists(), "the walk did not write {written}");
         assert!(ignored.lines().any(|l| l.trim_start_matches('/') == written), ".gitignore lacks {written}");
     }

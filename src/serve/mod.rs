@@ -106,19 +106,22 @@ pub async fn run(
     let ledger = Ledger::start(log.clone(), views).await?;
     let core = Arc::new(Core::new(ledger.clone(), log.clone()));
     let mut tasks = Vec::new();
-    let mut service = None;
-    if let AnyLog::JetStream(log) = &log {
-        let (started, endpoints) = nats::start(log.client(), core.clone()).await?;
-        service = Some(started);
-        tasks.extend(endpoints);
-    }
+    // HTTP first: once any "serving ledger" line is logged, every front end
+    // asked for takes requests.
     if let Some(address) = http {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the HTTP API to {address}: {e}"))?;
         let keys = Arc::new(keys::KeyRing::new(data));
-        tracing::info!("serving ledger HTTP on http://{}", listener.local_addr()?);
+        let bound = listener.local_addr()?;
         tasks.push(tokio::spawn(http::serve(listener, core.clone(), keys)));
+        tracing::info!("serving ledger HTTP on http://{bound}");
+    }
+    let mut service = None;
+    if let AnyLog::JetStream(log) = &log {
+        let (started, endpoints) = nats::start(log.client(), core.clone()).await?;
+        service = Some(started);
+        tasks.extend(endpoints);
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
