@@ -45,7 +45,7 @@ fn admin(command: Command) -> Submission {
     Submission::new(Actor::Admin, command)
 }
 
-fn tenant_name(prefix: &str, i: usize) -> String {
+pub(super) fn tenant_name(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i:05}")
 }
 
@@ -88,11 +88,11 @@ async fn load(
     gather(started, tasks, total).await
 }
 
-type ClientTask = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
+pub(super) type ClientTask = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
 
 /// Waits for every client; returns the elapsed time since `started` and all
 /// latencies, sorted.
-async fn gather(
+pub(super) async fn gather(
     started: Instant,
     tasks: Vec<ClientTask>,
     total: usize,
@@ -106,13 +106,13 @@ async fn gather(
     Ok((elapsed, latencies))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index].as_secs_f64() * 1000.0
 }
 
 /// One result line: a rate and its latency percentiles.
-fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
+pub(super) fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
     println!(
         "{label:<21}{rate:>10.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms",
         percentile(sorted, 0.5),
@@ -135,14 +135,14 @@ async fn start_service(
 }
 
 /// Defines the plan every bench tenant subscribes to (no limit in reach).
-async fn define_bench_plan(ledger: &Ledger) -> anyhow::Result<()> {
+pub(super) async fn define_bench_plan(ledger: &Ledger) -> anyhow::Result<()> {
     let plan = r#"{"cmd":"define_plan","plan":{"id":"bench","currency":"USD","price":"10.00","per_seat":true,"storage_quota_gb":"1000000","monthly_token_limit":1000000000000,"token_overage":"block","addons":[]}}"#;
     let define = crate::engine::command::parse_line(plan).map_err(|r| anyhow::anyhow!(r.message))?;
     anyhow::ensure!(matches!(ledger.submit(define).await, Reply::Ok { .. }), "defining the plan failed");
     Ok(())
 }
 
-async fn subscribe_all(ledger: &Ledger, prefix: &str, tenants: usize) -> anyhow::Result<()> {
+pub(super) async fn subscribe_all(ledger: &Ledger, prefix: &str, tenants: usize) -> anyhow::Result<()> {
     let mut pending = Vec::with_capacity(tenants);
     for i in 0..tenants {
         let tenant = tenant_name(prefix, i);
@@ -530,7 +530,7 @@ pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()
 /// `clients` tenant clients (tenant `prefix-<c>` each), sharing
 /// `connections` NATS connections, each sending decisions through the
 /// service one after another, `total` in all.
-async fn load_service(
+pub(super) async fn load_service(
     url: &str,
     prefix: &str,
     tenants: usize,
@@ -564,9 +564,9 @@ async fn load_service(
                 let roll = rng.next();
                 let sent = Instant::now();
                 let answer = if roll % 10 < 7 {
-                    client.consume_tokens(&format!("req-{c:05}-{i:08}"), 1 + roll % 2000).await?
+                    client.consume_tokens(&format!("req-{seed}-{c:05}-{i:08}"), 1 + roll % 2000).await?
                 } else {
-                    client.upload(&format!("uploads/{c:05}-{i:08}.bin"), roll % 100_000).await?
+                    client.upload(&format!("uploads/{seed}-{c:05}-{i:08}.bin"), roll % 100_000).await?
                 };
                 latencies.push(sent.elapsed());
                 anyhow::ensure!(answer.ok, "decision failed: {}", answer.raw);

@@ -9,6 +9,7 @@
 //! use (it is never on the product's code paths).
 
 pub mod decide;
+mod http;
 mod ingest;
 pub mod natsd;
 mod replay;
@@ -99,6 +100,10 @@ pub enum BenchCommand {
         /// NATS connections the clients share.
         #[arg(long, default_value_t = 100)]
         connections: usize,
+        /// Instead: the same decisions through HTTP (keep-alive) against
+        /// the NATS path, at 1 and 100 clients, on one `serve` running both.
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -118,7 +123,8 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
             let shape = decide::DecideShape { decisions, tenants, clients, history, history_tenants };
             decide::decide(nats, shape).await
         }
-        BenchCommand::Serve { decisions, clients, connections } => {
+        BenchCommand::Serve { decisions, http: true, .. } => http::serve_http(nats, decisions).await,
+        BenchCommand::Serve { decisions, clients, connections, http: false } => {
             anyhow::ensure!(clients >= 1 && connections >= 1, "counts must be at least 1");
             decide::serve(nats, decisions, clients, connections).await
         }

@@ -62,9 +62,23 @@ impl Server {
     /// Starts the engine, the projectors, the service endpoints and the
     /// billing clock over `log` and `views`.
     pub async fn start(log: JetStreamLog, views: ViewStore, options: ServeOptions) -> anyhow::Result<Server> {
+        Server::start_with_http(log, views, options, None).await
+    }
+
+    /// [`Server::start`], plus the HTTP API on `http` (a bound listener and
+    /// the keys it accepts) over the same engine.
+    pub async fn start_with_http(
+        log: JetStreamLog,
+        views: ViewStore,
+        options: ServeOptions,
+        http: Option<(tokio::net::TcpListener, Arc<keys::KeyRing>)>,
+    ) -> anyhow::Result<Server> {
         let ledger = Ledger::start(log.clone(), views.clone()).await?;
         let core = Arc::new(Core::new(ledger.clone(), AnyLog::JetStream(log.clone())));
-        let (service, mut tasks) = nats::start(log.client(), core).await?;
+        let (service, mut tasks) = nats::start(log.client(), core.clone()).await?;
+        if let Some((listener, keys)) = http {
+            tasks.push(tokio::spawn(http::serve(listener, core, keys)));
+        }
         tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
         Ok(Server { tasks, service, ledger })
     }
