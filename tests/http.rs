@@ -349,13 +349,52 @@ async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
     assert_eq!(over_http["tokens"]["used"], 42);
 
     // The log goes away.
-    nats.server.take().unwrap().stop();
+    nats.server.as_mut().unwrap().stop();
     let answer = http
         .post("/v1/tenants/acme/consume_tokens", Some(&user), &json!({"request": "h2", "tokens": 1}))
         .await;
     answer.problem(503, "unavailable");
     assert!(answer.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    let event = cloudevent("ce-outage", "acme", "ledger.tokens.consumed", json!({"tokens": 8}));
+    let event = serde_json::to_vec(&event).unwrap();
+    let during = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event.clone()).await;
+    assert_eq!(during.body["results"][0]["code"], "unavailable", "{:?}", during.body);
     let health = http.get("/healthz", None).await;
     assert_eq!((health.status, health.body["status"].clone()), (503, json!("log_unreachable")));
+    assert!(health.header("retry-after").is_some());
     assert!(http.get("/metrics", None).await.body.as_str().unwrap().contains("ledger_log_reachable 0"));
+
+    // It comes back. The outage's answer meant "outcome unknown" (the
+    // client library may still deliver a publish it buffered), so the
+    // retry is either recorded now or a duplicate of the earlier attempt;
+    // either way the event counts once, and nothing marked its id seen
+    // before it was durable.
+    nats.server.as_mut().unwrap().restart().unwrap();
+    let retried = loop {
+        let answer = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event.clone()).await;
+        if answer.body["results"][0]["code"] != "unavailable" {
+            break answer.body["results"][0].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(retried["ok"], true, "{retried:?}");
+    // The command the outage answered `unavailable` is retried the same way.
+    let h2 = http
+        .post("/v1/tenants/acme/consume_tokens", Some(&user), &json!({"request": "h2", "tokens": 1}))
+        .await;
+    assert_eq!((h2.status, h2.body["ok"].clone()), (200, json!(true)), "{:?}", h2.body);
+    let again = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event).await;
+    assert_eq!(again.body["results"][0]["duplicate"], true, "{:?}", again.body);
+    // The views catch up once the projector has followed the restarted
+    // server (until then a view is a 503, not a stale answer).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let usage = loop {
+        let usage = http.get("/v1/tenants/acme/usage", Some(&user)).await;
+        if usage.status == 200 || std::time::Instant::now() > deadline {
+            break usage;
+        }
+        usage.problem(503, "unavailable");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(usage.body["tokens"]["used"], 42 + 1 + 8, "each counted once: {:?}", usage.body);
 }

@@ -276,3 +276,21 @@ pub fn parse_batch(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn healthy_once_the_views_include_the_whole_log() {
+        let check = |log_head, views_at| {
+            let health = Health { log_head, views_at };
+            (health.ready(), health.lag_events())
+        };
+        assert_eq!(check(Some(10), 10), (true, 0));
+        assert_eq!(check(Some(10), 7), (false, 3));
+        assert_eq!(check(Some(0), 0), (true, 0));
+        // An unreachable log is never healthy, and no lag is claimed.
+        assert_eq!(check(None, 7), (false, 0));
+    }
+}
