@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use projections::ViewStore;
+use projections::{ViewError, ViewStore};
 
 use crate::log::{AnyLog, EmbeddedLog, JetStreamLog, JetStreamOptions, Source};
 
@@ -11,7 +11,11 @@ use crate::log::{AnyLog, EmbeddedLog, JetStreamLog, JetStreamOptions, Source};
 /// embedded log, or the JetStream stream at a URL (credentials left out).
 pub fn describe(data: &Path, nats: Option<&str>) -> String {
     match nats {
-        Some(url) => format!("the LEDGER stream at {}", ledger_client::nats::split_credentials(url).0),
+        Some(url) => {
+            let servers: Vec<String> =
+                url.split(',').map(|one| ledger_client::nats::split_credentials(one.trim()).0).collect();
+            format!("the LEDGER stream at {}", servers.join(","))
+        }
         None => format!("{}", data.display()),
     }
 }
@@ -56,8 +60,30 @@ pub async fn open_log(data: &Path, nats: Option<&str>, replicas: usize) -> anyho
 }
 
 /// Opens the views, refusing views that were folded from a different log.
+/// Views sled finds damaged at open (a file truncated to nothing, deleted,
+/// or corrupt where its recovery cannot find a consistent prefix) are moved
+/// aside to `views.damaged` and rebuilt from the log: they are derived.
+/// (Damage sled can recover from leaves a consistent, older prefix of
+/// batches with its checkpoints; the projector resumes from there.)
 pub fn open_views(data: &Path, log: &AnyLog) -> anyhow::Result<ViewStore> {
-    let store = ViewStore::open(&data.join("views"))?;
+    let dir = data.join("views");
+    let store = match ViewStore::open(&dir) {
+        Err(error @ (ViewError::Storage(sled::Error::Corruption { .. }) | ViewError::Corrupt { .. })) => {
+            let aside = data.join("views.damaged");
+            tracing::warn!(
+                %error,
+                "the views in {} are damaged: moving them to {} and rebuilding them from the log",
+                dir.display(),
+                aside.display()
+            );
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside)?;
+            }
+            std::fs::rename(&dir, &aside)?;
+            ViewStore::open(&dir)?
+        }
+        other => other?,
+    };
     let meta = store.tree("meta")?;
     let source = log.describe();
     match meta.get(b"log")? {

@@ -25,8 +25,17 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
 
 /// Connection options for `url`'s credentials, with a name shown by the
 /// server's monitoring and an inbox prefix the credential may subscribe to.
-pub fn options(url: &str, name: &str, inbox_prefix: Option<&str>) -> (String, async_nats::ConnectOptions) {
-    let (address, credentials) = split_credentials(url);
+/// `url` may list several servers of a cluster, separated by commas
+/// (`nats://a:4222,nats://b:4222`); the client connects to any of them and
+/// moves to another when one fails. The credentials are the first found.
+pub fn options(url: &str, name: &str, inbox_prefix: Option<&str>) -> (Vec<String>, async_nats::ConnectOptions) {
+    let mut addresses = Vec::new();
+    let mut credentials = None;
+    for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (address, found) = split_credentials(one);
+        addresses.push(address);
+        credentials = credentials.or(found);
+    }
     let mut options = async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5));
     if let Some((user, password)) = credentials {
         options = options.user_and_password(user, password);
@@ -34,12 +43,18 @@ pub fn options(url: &str, name: &str, inbox_prefix: Option<&str>) -> (String, as
     if let Some(prefix) = inbox_prefix {
         options = options.custom_inbox_prefix(prefix);
     }
-    (address, options)
+    (addresses, options)
 }
 
 #[cfg(test)]
 mod tests {
     use super::split_credentials;
+
+    #[test]
+    fn a_cluster_url_lists_every_server() {
+        let (addresses, _) = super::options("nats://u:p@a:1, nats://b:2,", "t", None);
+        assert_eq!(addresses, ["nats://a:1", "nats://b:2"]);
+    }
 
     #[test]
     fn credentials_come_out_of_the_url() {

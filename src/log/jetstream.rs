@@ -92,7 +92,7 @@ impl JetStreamLog {
         let client = connect
             .connect(&address)
             .await
-            .map_err(|e| LogError::Unavailable(format!("cannot connect to {address}: {e}")))?;
+            .map_err(|e| LogError::Unavailable(format!("cannot connect to {}: {e}", address.join(","))))?;
         let found = client.server_info().version;
         if !server_supports_atomic_batches(&found) {
             return Err(LogError::ServerTooOld { found });
