@@ -28,7 +28,11 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
 /// `url` may list several servers of a cluster, separated by commas
 /// (`nats://a:4222,nats://b:4222`); the client connects to any of them and
 /// moves to another when one fails. The credentials are the first found.
-pub fn options(url: &str, name: &str, inbox_prefix: Option<&str>) -> (Vec<String>, async_nats::ConnectOptions) {
+pub fn options(
+    url: &str,
+    name: &str,
+    inbox_prefix: Option<&str>,
+) -> (Vec<String>, async_nats::ConnectOptions) {
     let mut addresses = Vec::new();
     let mut credentials = None;
     for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {

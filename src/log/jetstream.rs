@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Request};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream, Source};
@@ -25,9 +25,15 @@ pub const STREAM_NAME: &str = "LEDGER";
 /// JetStream's error code for a failed expected-last-sequence check.
 const ERR_WRONG_LAST_SEQUENCE: u64 = 10071;
 
-/// How long the ledger waits for a batch's commit ack. Generous: with
-/// `sync_interval: always` a 1000-message commit waits for an fsync.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the ledger waits for a batch's commit ack. A 1000-message
+/// commit with `sync_interval: always` takes milliseconds; what takes
+/// longer is a server that died with the publish in flight (async-nats does
+/// not fail a pending request when the connection drops). Past this the
+/// outcome is unknown: the engine reloads the tenants and decides again,
+/// and the per-tenant expectation keeps a late-arriving first attempt from
+/// landing twice. Measured in `tests/faults.rs`: at 30 s, a client waited up
+/// to 28 s for a definite answer after nats-server was killed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct JetStreamOptions {
@@ -45,6 +51,10 @@ impl JetStreamOptions {
 #[derive(Clone)]
 pub struct JetStreamLog {
     client: async_nats::Client,
+    /// Counts the connection's losses: an append in flight when it moves
+    /// has an unknown outcome, and says so at once rather than after
+    /// [`COMMIT_TIMEOUT`] (async-nats leaves a pending request waiting).
+    disconnects: tokio::sync::watch::Receiver<u64>,
     /// For single publishes (their acks are multiplexed on one inbox).
     context: jetstream::Context,
     stream: stream::Stream,
@@ -89,7 +99,15 @@ impl JetStreamLog {
         // clients without per-credential prefixes) can never reach the
         // ledger's own JetStream requests.
         let (address, connect) = ledger_client::nats::options(&options.url, "ledger", Some("_INBOX_ledger"));
+        let (lost, disconnects) = tokio::sync::watch::channel(0u64);
         let client = connect
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    tracing::warn!("lost the connection to nats-server; reconnecting");
+                    lost.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            })
             .connect(&address)
             .await
             .map_err(|e| LogError::Unavailable(format!("cannot connect to {}: {e}", address.join(","))))?;
@@ -131,7 +149,7 @@ impl JetStreamLog {
             )));
         }
         let context = jetstream::ContextBuilder::new().timeout(COMMIT_TIMEOUT).build(client.clone());
-        Ok(JetStreamLog { client, context, stream })
+        Ok(JetStreamLog { client, disconnects, context, stream })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -210,8 +228,35 @@ impl JetStreamLog {
 impl EventLog for JetStreamLog {
     async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
         batch.check()?;
+        let mut disconnects = self.disconnects.clone();
+        disconnects.borrow_and_update();
+        tokio::select! {
+            result = self.append_checked(&batch) => result,
+            () = async {
+                if disconnects.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => Err(LogError::Unavailable(
+                "the connection to nats-server dropped with the append in flight; its outcome is unknown".into(),
+            )),
+        }
+    }
+
+    async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
+        let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
+        match self.stream.get_last_raw_message_by_subject(&filter).await {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+impl JetStreamLog {
+    /// [`EventLog::append`] of a checked batch.
+    async fn append_checked(&self, batch: &AppendBatch) -> Result<AppendAck, LogError> {
         if batch.messages.len() == 1 {
-            return self.append_one(&batch).await;
+            return self.append_one(batch).await;
         }
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let count = batch.messages.len();
@@ -245,7 +290,7 @@ impl EventLog for JetStreamLog {
                 .map_err(|e| LogError::Unavailable(format!("unreadable commit reply: {e}")))?;
             if let Some(error) = reply.error {
                 if error.err_code == ERR_WRONG_LAST_SEQUENCE && !batch.expectations.is_empty() {
-                    return Err(self.name_conflict(&batch, &error.description).await);
+                    return Err(self.name_conflict(batch, &error.description).await);
                 }
                 return Err(LogError::Unavailable(format!(
                     "batch rejected ({}): {}",
@@ -264,15 +309,6 @@ impl EventLog for JetStreamLog {
             return Ok(AppendAck { first: reply.seq + 1 - count as u64, last: reply.seq });
         }
         Err(LogError::InvalidBatch("empty batch".into()))
-    }
-
-    async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
-        let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
-        match self.stream.get_last_raw_message_by_subject(&filter).await {
-            Ok(message) => Ok(message.sequence),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
-            Err(e) => Err(unavailable(e)),
-        }
     }
 }
 
@@ -300,6 +336,7 @@ impl Source for JetStreamLog {
             .await
             .map_err(unavailable)?;
         let messages = consumer.messages().await.map_err(unavailable)?;
+        let from = from.max(1);
         Ok(messages
             .map(|item| {
                 let message = item.map_err(unavailable)?;
@@ -310,6 +347,13 @@ impl Source for JetStreamLog {
                     payload: message.payload.clone(),
                 })
             })
+            // An ordered consumer that resets (the server restarted) before
+            // delivering anything is recreated by async-nats 0.51 with
+            // `DeliverPolicy::All`, from the stream's first message, not
+            // from `from` (found by `tests/faults.rs`: tenant loads after a
+            // restart met their whole history again). What lies before
+            // `from` is not what the caller asked for.
+            .try_filter(move |record| std::future::ready(record.position >= from))
             .boxed())
     }
 }

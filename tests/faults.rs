@@ -1,0 +1,454 @@
+//! Faults: kill anything, lose nothing (issue 14). Real processes
+//! throughout: nats-server (one, or a three-node cluster with the ledger's
+//! stream at R3), two `ledger serve` instances, and tenant clients (the
+//! Rust client, retrying with the same idempotency keys until a decision
+//! is definite). Each scenario runs a seeded random schedule of kills
+//! (`LEDGER_FAULT_SEED` replays one; the seed is printed) for
+//! `LEDGER_FAULT_ROUNDS` kills (CI: the short default; `scripts/faults
+//! ROUNDS` runs the long version), then checks the log itself:
+//! - every decision a client saw acknowledged is in the log exactly once;
+//! - no idempotency key appears twice;
+//! - quota-limited tenants never exceed their limit;
+//! - `audit verify` is clean (the views equal a replay, every final invoice
+//!   re-derives, nothing forged);
+//!
+//! and prints kills, decisions acknowledged, lost, doubled, and the longest
+//! time a client waited for a definite answer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::serve::{wait_for_service, Serve};
+use events::Event;
+use futures_util::StreamExt;
+use ledger::log::Source;
+use ledger_client::{Client, ClientConfig, ClientError, Role};
+
+/// The token limit of the `small` plan: tight enough that clients hit it.
+const LIMIT: u64 = 300;
+const CLIENTS: usize = 6;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.next() % (to - from))
+    }
+}
+
+fn seed(scenario: &str) -> u64 {
+    let seed = std::env::var("LEDGER_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }) | 1;
+    eprintln!("{scenario}: LEDGER_FAULT_SEED={seed}");
+    seed
+}
+
+fn rounds(default: usize) -> usize {
+    std::env::var("LEDGER_FAULT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn ledger(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ledger")).args(args).env_remove("LEDGER_NATS").output().unwrap()
+}
+
+/// The tenants: `big-*` on a plan with a limit out of reach, `small-*` on
+/// the `small` plan (LIMIT tokens, `block`).
+fn tenants() -> (Vec<String>, Vec<String>) {
+    ((0..4).map(|i| format!("big-{i}")).collect(), (0..4).map(|i| format!("small-{i}")).collect())
+}
+
+/// Defines the catalog (40 days ago) and subscribes the tenants through
+/// `ledger apply`; `clocked` tenants are subscribed so that their first
+/// period ends at the given instants, for the billing clock to finalize.
+fn seed_ledger(url: &str, clocked: &[(String, chrono::DateTime<chrono::Utc>)]) {
+    let scratch = tempfile::tempdir().unwrap();
+    let long_ago = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    let mut lines = vec![
+        format!(
+            r#"{{"at":"{long_ago}","cmd":"define_plan","plan":{{"id":"big","currency":"USD","price":"10.00","per_seat":false,"storage_quota_gb":"100","monthly_token_limit":1000000000,"token_overage":"block","addons":[]}}}}"#
+        ),
+        format!(
+            r#"{{"at":"{long_ago}","cmd":"define_plan","plan":{{"id":"small","currency":"USD","price":"5.00","per_seat":true,"storage_quota_gb":"1","monthly_token_limit":{LIMIT},"token_overage":"block","addons":[]}}}}"#
+        ),
+    ];
+    for (tenant, period_end) in clocked {
+        let anchor = period_end.checked_sub_months(chrono::Months::new(1)).unwrap();
+        lines.push(format!(
+            r#"{{"at":"{}","cmd":"subscribe","tenant":"{tenant}","plan":"small","seats":1}}"#,
+            anchor.to_rfc3339()
+        ));
+    }
+    let (big, small) = tenants();
+    for tenant in &big {
+        lines.push(format!(r#"{{"cmd":"subscribe","tenant":"{tenant}","plan":"big","seats":1}}"#));
+    }
+    for tenant in &small {
+        lines.push(format!(r#"{{"cmd":"subscribe","tenant":"{tenant}","plan":"small","seats":1}}"#));
+    }
+    let file = scratch.path().join("seed.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let data = scratch.path().join("data");
+    let out = ledger(&["--nats", url, "--data", data.to_str().unwrap(), "apply", file.to_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !printed.contains("\"ok\":false"),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    /// (tenant, request, tokens) of every decision answered `ok`.
+    acked: Vec<(String, String, u64)>,
+    denied: usize,
+    /// Attempts that got no definite answer (and were retried).
+    retried: usize,
+    /// The longest time from a first failed attempt to the definite answer.
+    longest_wait: Duration,
+    /// When each definite answer arrived.
+    answered: Vec<Instant>,
+}
+
+/// One client: `consume_tokens` on random tenants, each request retried with
+/// the same key until it is accepted, a duplicate, or denied; until `stop`.
+async fn client(url: String, id: usize, tenants: Vec<String>, stop: Arc<AtomicBool>, seed: u64) -> Seen {
+    let mut config = ClientConfig::new(&url);
+    config.request_timeout = Duration::from_secs(2);
+    config.attempts = 1;
+    let (addresses, options) = ledger_client::nats::options(&url, "fault-client", None);
+    let nc = options
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .request_timeout(Some(config.request_timeout))
+        .connect(addresses)
+        .await
+        .unwrap();
+    let clients: Vec<Client> =
+        tenants.iter().map(|t| Client::with_connection(nc.clone(), config.clone(), t, Role::User)).collect();
+    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut seen = Seen::default();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let pick = (rng.next() % clients.len() as u64) as usize;
+        let (request, tokens) = (format!("c{id}-{i}"), 1 + rng.next() % 20);
+        let mut first_failure: Option<Instant> = None;
+        loop {
+            match clients[pick].consume_tokens(&request, tokens).await {
+                Ok(answer) if answer.ok => {
+                    seen.acked.push((tenants[pick].clone(), request.clone(), tokens));
+                    break;
+                }
+                Ok(answer) if answer.code.as_deref() == Some("token_limit_exceeded") => {
+                    seen.denied += 1;
+                    break;
+                }
+                Ok(answer) if answer.code.as_deref() == Some("unavailable") => {}
+                Err(ClientError::Unreachable(_)) => {}
+                other => panic!("client {id}: {request}: unexpected {other:?}"),
+            }
+            seen.retried += 1;
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < Duration::from_secs(120),
+                "client {id}: {request} undecided for 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen.answered.push(Instant::now());
+        if let Some(since) = first_failure {
+            seen.longest_wait = seen.longest_wait.max(since.elapsed());
+        }
+    }
+    seen
+}
+
+fn start_clients(url: &str, seed: u64) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<Seen>>) {
+    let (big, small) = tenants();
+    let all: Vec<String> = big.into_iter().chain(small).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..CLIENTS)
+        .map(|id| tokio::spawn(client(url.to_string(), id, all.clone(), stop.clone(), seed)))
+        .collect();
+    (stop, tasks)
+}
+
+/// What the log holds, against what the clients saw.
+struct Tally {
+    events: usize,
+    acked: usize,
+    denied: usize,
+    lost: usize,
+    doubled: usize,
+    longest_wait: Duration,
+    /// The longest time in which no client got any definite answer.
+    longest_gap: Duration,
+    /// tenant -> finalized period indexes, in log order.
+    finalized: HashMap<String, Vec<u32>>,
+}
+
+async fn tally(url: &str, seen: Vec<Seen>) -> Tally {
+    let log = common::connect(url).await;
+    let head = log.head().await.unwrap();
+    let mut stream = log.read(1, None).await.unwrap();
+    let mut consumed: HashMap<(String, String), Vec<u64>> = HashMap::new();
+    let mut finalized: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut events = 0;
+    while events < head as usize {
+        let record = stream.next().await.unwrap().unwrap();
+        let envelope = events::decode(&record.payload).unwrap();
+        events += 1;
+        match envelope.payload {
+            Event::TokensConsumed { request, tokens, .. } => {
+                consumed.entry((envelope.tenant, request)).or_default().push(tokens)
+            }
+            Event::PeriodFinalized { period, .. } => {
+                finalized.entry(envelope.tenant).or_default().push(period)
+            }
+            _ => {}
+        }
+    }
+    let doubled = consumed.values().filter(|v| v.len() > 1).count();
+    let mut lost = 0;
+    let (mut acked, mut denied, mut longest_wait) = (0, 0, Duration::ZERO);
+    let mut answered: Vec<Instant> = seen.iter().flat_map(|s| s.answered.iter().copied()).collect();
+    answered.sort_unstable();
+    let longest_gap = answered.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    for one in &seen {
+        for (tenant, request, tokens) in &one.acked {
+            match consumed.get(&(tenant.clone(), request.clone())) {
+                Some(found) if found.as_slice() == [*tokens] => {}
+                _ => lost += 1,
+            }
+        }
+        acked += one.acked.len();
+        denied += one.denied;
+        longest_wait = longest_wait.max(one.longest_wait);
+    }
+    let (_, small) = tenants();
+    for tenant in &small {
+        let used: u64 = consumed.iter().filter(|((t, _), _)| t == tenant).flat_map(|(_, v)| v).sum();
+        assert!(used <= LIMIT, "{tenant} consumed {used} tokens, over its limit of {LIMIT}");
+    }
+    Tally { events, acked, denied, lost, doubled, longest_wait, longest_gap, finalized }
+}
+
+/// `audit verify` over a data directory's views (caught up first): exit 0.
+fn verify(url: &str, data: &Path) {
+    let out = ledger(&["--nats", url, "--data", data.to_str().unwrap(), "audit", "verify"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "audit verify found something:\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("OK"), "{printed}");
+}
+
+fn report(scenario: &str, kills: usize, tally: &Tally) {
+    eprintln!(
+        "{scenario}: kills {kills}, log events {}, decisions acknowledged {}, denied {}, lost {}, doubled {}, \
+         longest time without any definite answer {:.1} s, longest wait of one request {:.1} s",
+        tally.events,
+        tally.acked,
+        tally.denied,
+        tally.lost,
+        tally.doubled,
+        tally.longest_gap.as_secs_f64(),
+        tally.longest_wait.as_secs_f64()
+    );
+    assert!(tally.acked > 0, "no decision was acknowledged");
+    assert_eq!(tally.lost, 0, "acknowledged decisions missing from the log");
+    assert_eq!(tally.doubled, 0, "idempotency keys recorded twice");
+}
+
+/// Both serve processes are still running (nothing exited on its own).
+fn alive(serves: &mut [Serve]) {
+    for serve in serves {
+        assert!(serve.child.try_wait().unwrap().is_none(), "a serve process exited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_server_killed_loses_nothing() {
+    let mut rng = Rng(seed("log server killed"));
+    let kills = rounds(20);
+    let mut nats = common::JetStream::new();
+    let url = nats.url();
+    seed_ledger(&url, &[]);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut serves: Vec<Serve> = dirs.iter().map(|d| Serve::spawn(&url, d.path(), 3_600_000)).collect();
+    wait_for_service(&url, 2).await;
+    let (stop, clients) = start_clients(&url, rng.next());
+    for _ in 0..kills {
+        tokio::time::sleep(rng.millis(300, 1500)).await;
+        let server = nats.server.as_mut().unwrap();
+        server.stop(); // SIGKILL
+        tokio::time::sleep(rng.millis(50, 600)).await;
+        server.restart().unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in clients {
+        seen.push(task.await.unwrap());
+    }
+    alive(&mut serves);
+    let tally = tally(&url, seen).await;
+    report("log server killed", kills, &tally);
+    drop(serves);
+    verify(&url, dirs[0].path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_loses_nothing_and_the_clock_closes_each_period_once() {
+    let mut rng = Rng(seed("serve killed"));
+    let kills = rounds(20);
+    let nats = common::JetStream::new();
+    let url = nats.url();
+    // Periods that end while serves are being killed: one every 2 s.
+    let start = chrono::Utc::now();
+    let clocked: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        (0..6).map(|i| (format!("clk-{i}"), start + chrono::Duration::seconds(4 + 2 * i))).collect();
+    seed_ledger(&url, &clocked);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let spawn = |i: usize| Serve::spawn(&url, dirs[i].path(), 200);
+    let mut serves: Vec<Serve> = (0..2).map(spawn).collect();
+    wait_for_service(&url, 2).await;
+    let (stop, clients) = start_clients(&url, rng.next());
+    for _ in 0..kills {
+        tokio::time::sleep(rng.millis(200, 1200)).await;
+        let victim = (rng.next() % 2) as usize;
+        serves[victim].kill(); // SIGKILL
+        tokio::time::sleep(rng.millis(50, 500)).await;
+        serves[victim] = spawn(victim);
+    }
+    // Every clocked period has ended; give the clock a few ticks.
+    let last_end = clocked.last().unwrap().1;
+    while chrono::Utc::now() < last_end + chrono::Duration::seconds(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_service(&url, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = tally(&url, Vec::new()).await;
+        let all_closed = clocked.iter().all(|(t, _)| probe.finalized.get(t).is_some_and(|p| !p.is_empty()));
+        if all_closed || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in clients {
+        seen.push(task.await.unwrap());
+    }
+    let tally = tally(&url, seen).await;
+    report("serve killed", kills, &tally);
+    for (tenant, _) in &clocked {
+        assert_eq!(
+            tally.finalized.get(tenant),
+            Some(&vec![0]),
+            "{tenant}: its first period finalized exactly once"
+        );
+    }
+    alive(&mut serves);
+    drop(serves);
+    verify(&url, dirs[0].path());
+}
+
+/// The stream's leader, by server name.
+async fn stream_leader(nc: &async_nats::Client) -> Option<String> {
+    let reply = nc.request("$JS.API.STREAM.INFO.LEDGER", "".into()).await.ok()?;
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    info["cluster"]["leader"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
+    let mut rng = Rng(seed("R3 cluster"));
+    let kills = rounds(10);
+    let mut cluster = Cluster::start();
+    let url = cluster.url();
+    // The stream is created at R3 by the first ledger process to connect.
+    let scratch = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ledger(&[
+            "--nats",
+            &url,
+            "--replicas",
+            "3",
+            "--data",
+            scratch.path().to_str().unwrap(),
+            "tenants",
+        ]);
+        if out.status.success() || Instant::now() > deadline {
+            assert!(
+                out.status.success(),
+                "the cluster never took the R3 stream: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    seed_ledger(&url, &[]);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut serves: Vec<Serve> = dirs.iter().map(|d| Serve::spawn(&url, d.path(), 3_600_000)).collect();
+    wait_for_service(&url, 2).await;
+    let (addresses, options) = ledger_client::nats::options(&url, "fault-admin", None);
+    let admin = options.retry_on_initial_connect().connect(addresses).await.unwrap();
+    let info: serde_json::Value = serde_json::from_slice(
+        &admin.request("$JS.API.STREAM.INFO.LEDGER", "".into()).await.unwrap().payload,
+    )
+    .unwrap();
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    let (stop, clients) = start_clients(&url, rng.next());
+    let (mut killed, mut stepped_down) = (0, 0);
+    for round in 0..kills {
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        let Some(leader) = stream_leader(&admin).await else { continue };
+        if round % 3 == 2 {
+            // A clean leader change.
+            let _ = admin.request("$JS.API.STREAM.LEADER.STEPDOWN.LEDGER", "".into()).await;
+            stepped_down += 1;
+        } else {
+            let i = cluster.index_of(&leader).unwrap();
+            cluster.kill_node(i);
+            tokio::time::sleep(rng.millis(200, 2000)).await;
+            cluster.start_node(i);
+            killed += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in clients {
+        seen.push(task.await.unwrap());
+    }
+    alive(&mut serves);
+    let tally = tally(&url, seen).await;
+    eprintln!("R3 cluster: leader killed {killed} times, stepped down {stepped_down} times");
+    report("R3 cluster", killed + stepped_down, &tally);
+    assert!(killed + stepped_down >= kills.min(10) * 2 / 3, "too few leader changes happened");
+    drop(serves);
+    verify(&url, dirs[0].path());
+}
