@@ -40,6 +40,9 @@ pub enum ViewError {
     /// version. Rebuild it from the log.
     #[error("view row in {view} does not decode: {reason}")]
     Corrupt { view: &'static str, reason: String },
+    /// The store is being reopened after a write error: try again shortly.
+    #[error("the views are being reopened after a storage error")]
+    Reopening,
 }
 
 /// A pure fold of events into rows of one sled tree.
@@ -247,7 +250,12 @@ impl Drop for FoldLease {
 /// The sled database holding every view.
 #[derive(Clone)]
 pub struct ViewStore {
-    db: sled::Db,
+    /// `None` while [`ViewStore::reopen`] replaces a failed database. sled
+    /// keeps the first write error it meets (a full disk, say) and returns
+    /// it for every later operation until the database is opened again, so
+    /// recovering from one means reopening, which every clone must see.
+    db: std::sync::Arc<std::sync::RwLock<Option<sled::Db>>>,
+    dir: std::path::PathBuf,
     /// Set while a fold loop runs over this store (see [`ViewStore::begin_fold`]).
     folding: std::sync::Arc<std::sync::atomic::AtomicBool>,
     memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
@@ -258,6 +266,16 @@ pub const VIEWS_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 impl ViewStore {
     pub fn open(dir: &Path) -> Result<ViewStore, ViewError> {
+        let db = ViewStore::open_db(dir)?;
+        Ok(ViewStore {
+            db: std::sync::Arc::new(std::sync::RwLock::new(Some(db))),
+            dir: dir.to_path_buf(),
+            memos: Default::default(),
+            folding: Default::default(),
+        })
+    }
+
+    fn open_db(dir: &Path) -> Result<sled::Db, ViewError> {
         let config = sled::Config::new()
             .path(dir)
             // Views are derived and carry their checkpoint, so they need no
@@ -271,7 +289,46 @@ impl ViewStore {
             .mode(sled::Mode::HighThroughput);
         let db = open_sled(&config)?;
         rebuild_if_other_layout(&db)?;
-        Ok(ViewStore { db, memos: Default::default(), folding: Default::default() })
+        Ok(db)
+    }
+
+    /// Whether the database takes writes: false once sled has met a write
+    /// error (it then fails every operation until reopened).
+    pub fn writable(&self) -> bool {
+        self.tree("meta").and_then(|meta| Ok(meta.insert(b"probe", &[1u8])?)).is_ok()
+    }
+
+    /// Whether the store's directory has room again (a 1 MiB file can be
+    /// written, synced and removed). Until it has, reopening would only
+    /// fail, and the failed database still answers reads, so it is kept.
+    pub fn has_room(&self) -> bool {
+        use std::io::Write;
+        let probe = self.dir.join("room.probe");
+        let written = std::fs::File::create(&probe)
+            .and_then(|mut file| file.write_all(&vec![0u8; 1 << 20]).and_then(|()| file.sync_all()));
+        let _ = std::fs::remove_file(&probe);
+        written.is_ok()
+    }
+
+    /// Closes the database and opens it again from its files: what sled
+    /// needs to recover from a write error once its cause is gone. Between
+    /// the two, every operation answers [`ViewError::Reopening`]. The old
+    /// database closes when the last operation holding it ends; opening
+    /// waits for that (up to 5 s, then fails and may be retried). What the
+    /// reopened files hold is a consistent prefix of committed batches with
+    /// their checkpoints, so folding resumes from there.
+    pub fn reopen(&self) -> Result<(), ViewError> {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+        self.memos.lock().expect("memo lock").clear();
+        let db = ViewStore::open_db(&self.dir)?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(db);
+        tracing::info!(dir = %self.dir.display(), "views reopened");
+        Ok(())
+    }
+
+    fn db(&self) -> Result<sled::Db, ViewError> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(ViewError::Reopening)
     }
 
     /// Claims the store for one fold loop; `None` while another holds it.
@@ -286,7 +343,7 @@ impl ViewStore {
     }
 
     pub fn tree(&self, view: &str) -> Result<sled::Tree, ViewError> {
-        Ok(self.db.open_tree(view)?)
+        Ok(self.db()?.open_tree(view)?)
     }
 
     /// The last log position folded into the view (0: none).
@@ -360,7 +417,7 @@ impl ViewStore {
     }
 
     pub async fn flush(&self) -> Result<(), ViewError> {
-        self.db.flush_async().await?;
+        self.db()?.flush_async().await?;
         Ok(())
     }
 }

@@ -291,7 +291,22 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
             tokio::select! {
                 result = &mut run.0 => match result {
                     Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "projector interrupted; resuming in 1 s"),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "projector interrupted; resuming in 1 s");
+                        // sled keeps a write error (a full disk) until the
+                        // store is reopened: without this the views would
+                        // never move again, even once space returns.
+                        // Reads still work meanwhile, so the store is
+                        // reopened only once its disk has room again.
+                        if !views.writable() && views.has_room() {
+                            let store = views.clone();
+                            match tokio::task::spawn_blocking(move || store.reopen()).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(error)) => tracing::warn!(%error, "cannot reopen the views yet"),
+                                Err(error) => tracing::warn!(%error, "reopening the views failed"),
+                            }
+                        }
+                    }
                     Err(error) => tracing::error!(%error, "projector failed; resuming in 1 s"),
                 },
                 () = stalled(&log, &views) => {

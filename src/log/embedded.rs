@@ -124,13 +124,30 @@ impl EmbeddedLog {
     }
 }
 
+/// How long an append waits for its fsync (milliseconds when healthy).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl EventLog for EmbeddedLog {
     async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
         batch.check()?;
         let ack = self.append_sync(&batch)?;
         // One fsync makes this batch and every batch applied before it
         // durable, so concurrent appenders share the cost (group commit).
-        self.inner.db.flush_async().await.map_err(storage)?;
+        // sled's flush never completes once a write has failed (a full
+        // disk): past FLUSH_TIMEOUT the outcome is unknown, and said so,
+        // rather than the engine waiting forever.
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.inner.db.flush_async()).await {
+            Ok(flushed) => {
+                flushed.map_err(storage)?;
+            }
+            Err(_) => {
+                return Err(LogError::Unavailable(format!(
+                    "the embedded log could not make the batch durable within {} s (is its disk full?); \
+                     its outcome is unknown",
+                    FLUSH_TIMEOUT.as_secs()
+                )))
+            }
+        }
         self.inner.durable_head.send_if_modified(|durable| {
             let advanced = ack.last > *durable;
             *durable = (*durable).max(ack.last);
