@@ -393,6 +393,7 @@ async fn stream_leader(nc: &async_nats::Client) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
+    let _serial = serial();
     let mut rng = Rng(seed("R3 cluster"));
     let kills = rounds(10);
     let mut cluster = Cluster::start();
