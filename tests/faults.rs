@@ -287,6 +287,22 @@ fn report(scenario: &str, kills: usize, tally: &Tally) {
     assert_eq!(tally.doubled, 0, "idempotency keys recorded twice");
 }
 
+/// Stops the clients, checks no serve exited on its own, and tallies the log.
+async fn finish(
+    url: &str,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Seen>>,
+    serves: &mut [Serve],
+) -> Tally {
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in clients {
+        seen.push(task.await.unwrap());
+    }
+    alive(serves);
+    tally(url, seen).await
+}
+
 /// Both serve processes are still running (nothing exited on its own).
 fn alive(serves: &mut [Serve]) {
     for serve in serves {
@@ -314,13 +330,7 @@ async fn log_server_killed_loses_nothing() {
         server.restart().unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for task in clients {
-        seen.push(task.await.unwrap());
-    }
-    alive(&mut serves);
-    let tally = tally(&url, seen).await;
+    let tally = finish(&url, stop, clients, &mut serves).await;
     report("log server killed", kills, &tally);
     drop(serves);
     verify(&url, dirs[0].path());
@@ -329,10 +339,24 @@ async fn log_server_killed_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_killed_loses_nothing_and_the_clock_closes_each_period_once() {
     let _serial = serial();
-    let mut rng = Rng(seed("serve killed"));
-    let kills = rounds(20);
     let nats = common::JetStream::new();
-    let url = nats.url();
+    serve_kills("serve killed", &nats.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_on_the_r3_cluster_loses_nothing() {
+    let _serial = serial();
+    let cluster = Cluster::start();
+    create_r3_stream(&cluster.url()).await;
+    serve_kills("serve killed (R3 cluster)", &cluster.url()).await;
+}
+
+/// Two serve instances SIGKILLed and restarted at random moments under load,
+/// while the billing clock has periods to finalize.
+async fn serve_kills(scenario: &str, url: &str) {
+    let mut rng = Rng(seed(scenario));
+    let kills = rounds(20);
+    let url = url.to_string();
     // Periods that end while serves are being killed: one every 2 s.
     let start = chrono::Utc::now();
     let clocked: Vec<(String, chrono::DateTime<chrono::Utc>)> =
@@ -365,13 +389,8 @@ async fn serve_killed_loses_nothing_and_the_clock_closes_each_period_once() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for task in clients {
-        seen.push(task.await.unwrap());
-    }
-    let tally = tally(&url, seen).await;
-    report("serve killed", kills, &tally);
+    let tally = finish(&url, stop, clients, &mut serves).await;
+    report(scenario, kills, &tally);
     for (tenant, _) in &clocked {
         assert_eq!(
             tally.finalized.get(tenant),
@@ -379,9 +398,28 @@ async fn serve_killed_loses_nothing_and_the_clock_closes_each_period_once() {
             "{tenant}: its first period finalized exactly once"
         );
     }
-    alive(&mut serves);
     drop(serves);
     verify(&url, dirs[0].path());
+}
+
+/// Creates the LEDGER stream at R3 (as the first ledger process to connect
+/// with `--replicas 3` does), waiting for the new cluster to take it.
+async fn create_r3_stream(url: &str) {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ledger(&["--nats", url, "--replicas", "3", "--data", data, "tenants"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never took the R3 stream: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The stream's leader, by server name.
@@ -398,29 +436,7 @@ async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
     let kills = rounds(10);
     let mut cluster = Cluster::start();
     let url = cluster.url();
-    // The stream is created at R3 by the first ledger process to connect.
-    let scratch = tempfile::tempdir().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = ledger(&[
-            "--nats",
-            &url,
-            "--replicas",
-            "3",
-            "--data",
-            scratch.path().to_str().unwrap(),
-            "tenants",
-        ]);
-        if out.status.success() || Instant::now() > deadline {
-            assert!(
-                out.status.success(),
-                "the cluster never took the R3 stream: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    create_r3_stream(&url).await;
     seed_ledger(&url, &[]);
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut serves: Vec<Serve> = dirs.iter().map(|d| Serve::spawn(&url, d.path(), 3_600_000)).collect();
@@ -458,13 +474,7 @@ async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for task in clients {
-        seen.push(task.await.unwrap());
-    }
-    alive(&mut serves);
-    let tally = tally(&url, seen).await;
+    let tally = finish(&url, stop, clients, &mut serves).await;
     eprintln!("R3 cluster: leader killed {killed} times, stepped down {stepped_down} times");
     report("R3 cluster", killed + stepped_down, &tally);
     assert_eq!(killed + stepped_down, kills);

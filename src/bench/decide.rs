@@ -10,7 +10,7 @@ use bytes::Bytes;
 use events::Actor;
 use projections::ViewStore;
 
-use super::support::{baseline_round, connect, create_baseline_stream, machine, rate, Rng};
+use super::support::{baseline_round, connect, create_baseline_stream, machine, print_targets, rate, Rng};
 use crate::engine::command::{Command, Submission};
 use crate::engine::{EngineStats, Ledger, Reply};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, JetStreamLog, Source};
@@ -517,13 +517,7 @@ pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()
             false,
         ),
     ];
-    let mut met = 0;
-    for (what, ratio, bound, at_least) in targets {
-        let ok = if at_least { ratio >= bound } else { ratio <= bound };
-        met += usize::from(ok);
-        println!("  {} {what}: {ratio:.3}", if ok { "met   " } else { "MISSED" });
-    }
-    println!("targets met: {met} of {}", targets.len());
+    print_targets(&targets);
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use projections::ViewStore;
 use super::decide::{
     define_bench_plan, gather, load_service, percentile, print_rate, subscribe_all, tenant_name, ClientTask,
 };
-use super::support::{connect, machine, rate, Rng};
+use super::support::{connect, machine, print_targets, rate, Rng};
 use crate::serve::keys::{self, KeyRing, Role};
 
 /// Rounds per row, alternating HTTP and NATS.
@@ -153,13 +153,7 @@ pub async fn serve_http(nats: Option<&str>, decisions: usize) -> anyhow::Result<
         ("100-client throughput HTTP/NATS >= 0.7", http_many.rate() / nats_many.rate(), 0.7, true),
         ("1-client p50 HTTP/NATS <= 1.5", p50(&http_one) / p50(&nats_one), 1.5, false),
     ];
-    let mut met = 0;
-    for (what, ratio, bound, at_least) in targets {
-        let ok = if at_least { ratio >= bound } else { ratio <= bound };
-        met += usize::from(ok);
-        println!("  {} {what}: {ratio:.3}", if ok { "met   " } else { "MISSED" });
-    }
-    println!("targets met: {met} of {}", targets.len());
+    print_targets(&targets);
     service.stop().await;
     Ok(())
 }

@@ -110,3 +110,16 @@ pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
 }
+
+/// Prints each target as met or MISSED, then `targets met: N of M`.
+/// A target is (what, ratio, bound, at_least): met when the ratio is at
+/// least (or, with `at_least` false, at most) the bound.
+pub(crate) fn print_targets(targets: &[(&str, f64, f64, bool)]) {
+    let mut met = 0;
+    for &(what, ratio, bound, at_least) in targets {
+        let ok = if at_least { ratio >= bound } else { ratio <= bound };
+        met += usize::from(ok);
+        println!("  {} {what}: {ratio:.3}", if ok { "met   " } else { "MISSED" });
+    }
+    println!("targets met: {met} of {}", targets.len());
+}

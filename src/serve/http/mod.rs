@@ -167,15 +167,7 @@ pub async fn tenant_command(
             let key = authenticate(&state, &headers)?;
             tenant_id(&tenant).map_err(|r| problem(&r))?;
             may_reach(&key, &tenant)?;
-            let raw = body(raw)?;
-            let actor = key.actor();
-            if command == "batch" {
-                let items = parse_batch(Some(&tenant), &actor, &raw).map_err(|r| problem(&r))?;
-                return Ok(json_response(StatusCode::OK, &state.core.batch(items).await));
-            }
-            let submission =
-                parsed(&state, fields(&raw).and_then(|f| submission(Some(&tenant), &actor, &command, f)))?;
-            Ok(decision(&state.core.command(submission).await))
+            decide(&state, &key, Some(&tenant), &command, body(raw)?).await
         }
         .await,
     )
@@ -192,18 +184,28 @@ pub async fn admin_command(
         async {
             let key = authenticate(&state, &headers)?;
             panel_only(&key)?;
-            let raw = body(raw)?;
-            let actor = key.actor();
-            if command == "batch" {
-                let items = parse_batch(None, &actor, &raw).map_err(|r| problem(&r))?;
-                return Ok(json_response(StatusCode::OK, &state.core.batch(items).await));
-            }
-            let submission =
-                parsed(&state, fields(&raw).and_then(|f| submission(None, &actor, &command, f)))?;
-            Ok(decision(&state.core.command(submission).await))
+            decide(&state, &key, None, &command, body(raw)?).await
         }
         .await,
     )
+}
+
+/// A command (or `batch`) of an authorized request, as the key's actor,
+/// about `tenant` (`None`: the body names it).
+async fn decide(
+    state: &Http,
+    key: &KeyEntry,
+    tenant: Option<&str>,
+    command: &str,
+    raw: Bytes,
+) -> Result<Response, Response> {
+    let actor = key.actor();
+    if command == "batch" {
+        let items = parse_batch(tenant, &actor, &raw).map_err(|r| problem(&r))?;
+        return Ok(json_response(StatusCode::OK, &state.core.batch(items).await));
+    }
+    let submission = parsed(state, fields(&raw).and_then(|f| submission(tenant, &actor, command, f)))?;
+    Ok(decision(&state.core.command(submission).await))
 }
 
 fn parsed(state: &Http, submission: Result<Submission, Rejection>) -> Result<Submission, Response> {
