@@ -370,11 +370,13 @@ async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
     // either way the event counts once, and nothing marked its id seen
     // before it was durable.
     nats.server.as_mut().unwrap().restart().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let retried = loop {
         let answer = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event.clone()).await;
         if answer.body["results"][0]["code"] != "unavailable" {
             break answer.body["results"][0].clone();
         }
+        assert!(std::time::Instant::now() < deadline, "still unavailable a minute after the restart");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(retried["ok"], true, "{retried:?}");

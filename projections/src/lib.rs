@@ -256,6 +256,8 @@ pub struct ViewStore {
     /// recovering from one means reopening, which every clone must see.
     db: std::sync::Arc<std::sync::RwLock<Option<sled::Db>>>,
     dir: std::path::PathBuf,
+    /// Counts reopenings (see [`ViewStore::generation`]).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Set while a fold loop runs over this store (see [`ViewStore::begin_fold`]).
     folding: std::sync::Arc<std::sync::atomic::AtomicBool>,
     memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
@@ -270,6 +272,7 @@ impl ViewStore {
         Ok(ViewStore {
             db: std::sync::Arc::new(std::sync::RwLock::new(Some(db))),
             dir: dir.to_path_buf(),
+            generation: Default::default(),
             memos: Default::default(),
             folding: Default::default(),
         })
@@ -310,21 +313,38 @@ impl ViewStore {
         written.is_ok()
     }
 
-    /// Closes the database and opens it again from its files: what sled
-    /// needs to recover from a write error once its cause is gone. Between
-    /// the two, every operation answers [`ViewError::Reopening`]. The old
-    /// database closes when the last operation holding it ends; opening
-    /// waits for that (up to 5 s, then fails and may be retried). What the
-    /// reopened files hold is a consistent prefix of committed batches with
-    /// their checkpoints, so folding resumes from there.
+    /// Replaces a database that met a write error with a fresh, empty one
+    /// in the same place, which the projectors then rebuild from the log.
+    /// Not the same files opened again: after a failed write (not a crash)
+    /// sled's files are not known to hold a consistent prefix of batches
+    /// (found in `tests/faults.rs`: a view row newer than its checkpoint
+    /// after a full disk), and views are derived, so rebuilding is the sure
+    /// way back. The failed files are deleted (on a disk that was full, a
+    /// copy would cost the space just regained). Between the two, every
+    /// operation answers [`ViewError::Reopening`].
     pub fn reopen(&self) -> Result<(), ViewError> {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         drop(old);
         self.memos.lock().expect("memo lock").clear();
+        let failed = self.dir.with_extension("failed");
+        let _ = std::fs::remove_dir_all(&failed);
+        // A handle still open on the old files (a fold finishing) writes
+        // into the renamed directory, never into the new one.
+        std::fs::rename(&self.dir, &failed).map_err(|e| ViewError::Storage(e.into()))?;
+        let _ = std::fs::remove_dir_all(&failed);
         let db = ViewStore::open_db(&self.dir)?;
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(db);
-        tracing::info!(dir = %self.dir.display(), "views reopened");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::warn!(dir = %self.dir.display(), "views replaced after a storage error; rebuilding them from the log");
         Ok(())
+    }
+
+    /// Moves when the store is reopened: a reader that read a checkpoint
+    /// and then rows compares it before and after, since a reopened store
+    /// may hold an older prefix than the one the checkpoint came from.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn db(&self) -> Result<sled::Db, ViewError> {

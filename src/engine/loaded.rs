@@ -61,6 +61,9 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
     let catalog = tenant == CATALOG_TENANT;
     // The checkpoint is read before the row, so the row covers at least
     // everything up to it: no event of this tenant lies between the two.
+    // Both from one store: a reopening in between could pair a newer
+    // checkpoint with an older row, and events would be skipped.
+    let generation = views.generation();
     let checkpoint = views.checkpoint(LedgerView::NAME)?;
     let mut loaded = Loaded::default();
     if catalog {
@@ -70,6 +73,7 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
         loaded.log_position = state.chain.last_position;
         loaded.state = state;
     }
+    anyhow::ensure!(views.generation() == generation, "the views were reopened while loading {tenant}");
     let tenant_head = log.tenant_head(tenant).await?;
     let start = loaded.log_position.max(checkpoint) + 1;
     if tenant_head >= start {

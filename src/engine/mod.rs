@@ -298,13 +298,15 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
                         // never move again, even once space returns.
                         // Reads still work meanwhile, so the store is
                         // reopened only once its disk has room again.
-                        if !views.writable() && views.has_room() {
-                            let store = views.clone();
-                            match tokio::task::spawn_blocking(move || store.reopen()).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(error)) => tracing::warn!(%error, "cannot reopen the views yet"),
-                                Err(error) => tracing::warn!(%error, "reopening the views failed"),
-                            }
+                        // (Probing writes to disk: off the async workers.)
+                        let store = views.clone();
+                        let reopened = tokio::task::spawn_blocking(move || {
+                            (!store.writable() && store.has_room()).then(|| store.reopen())
+                        });
+                        match reopened.await {
+                            Ok(None | Some(Ok(()))) => {}
+                            Ok(Some(Err(error))) => tracing::warn!(%error, "cannot reopen the views yet"),
+                            Err(error) => tracing::warn!(%error, "reopening the views failed"),
                         }
                     }
                     Err(error) => tracing::error!(%error, "projector failed; resuming in 1 s"),

@@ -29,6 +29,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
 const QUERY_SYNC_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a health check or a metrics scrape waits for the log's head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a health check waits for the views to reach the head it read.
+const READY_WAIT: Duration = Duration::from_secs(1);
+/// A query's whole deadline (the tenant's head, the views catching up, the
+/// read): below the client's 5 s request timeout, so it hears the answer.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(3500);
 
 /// The views a tenant can be asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +132,14 @@ impl Core {
     /// whichever writer appended it (read your writes).
     pub async fn query(&self, tenant: &str, view: QueryView, at_us: Option<i64>) -> Result<Value, Rejection> {
         tenant_id(tenant)?;
+        tokio::time::timeout(QUERY_TIMEOUT, self.query_now(tenant, view, at_us)).await.unwrap_or_else(|_| {
+            Err(Rejection::new("unavailable", "the log or the views did not answer in time; try again"))
+        })
+    }
+
+    async fn query_now(&self, tenant: &str, view: QueryView, at_us: Option<i64>) -> Result<Value, Rejection> {
         let unavailable = |e: String| Rejection::new("unavailable", e);
+        let generation = self.ledger.views().generation();
         let head = self.log.tenant_head(tenant).await.map_err(|e| unavailable(e.to_string()))?;
         tokio::time::timeout(QUERY_SYNC_TIMEOUT, self.ledger.sync_to(head))
             .await
@@ -147,6 +159,11 @@ impl Core {
             }
             QueryView::Invoices => report::invoices(views, tenant),
         };
+        // A store reopened meanwhile may hold an older prefix than the one
+        // the views were synced on: no answer from a mix of the two.
+        if views.generation() != generation {
+            return Err(unavailable("the views were reopened during the query; try again".into()));
+        }
         answer.map_err(query_rejection)
     }
 
@@ -171,7 +188,23 @@ impl Core {
         Ok(tenants)
     }
 
-    /// Where the views stand against the log.
+    /// Whether the views keep up with the log: they must include the log
+    /// as it stood when asked within [`READY_WAIT`] (under steady writes
+    /// the views always trail the head by a fold or two, so an instant's
+    /// comparison would call a busy instance unhealthy).
+    pub async fn ready(&self) -> Health {
+        let mut health = self.health().await;
+        if let Some(head) = health.log_head {
+            if health.views_at < head
+                && tokio::time::timeout(READY_WAIT, self.ledger.sync_to(head)).await.is_ok_and(|r| r.is_ok())
+            {
+                health.views_at = health.views_at.max(head);
+            }
+        }
+        health
+    }
+
+    /// Where the views stand against the log, now.
     pub async fn health(&self) -> Health {
         let log_head = tokio::time::timeout(HEAD_TIMEOUT, self.log.head()).await.ok().and_then(Result::ok);
         let views = self.ledger.views();

@@ -89,11 +89,35 @@ fn write(data: &Path, keys: Vec<KeyEntry>) -> anyhow::Result<()> {
     file.write_all(&serde_json::to_vec_pretty(&KeyFile { keys })?)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path(data))?;
+    std::fs::File::open(data)?.sync_all()?;
     Ok(())
 }
 
 fn hash(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Holds an exclusive lock on `keys.json.lock` while a change reads and
+/// rewrites the file, so two `ledger keys` at once cannot undo each other
+/// (a revoke lost to a concurrent add would revive the key).
+/// The lock is the open descriptor: closing it on drop releases it.
+struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    fn take(data: &Path) -> anyhow::Result<FileLock> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(data)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data.join(format!("{KEYS_FILE}.lock")))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        anyhow::ensure!(locked == 0, "locking the key file: {}", std::io::Error::last_os_error());
+        Ok(FileLock(file))
+    }
 }
 
 /// Adds a key for `tenant` (`None`: the panel) and returns it: the only
@@ -104,6 +128,7 @@ pub fn add(data: &Path, tenant: Option<&str>, role: Role) -> anyhow::Result<Stri
     }
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let key = format!("lk_{id}_{}", uuid::Uuid::new_v4().simple());
+    let _lock = FileLock::take(data)?;
     let mut keys = read(data)?;
     keys.push(KeyEntry {
         id,
@@ -123,6 +148,7 @@ pub fn list(data: &Path) -> anyhow::Result<Vec<KeyEntry>> {
 
 /// Removes the key with `id`; false when there is none.
 pub fn revoke(data: &Path, id: &str) -> anyhow::Result<bool> {
+    let _lock = FileLock::take(data)?;
     let mut keys = read(data)?;
     let before = keys.len();
     keys.retain(|k| k.id != id);
@@ -155,7 +181,13 @@ impl KeyRing {
             .and_then(|m| Some((m.ino(), m.modified().ok()?, m.len())));
         {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            if cache.0 == modified && modified.is_some() {
+            // A version seen before is trusted only once it is a few
+            // seconds old: two rewrites within one clock tick can look
+            // alike (same length, a reused inode).
+            let settled = modified.is_some_and(|(_, at, _)| {
+                at.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(2))
+            });
+            if cache.0 == modified && settled {
                 return find(&cache.1, id, key);
             }
         }
@@ -174,6 +206,11 @@ impl KeyRing {
 
 fn find(keys: &[KeyEntry], id: &str, key: &str) -> Option<KeyEntry> {
     let entry = keys.iter().find(|k| k.id == id)?;
+    // A tenant role without a tenant (a hand-edited file) is no key at all,
+    // never the panel.
+    if (entry.role == Role::Panel) != entry.tenant.is_none() {
+        return None;
+    }
     // Compare every byte, whatever the first difference.
     let (stored, presented) = (entry.sha256.as_bytes(), hash(key));
     let same = stored.len() == presented.len()

@@ -118,8 +118,10 @@ fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Response>
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(unauthorized("no API key: send Authorization: Bearer <key>"));
     };
-    let Some(key) = value.strip_prefix("Bearer ").map(str::trim) else {
-        return Err(unauthorized("the Authorization header must be Bearer <key>"));
+    // The scheme is case-insensitive (RFC 9110).
+    let key = match value.split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+        _ => return Err(unauthorized("the Authorization header must be Bearer <key>")),
     };
     state.keys.check(key).ok_or_else(|| unauthorized("unknown or revoked API key"))
 }
@@ -329,9 +331,10 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
     )
 }
 
-/// `GET /healthz`: 200 once the views include the whole log, else 503.
+/// `GET /healthz`: 200 when the views include the log as it stood when
+/// asked (within a second), else 503.
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    let health = state.core.health().await;
+    let health = state.core.ready().await;
     let status = match (health.log_head, health.ready()) {
         (None, _) => "log_unreachable",
         (Some(_), false) => "catching_up",
