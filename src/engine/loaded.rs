@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use events::CATALOG_TENANT;
-use futures_util::StreamExt;
 use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
 use projections::{LedgerView, Projection, ViewStore};
 
@@ -77,9 +76,7 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
     let tenant_head = log.tenant_head(tenant).await?;
     let start = loaded.log_position.max(checkpoint) + 1;
     if tenant_head >= start {
-        let mut records = log.read(start, Some(tenant)).await?;
-        while let Some(record) = records.next().await {
-            let record = record?;
+        for record in log.read_tenant(tenant, start, tenant_head).await? {
             let decoded = record.decode();
             match &decoded.event {
                 Ok(envelope) => {
@@ -89,9 +86,6 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
                     tracing::warn!(tenant, position = record.position, %error, "skipping undecodable event");
                     loaded.log_position = record.position;
                 }
-            }
-            if record.position >= tenant_head {
-                break;
             }
         }
     }

@@ -250,7 +250,37 @@ impl EventLog for JetStreamLog {
             Err(e) => Err(unavailable(e)),
         }
     }
+
+    /// A short tail by direct gets, with no consumer: a consumer costs the
+    /// server more than a few reads, and async-nats leaves an ordered one
+    /// on the server for 30 s after its reader goes, so loads opening one
+    /// each piled them up past the server's limit under a crash loop
+    /// (`docs/operations.md`). A direct get may be answered by a replica
+    /// that is behind; it can only miss what follows, never skip, so the
+    /// reader takes over from the first miss, and past [`DIRECT_READS`].
+    async fn read_tenant(&self, tenant: &str, from: u64, head: u64) -> Result<Vec<LogRecord>, LogError> {
+        let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        while next <= head && out.len() < DIRECT_READS {
+            match self.stream.direct_get_next_for_subject(filter.as_str(), Some(next)).await {
+                Ok(message) if message.sequence >= next && message.sequence <= head => {
+                    next = message.sequence + 1;
+                    out.push(LogRecord {
+                        position: message.sequence,
+                        subject: message.subject.to_string(),
+                        payload: message.payload,
+                    });
+                }
+                _ => break,
+            }
+        }
+        super::read_through(self, tenant, next, head, out).await
+    }
 }
+
+/// Most records a tenant load reads by direct gets before opening a reader.
+const DIRECT_READS: usize = 64;
 
 impl JetStreamLog {
     /// [`EventLog::append`] of a checked batch.

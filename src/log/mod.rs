@@ -135,6 +135,43 @@ pub trait EventLog: Source<Error = LogError> {
 
     /// The position of the tenant's last event (0 when it has none).
     fn tenant_head(&self, tenant: &str) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// The tenant's records from `from` through `head` (a tenant head read
+    /// before), in order: a tenant load's tail. A log may serve a short
+    /// tail without opening a reader.
+    fn read_tenant(
+        &self,
+        tenant: &str,
+        from: u64,
+        head: u64,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, LogError>> + Send {
+        async move { read_through(self, tenant, from, head, Vec::new()).await }
+    }
+}
+
+/// Appends the tenant's records from `from` through `head` to `out`, with a
+/// reader.
+pub(crate) async fn read_through<L: Source<Error = LogError>>(
+    log: &L,
+    tenant: &str,
+    from: u64,
+    head: u64,
+    mut out: Vec<LogRecord>,
+) -> Result<Vec<LogRecord>, LogError> {
+    use futures_util::StreamExt;
+    if from > head {
+        return Ok(out);
+    }
+    let mut records = log.read(from, Some(tenant)).await?;
+    while let Some(record) = records.next().await {
+        let record = record?;
+        let position = record.position;
+        out.push(record);
+        if position >= head {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Either backend, chosen at run time from `--nats`.
@@ -165,6 +202,12 @@ impl EventLog for AnyLog {
         match self {
             AnyLog::Embedded(l) => l.tenant_head(tenant).await,
             AnyLog::JetStream(l) => l.tenant_head(tenant).await,
+        }
+    }
+    async fn read_tenant(&self, tenant: &str, from: u64, head: u64) -> Result<Vec<LogRecord>, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.read_tenant(tenant, from, head).await,
+            AnyLog::JetStream(l) => l.read_tenant(tenant, from, head).await,
         }
     }
 }
