@@ -84,3 +84,8 @@ pub async fn catch_up<L: EventLog>(
 ) -> anyhow::Result<u64> {
     Ok(replay::catch_up(log, store, views).await?)
 }
+
+/// The lowest position every view includes (0 when one is unreadable).
+pub fn lowest_checkpoint(views: &projections::ViewStore) -> u64 {
+    ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0)
+}

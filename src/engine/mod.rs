@@ -338,8 +338,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Returns once the views have stood still behind the log for [`STALL_LIMIT`].
 async fn stalled<L: EventLog>(log: &L, views: &ViewStore) {
-    let lowest =
-        || projector::ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0);
+    let lowest = || projector::lowest_checkpoint(views);
     let mut last = (lowest(), tokio::time::Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -141,10 +141,7 @@ impl Core {
         let unavailable = |e: String| Rejection::new("unavailable", e);
         let generation = self.ledger.views().generation();
         let head = self.log.tenant_head(tenant).await.map_err(|e| unavailable(e.to_string()))?;
-        tokio::time::timeout(QUERY_SYNC_TIMEOUT, self.ledger.sync_to(head))
-            .await
-            .map_err(|_| unavailable("the views are behind the log; try again".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+        self.views_reach(head).await?;
         let views = self.ledger.views();
         let answer = match view {
             QueryView::Usage => report::usage(views, tenant, at_us),
@@ -167,15 +164,21 @@ impl Core {
         answer.map_err(query_rejection)
     }
 
-    /// Every tenant with its plan, status, seats and current usage (the
-    /// control panel's list).
-    pub async fn tenants(&self) -> Result<Value, Rejection> {
+    /// Waits (up to [`QUERY_SYNC_TIMEOUT`]) until the views include the log
+    /// up to `head`: read your writes, whichever writer appended them.
+    async fn views_reach(&self, head: u64) -> Result<(), Rejection> {
         let unavailable = |e: String| Rejection::new("unavailable", e);
-        let head = self.log.head().await.map_err(|e| unavailable(e.to_string()))?;
         tokio::time::timeout(QUERY_SYNC_TIMEOUT, self.ledger.sync_to(head))
             .await
             .map_err(|_| unavailable("the views are behind the log; try again".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// Every tenant with its plan, status, seats and current usage (the
+    /// control panel's list).
+    pub async fn tenants(&self) -> Result<Value, Rejection> {
+        let head = self.log.head().await.map_err(|e| Rejection::new("unavailable", e.to_string()))?;
+        self.views_reach(head).await?;
         let views = self.ledger.views();
         let mut tenants = report::tenants(views).map_err(query_rejection)?;
         for tenant in tenants.as_array_mut().into_iter().flatten() {
@@ -207,9 +210,7 @@ impl Core {
     /// Where the views stand against the log, now.
     pub async fn health(&self) -> Health {
         let log_head = tokio::time::timeout(HEAD_TIMEOUT, self.log.head()).await.ok().and_then(Result::ok);
-        let views = self.ledger.views();
-        let views_at =
-            projector::ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0);
+        let views_at = projector::lowest_checkpoint(self.ledger.views());
         Health { log_head, views_at }
     }
 }
