@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: the engine, the projectors and the
+/// service allocate many small, short-lived buffers across threads, where
+/// glibc spent ~9% of all CPU (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
     let cli = ledger::cli::Cli::parse();

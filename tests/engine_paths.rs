@@ -139,3 +139,73 @@ async fn an_evicted_tenant_reloads_to_the_same_state() {
     assert!(matches!(submit(&ledger, upload).await, Reply::Ok { duplicate: true, .. }));
     assert!(matches!(submit(&ledger, &tokens("t0", "rest", 200)).await, Reply::Ok { duplicate: false, .. }));
 }
+
+/// A tenant loaded from a view row that holds its request keys and files
+/// (some moved out to the row's buckets) still knows every one: duplicates
+/// keep their first position and a stored file is still there. A tenant
+/// whose row holds none needs no view lookup, and still answers a repeat
+/// from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_loaded_from_its_view_knows_its_keys() {
+    let backend = JetStream::new();
+    let dir = tempfile::tempdir().unwrap();
+    let views = ViewStore::open(dir.path()).unwrap();
+    let a =
+        Ledger::start_with(common::connect(&backend.url()).await, views.clone(), EngineOptions::default())
+            .await
+            .unwrap();
+    for line in [PLAN.to_string(), subscribe("keyed"), subscribe("fresh")] {
+        assert!(matches!(submit(&a, &line).await, Reply::Ok { .. }));
+    }
+    // More keys and files than a state row keeps: the first ones move to buckets.
+    let mut first = std::collections::HashMap::new();
+    for i in 0..80 {
+        let key = format!("k{i}");
+        match submit(&a, &tokens("keyed", &key, 1)).await {
+            Reply::Ok { seq, duplicate: false } => first.insert(key, seq),
+            other => panic!("{other:?}"),
+        };
+        let upload = format!(
+            r#"{{"actor":"keyed:user","cmd":"upload","tenant":"keyed","file":"f{i}.bin","bytes":10}}"#
+        );
+        assert!(matches!(submit(&a, &upload).await, Reply::Ok { duplicate: false, .. }));
+    }
+    a.sync().await.unwrap();
+    a.shutdown().await;
+    drop(a);
+
+    // A new engine over the same views and log loads both tenants from their rows.
+    let b = Ledger::start_with(common::connect(&backend.url()).await, views, EngineOptions::default())
+        .await
+        .unwrap();
+    for key in ["k0", "k1", "k40", "k79"] {
+        assert_eq!(
+            submit(&b, &tokens("keyed", key, 1)).await,
+            Reply::Ok { seq: first[key], duplicate: true },
+            "{key}"
+        );
+    }
+    assert!(matches!(submit(&b, &tokens("keyed", "new", 1)).await, Reply::Ok { duplicate: false, .. }));
+    for file in ["f0", "f79"] {
+        let again = format!(
+            r#"{{"actor":"keyed:user","cmd":"upload","tenant":"keyed","file":"{file}.bin","bytes":10}}"#
+        );
+        assert!(matches!(submit(&b, &again).await, Reply::Ok { duplicate: true, .. }), "{file}");
+    }
+    let delete = r#"{"actor":"keyed:user","cmd":"delete_file","tenant":"keyed","file":"f3.bin"}"#;
+    assert!(matches!(submit(&b, delete).await, Reply::Ok { duplicate: false, .. }));
+    let loads = EngineStats::get(&b.stats().loads);
+    assert!(loads >= 1, "the tenant was not loaded from its view");
+
+    let first_fresh = match submit(&b, &tokens("fresh", "once", 5)).await {
+        Reply::Ok { seq, duplicate: false } => seq,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        submit(&b, &tokens("fresh", "once", 5)).await,
+        Reply::Ok { seq: first_fresh, duplicate: true }
+    );
+    b.sync().await.unwrap();
+    let usage = ledger::report::usage(b.views(), "keyed", None).unwrap();
+    assert_eq!(usage["tokens"]["used"], 81, "80 keys once each, and one new");
+}

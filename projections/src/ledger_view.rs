@@ -37,6 +37,16 @@ pub const RECENT_KEYS: usize = 64;
 /// Keys per bucket the bucket count aims at.
 pub const BUCKET_TARGET: u64 = 64;
 
+/// What [`LedgerView::tenant_with_keys`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantWithKeys {
+    pub state: TenantState,
+    /// The row holds token request keys (in it or in its buckets).
+    pub has_requests: bool,
+    /// The row holds file entries (in it or in its buckets).
+    pub has_files: bool,
+}
+
 /// The `s/<tenant>` row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRow {
@@ -62,6 +72,13 @@ pub struct KeyIndex<V> {
     /// Buckets in use: a power of two, never fewer than the keys need, and
     /// never shrinking.
     pub buckets: u32,
+}
+
+impl<V> KeyIndex<V> {
+    /// No key in the row nor in its buckets.
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty() && self.keys == 0
+    }
 }
 
 impl<V> Default for KeyIndex<V> {
@@ -259,6 +276,18 @@ impl LedgerView {
 
     pub fn tenant(store: &ViewStore, tenant: &str) -> Result<Option<TenantState>, ViewError> {
         Ok(Self::get::<TenantRow>(store, &Self::state_key(tenant))?.map(|row| row.state))
+    }
+
+    /// A tenant's state as [`LedgerView::tenant`], and whether its row holds
+    /// any token request keys or file entries: a writer that loads a row
+    /// holding none has every later one in memory (they come from events
+    /// after the row), so it need not look them up here.
+    pub fn tenant_with_keys(store: &ViewStore, tenant: &str) -> Result<Option<TenantWithKeys>, ViewError> {
+        Ok(Self::get::<TenantRow>(store, &Self::state_key(tenant))?.map(|row| TenantWithKeys {
+            has_requests: !row.requests.is_empty(),
+            has_files: !row.files.is_empty(),
+            state: row.state,
+        }))
     }
 
     /// The earlier accepted use of a token request key, if any.

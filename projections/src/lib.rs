@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use activity::{Activity, ActivityRow};
 pub use domain::Fact;
-pub use ledger_view::{FinalInvoice, LedgerView, TenantRow};
+pub use ledger_view::{FinalInvoice, LedgerView, TenantRow, TenantWithKeys};
 
 /// Row keys starting with this byte are reserved for bookkeeping.
 const META_PREFIX: u8 = 0x00;

@@ -26,6 +26,12 @@ pub(super) struct Loaded {
     /// When the engine last decided for this tenant (its own clock of
     /// decisions): the tenant cache evicts the least recently used.
     pub(super) used: u64,
+    /// The view row it was loaded from holds request keys (or files): a key
+    /// missing from memory must then be looked up in the view. Without
+    /// any, memory has them all (they come from the events after the row),
+    /// and a miss is an answer.
+    pub(super) view_requests: bool,
+    pub(super) view_files: bool,
 }
 
 impl Loaded {
@@ -68,9 +74,11 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
     if catalog {
         loaded.catalog = LedgerView::catalog(&views)?;
         loaded.log_position = loaded.catalog.chain.last_position;
-    } else if let Some(state) = LedgerView::tenant(&views, tenant)? {
-        loaded.log_position = state.chain.last_position;
-        loaded.state = state;
+    } else if let Some(row) = LedgerView::tenant_with_keys(&views, tenant)? {
+        loaded.log_position = row.state.chain.last_position;
+        loaded.state = row.state;
+        loaded.view_requests = row.has_requests;
+        loaded.view_files = row.has_files;
     }
     anyhow::ensure!(views.generation() == generation, "the views were reopened while loading {tenant}");
     let tenant_head = log.tenant_head(tenant).await?;

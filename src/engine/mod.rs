@@ -11,7 +11,11 @@
 //! Latency at low load, throughput at high: a command that finds the
 //! engine idle forms a group of one and goes out at once (one message is a
 //! single publish, not an atomic batch: see `log::jetstream`); while a
-//! batch commits, the queue fills the next group. A group may carry many
+//! batch commits, the queue fills the next group. With nothing in flight,
+//! the engine first lets the tasks just answered run (they often send their
+//! next command at once), and after a commit of many commands it waits,
+//! no longer than that commit took, for as many to arrive (`pacing`), so a
+//! busy tenant's batches stay full rather than alternating half-full. A group may carry many
 //! commands of one tenant, each decided against what its predecessors in
 //! the group leave (chained decisions, one expectation per tenant); if the
 //! batch fails, every one of them is decided again. A tenant with a batch
@@ -35,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod command;
 pub mod decide;
 mod loaded;
+mod pacing;
 mod writer;
 
 use self::command::{Rejection, Submission};

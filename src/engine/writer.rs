@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::command::{Command, Rejection, Submission};
 use super::decide::{decide, Context, Decision};
 use super::loaded::{load, Loaded, Overlay};
+use super::pacing::{drain, Returns};
 use super::{EngineStats, Job, Reply, MAX_GROUPS_IN_FLIGHT, MAX_RECENT_KEYS, MAX_RETRIES};
 use crate::log::{AppendBatch, AppendMessage, EventLog, Expectation, LogError, MAX_BATCH_MESSAGES};
 
@@ -55,6 +56,8 @@ struct Group {
 struct InFlight {
     staged: Vec<Staged>,
     result: Result<crate::log::AppendAck, LogError>,
+    /// How long the append took.
+    took: std::time::Duration,
 }
 
 /// What deciding one command came to.
@@ -140,19 +143,24 @@ impl<L: EventLog> Engine<L> {
             FuturesUnordered::new();
         let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
         let mut open = true;
+        let mut returns = Returns::default();
         loop {
-            while queue.len() < 4 * MAX_BATCH_MESSAGES {
-                match rx.try_recv() {
-                    Ok(job) => queue.push_back(job),
-                    Err(_) => break,
-                }
+            returns.arrived += drain(&mut rx, &mut queue);
+            if inflight.is_empty() && !queue.is_empty() {
+                // Commands answered just now are often followed at once by
+                // their callers' next ones: let those tasks run first, so
+                // they join this group rather than trail it alone.
+                tokio::task::yield_now().await;
+                returns.arrived += drain(&mut rx, &mut queue);
             }
-            if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() {
+            let hold = if inflight.is_empty() { returns.hold() } else { None };
+            if inflight.len() < MAX_GROUPS_IN_FLIGHT && !queue.is_empty() && hold.is_none() {
                 if let Some(group) = self.build_group(&mut queue, !inflight.is_empty(), &mut loads).await {
                     self.stats.batch(group.batch.messages.len());
                     let log = self.log.clone();
                     let append = tokio::spawn(async move { log.append(group.batch).await });
                     let staged = group.staged;
+                    let started = tokio::time::Instant::now();
                     inflight.push(Box::pin(async move {
                         // An append task that died has an unknown outcome,
                         // like a lost connection: its commands fail, and
@@ -160,7 +168,7 @@ impl<L: EventLog> Engine<L> {
                         let result = append.await.unwrap_or_else(|error| {
                             Err(LogError::Unavailable(format!("the append task failed: {error}")))
                         });
-                        InFlight { staged, result }
+                        InFlight { staged, result, took: started.elapsed() }
                     }));
                     continue;
                 }
@@ -168,20 +176,28 @@ impl<L: EventLog> Engine<L> {
             if !open && queue.is_empty() && inflight.is_empty() && loads.is_empty() {
                 return;
             }
+            let until = hold.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 job = rx.recv(), if open => match job {
-                    Some(job) => queue.push_back(job),
+                    Some(job) => {
+                        queue.push_back(job);
+                        returns.arrived += 1;
+                    }
                     None => open = false,
                 },
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     match done.result {
-                        Ok(ack) => self.commit(done.staged, ack.first),
+                        Ok(ack) => {
+                            returns.answered(done.staged.len(), done.took);
+                            self.commit(done.staged, ack.first);
+                        }
                         Err(error) => self.abandon(done.staged, error, &mut queue),
                     }
                 }
                 Some((tenant, loaded)) = loads.next(), if !loads.is_empty() => {
                     self.loaded(tenant, loaded, &mut queue).await;
                 }
+                () = tokio::time::sleep_until(until), if hold.is_some() => returns.expire(),
             }
         }
     }
@@ -520,6 +536,7 @@ impl<L: EventLog> Engine<L> {
                 .or_else(|| loaded.and_then(|l| l.recent_requests.get(request)))
             {
                 Some(entry) => Some(*entry),
+                None if loaded.is_some_and(|l| !l.view_requests) => None,
                 None => LedgerView::request(&self.views, tenant, request)
                     .map_err(|e| Rejection::new("unavailable", format!("reading idempotency keys: {e}")))?,
             },
@@ -532,6 +549,7 @@ impl<L: EventLog> Engine<L> {
                     .or_else(|| loaded.and_then(|l| l.recent_files.get(file)))
                 {
                     Some(change) => *change,
+                    None if loaded.is_some_and(|l| !l.view_files) => None,
                     None => LedgerView::file(&self.views, tenant, file)
                         .map_err(|e| Rejection::new("unavailable", format!("reading live files: {e}")))?,
                 }
