@@ -275,7 +275,7 @@ impl LedgerView {
     }
 
     pub fn tenant(store: &ViewStore, tenant: &str) -> Result<Option<TenantState>, ViewError> {
-        Ok(Self::get::<TenantRow>(store, &Self::state_key(tenant))?.map(|row| row.state))
+        Ok(Self::tenant_with_keys(store, tenant)?.map(|row| row.state))
     }
 
     /// A tenant's state as [`LedgerView::tenant`], and whether its row holds

@@ -11,15 +11,15 @@
 //! Latency at low load, throughput at high: a command that finds the
 //! engine idle forms a group of one and goes out at once (one message is a
 //! single publish, not an atomic batch: see `log::jetstream`); while a
-//! batch commits, the queue fills the next group. With nothing in flight,
-//! the engine first lets the tasks just answered run (they often send their
-//! next command at once), and after a commit of many commands it waits,
-//! no longer than that commit took, for as many to arrive (`pacing`), so a
+//! batch commits, the queue fills the next group, which goes out before
+//! the first commits only when full. With nothing in flight, the engine
+//! first lets the tasks just answered run (they often send their next
+//! command at once), and after a commit of many commands it waits, no
+//! longer than that commit took, for as many to arrive (`pacing`), so a
 //! busy tenant's batches stay full rather than alternating half-full. A
-//! second batch goes out while one commits only when it is full. A group may carry many
-//! commands of one tenant, each decided against what its predecessors in
-//! the group leave (chained decisions, one expectation per tenant); if the
-//! batch fails, every one of them is decided again. A tenant with a batch
+//! group may carry many commands of one tenant, each decided against what
+//! its predecessors in the group leave (chained decisions, one expectation
+//! per tenant); if the batch fails, every one of them is decided again. A tenant with a batch
 //! in flight waits for it. Commands carrying their own `at` (imports) keep
 //! their order. Two batches are in flight at once. A catalog command
 //! travels alone, with nothing else in flight (every decision reads the

@@ -62,11 +62,6 @@ impl Returns {
         }
     }
 
-    /// Stops waiting (the deadline passed).
-    pub(super) fn expire(&mut self) {
-        self.expected = 0;
-    }
-
     /// The instant to wait until before building the next group, if any.
     pub(super) fn hold(&mut self) -> Option<tokio::time::Instant> {
         if self.expected == 0 || self.arrived >= self.expected {
