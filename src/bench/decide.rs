@@ -412,6 +412,13 @@ async fn subscribe_and_decide(ledger: &Ledger, prefix: &str, from: usize, to: us
     Ok(())
 }
 
+/// Waits until the views include the whole log, so that a row starts
+/// quiet: the previous row's trailing view folds are not charged to it.
+async fn settle(log: &JetStreamLog, ledger: &Ledger) -> anyhow::Result<()> {
+    let head = log.head().await?;
+    ledger.sync_to(head).await
+}
+
 /// `ledger bench decide`: the decision matrix of issue 12, every figure a
 /// ratio to a baseline measured in the same run.
 pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()> {
@@ -452,6 +459,7 @@ pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()
         ("ledger, 2,000 clients, 10,000 tenants", "e", 10_000, 2_000, n.max(20_000)),
     ] {
         subscribe_all(&ledger, prefix, tenants).await?;
+        settle(&log, &ledger).await?;
         let (e, l) = load(&ledger, prefix, tenants, clients, count, rows.len() as u64 + 10).await?;
         rows.push(Row::new(label, l.len(), e, l));
     }
@@ -461,11 +469,13 @@ pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()
         ("serve, 100 clients, one tenant", "sd", 1, 100, (n / 5).max(10_000)),
     ] {
         subscribe_all(&ledger, prefix, tenants).await?;
+        settle(&log, &ledger).await?;
         let (e, l) = load_service(&url, prefix, tenants, clients, clients.min(100), count, 20).await?;
         served.push(Row::new(label, l.len(), e, l));
     }
     // The in-process rows the served ones compare with, on the same tenants' shape.
     subscribe_all(&ledger, "ia", 1).await?;
+    settle(&log, &ledger).await?;
     let (e, l) = load(&ledger, "ia", 1, 1, (n / 50).max(200), 30).await?;
     let engine_one = Row::new("ledger, 1 client, 1 tenant", l.len(), e, l);
 
@@ -576,13 +586,14 @@ pub async fn serve(
     nats: Option<&str>,
     decisions: usize,
     clients: usize,
+    tenants: usize,
     connections: usize,
 ) -> anyhow::Result<()> {
     let (server, log) = connect(nats).await?;
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
     println!(
-        "bench serve: {decisions} decisions (70% consume_tokens, 30% upload) from {clients} concurrent tenant \
-         clients over {connections} NATS connections, through `ledger serve`; then the same load on the \
+        "bench serve: {decisions} decisions (70% consume_tokens, 30% upload) from {clients} concurrent \
+         clients of {tenants} tenants over {connections} NATS connections, through `ledger serve`; then the same load on the \
          in-process engine"
     );
     println!(
@@ -591,12 +602,26 @@ pub async fn serve(
         log.client().server_info().version
     );
     let (service, ledger, _views_dir) = start_service(&log).await?;
-    subscribe_all(&ledger, "svc", clients).await?;
-    subscribe_all(&ledger, "eng", clients).await?;
+    subscribe_all(&ledger, "svc", tenants).await?;
+    subscribe_all(&ledger, "eng", tenants).await?;
 
+    let counts = |l: &Ledger| {
+        let s = l.stats();
+        (EngineStats::get(&s.batches), EngineStats::get(&s.messages))
+    };
+    let before = counts(&ledger);
     let (svc_elapsed, svc_lat) =
-        load_service(&url, "svc", clients, clients, connections, decisions, 5).await?;
-    let (eng_elapsed, eng_lat) = load(&ledger, "eng", clients, clients, decisions, 6).await?;
+        load_service(&url, "svc", tenants, clients, connections, decisions, 5).await?;
+    let mid = counts(&ledger);
+    let (eng_elapsed, eng_lat) = load(&ledger, "eng", tenants, clients, decisions, 6).await?;
+    let after = counts(&ledger);
+    for (phase, (b0, m0), (b1, m1)) in [("service", before, mid), ("in-process", mid, after)] {
+        println!(
+            "{phase}: {} batches, {:.1} messages each",
+            b1 - b0,
+            (m1 - m0) as f64 / (b1 - b0).max(1) as f64
+        );
+    }
     let (svc_rate, eng_rate) = (rate(svc_lat.len(), svc_elapsed), rate(eng_lat.len(), eng_elapsed));
     print_rate("through the service:", svc_rate, &svc_lat);
     print_rate("in-process engine:", eng_rate, &eng_lat);

@@ -94,9 +94,13 @@ pub enum BenchCommand {
     Serve {
         #[arg(long, default_value_t = 100_000)]
         decisions: usize,
-        /// Concurrent tenant clients (one tenant each).
+        /// Concurrent tenant clients, each waiting for its answer.
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Tenants the clients spread over (default: one per client; 1 is a
+        /// hot tenant).
+        #[arg(long)]
+        tenants: Option<usize>,
         /// NATS connections the clients share.
         #[arg(long, default_value_t = 100)]
         connections: usize,
@@ -124,9 +128,13 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
             decide::decide(nats, shape).await
         }
         BenchCommand::Serve { decisions, http: true, .. } => http::serve_http(nats, decisions).await,
-        BenchCommand::Serve { decisions, clients, connections, http: false } => {
-            anyhow::ensure!(clients >= 1 && connections >= 1, "counts must be at least 1");
-            decide::serve(nats, decisions, clients, connections).await
+        BenchCommand::Serve { decisions, clients, tenants, connections, http: false } => {
+            let tenants = tenants.unwrap_or(clients);
+            anyhow::ensure!(
+                clients >= 1 && connections >= 1 && (1..=clients).contains(&tenants),
+                "counts must be at least 1, and --tenants at most --clients"
+            );
+            decide::serve(nats, decisions, clients, tenants, connections).await
         }
         BenchCommand::Ingest { events, batch, inflight, tenants, rounds, no_expectations } => {
             anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");

@@ -145,15 +145,15 @@ impl<L: EventLog> Engine<L> {
         let mut open = true;
         let mut returns = Returns::default();
         loop {
-            returns.arrived += drain(&mut rx, &mut queue);
+            drain(&mut rx, &mut queue);
             if inflight.is_empty() && !queue.is_empty() {
                 // Commands answered just now are often followed at once by
                 // their callers' next ones: let those tasks run first, so
                 // they join this group rather than trail it alone.
                 tokio::task::yield_now().await;
-                returns.arrived += drain(&mut rx, &mut queue);
+                drain(&mut rx, &mut queue);
             }
-            let hold = if inflight.is_empty() { returns.hold() } else { None };
+            let hold = if inflight.is_empty() { returns.hold(queue.len()) } else { None };
             // A second group goes out while one commits only once it is full:
             // batches cost the server per batch more than per message, so two
             // half-full ones in flight commit fewer decisions than one full one
@@ -184,10 +184,7 @@ impl<L: EventLog> Engine<L> {
             let until = hold.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 job = rx.recv(), if open => match job {
-                    Some(job) => {
-                        queue.push_back(job);
-                        returns.arrived += 1;
-                    }
+                    Some(job) => queue.push_back(job),
                     None => open = false,
                 },
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
