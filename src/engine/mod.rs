@@ -14,9 +14,10 @@
 //! batch commits, the queue fills the next group, which goes out before
 //! the first commits only when full. With nothing in flight, the engine
 //! first lets the tasks just answered run (they often send their next
-//! command at once), and after a commit of many commands it waits, no
-//! longer than that commit took, for as many to arrive (`pacing`), so a
-//! busy tenant's batches stay full rather than alternating half-full. A
+//! command at once), and after a commit of many commands it waits until
+//! as many are queued, for at most three times that append's time (20 ms
+//! at most; `pacing`), so a busy tenant's batches stay full rather than
+//! alternating half-full. A
 //! group may carry many commands of one tenant, each decided against what
 //! its predecessors in the group leave (chained decisions, one expectation
 //! per tenant); if the batch fails, every one of them is decided again. A tenant with a batch

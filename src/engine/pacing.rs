@@ -34,10 +34,9 @@ pub(super) fn drain(rx: &mut mpsc::Receiver<Job>, queue: &mut VecDeque<Job>) {
 /// all. Commands of other tenants wait with them.
 #[derive(Default)]
 pub(super) struct Returns {
-    /// Commands answered by the last commit (0: not waiting).
-    expected: usize,
-    /// When the wait ends anyway.
-    until: Option<tokio::time::Instant>,
+    /// While waiting: the commands the last commit answered, and when the
+    /// wait ends anyway.
+    waiting: Option<(usize, tokio::time::Instant)>,
 }
 
 /// Fewer commands answered than this do not make the next group wait.
@@ -52,26 +51,20 @@ const RETURNS_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 
 impl Returns {
     pub(super) fn answered(&mut self, commands: usize, took: std::time::Duration) {
-        if commands >= RETURNS_MIN {
-            self.expected = commands;
-            self.until =
-                Some(tokio::time::Instant::now() + (took * RETURNS_WAIT_FACTOR).min(RETURNS_MAX_WAIT));
-        } else {
-            self.expected = 0;
-        }
+        self.waiting = (commands >= RETURNS_MIN).then(|| {
+            (commands, tokio::time::Instant::now() + (took * RETURNS_WAIT_FACTOR).min(RETURNS_MAX_WAIT))
+        });
     }
 
     /// The instant to wait until before building the next group from a
     /// queue of `queued` commands, if any.
     pub(super) fn hold(&mut self, queued: usize) -> Option<tokio::time::Instant> {
-        if self.expected == 0 || queued >= self.expected {
-            self.expected = 0;
-            return None;
-        }
-        match self.until {
-            Some(until) if until > tokio::time::Instant::now() => Some(until),
+        match self.waiting {
+            Some((expected, until)) if queued < expected && until > tokio::time::Instant::now() => {
+                Some(until)
+            }
             _ => {
-                self.expected = 0;
+                self.waiting = None;
                 None
             }
         }
