@@ -53,6 +53,8 @@ pub async fn apply_lines(
     let mut malformed = false;
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
+            // One result per input line: a blank one changes nothing.
+            pending.push((i + 1, Err(None)));
             continue;
         }
         let parsed = crate::engine::command::parse_line(line).and_then(|submission| {
@@ -67,7 +69,7 @@ pub async fn apply_lines(
             Err(rejection) => {
                 // A `future_at` line parsed: refused, but not malformed.
                 malformed |= rejection.code != "future_at";
-                pending.push((i + 1, Err(rejection)));
+                pending.push((i + 1, Err(Some(rejection))));
             }
         }
     }
@@ -75,7 +77,8 @@ pub async fn apply_lines(
     for (line, entry) in pending {
         let mut value = match entry {
             Ok(answer) => crate::report::reply_json(&crate::engine::wait(answer).await),
-            Err(rejection) => crate::report::rejection_json(&rejection),
+            Err(Some(rejection)) => crate::report::rejection_json(&rejection),
+            Err(None) => serde_json::json!({"ok": true, "blank": true}),
         };
         let mut object = serde_json::Map::new();
         object.insert("line".into(), line.into());

@@ -143,6 +143,8 @@ pub enum Command {
     /// Every command, its fields and every rejection code: docs/commands.md;
     /// a file to try: examples/commands.jsonl.
     Apply {
+        /// The JSON Lines file to read, or `-` for stdin.
+        #[arg(value_name = "FILE")]
         file: String,
         /// Accept an `at` more than 24 hours after the wall clock (for
         /// simulations and tests); without it such a line is `future_at`,
@@ -171,11 +173,12 @@ pub enum Command {
     /// Audit the ledger against its log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Run a realistic multi-tenant scenario on a fresh embedded ledger and
-    /// print usage and invoices.
-    /// Record a realistic multi-tenant month into a fresh ledger: the data
-    /// directory's embedded log (`--data`, default ./ledger-data), or the
-    /// JetStream stream with `--nats`. Refuses a ledger that holds events.
+    /// Record a realistic multi-tenant month into a fresh ledger and print
+    /// each command's answer, the tenants' usage and their invoices.
+    ///
+    /// The ledger is the data directory's embedded log (`--data`, default
+    /// ./ledger-data), or the JetStream stream with `--nats`. Refuses a
+    /// ledger that already holds events.
     Demo,
     /// Every tenant: plan, status, seats.
     Tenants {

@@ -123,6 +123,7 @@ async fn raw_publishes_are_never_applied_and_are_reported() {
         actor: events::Actor::TenantUser { tenant: "acme".into() },
         prev_hash: [0; 32],
         offline: None,
+        key: None,
         payload: events::Event::TokensConsumed {
             request: "forged".into(),
             tokens: 1_000_000,

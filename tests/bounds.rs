@@ -295,6 +295,7 @@ fn a_plan_missing_from_the_catalog_is_an_answer_not_a_panic() {
         prev_hash: [0; 32],
         payload: events::Event::Subscribed { plan: "unseen".into(), seats: 1 },
         offline: None,
+        key: None,
     };
     let mut state = TenantState::default();
     state.apply(&Fact { position: 1, hash: [1; 32], envelope: &envelope });
@@ -319,6 +320,8 @@ fn a_plan_missing_from_the_catalog_is_an_answer_not_a_panic() {
             earlier_request: None,
             existing_file: None,
             admitted_offline: false,
+            fingerprint: None,
+            earlier_key: None,
         };
         // Any answer will do; what matters is that there is one.
         let _ = decide(&ctx, &command);

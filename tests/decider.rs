@@ -4,7 +4,7 @@
 use events::{Actor, Envelope, Event, Payment, PaymentOutcome, CATALOG_TENANT};
 use ledger::command::{parse_at, parse_line, Command};
 use ledger::decide::{decide, Context, Decision};
-use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
+use projections::domain::{CatalogState, Fact, FileEntry, KeyEntry, RequestEntry, Spill, TenantState};
 
 const CATALOG: &[&str] = &[
     r#"{"cmd":"define_addon","addon":{"id":"extra-storage","currency":"USD","price":"3.00","recurring":true,"grants":{"storage_gb":"5","tokens":1000}}}"#,
@@ -23,6 +23,8 @@ struct World {
     requests: Vec<(String, RequestEntry)>,
     /// Live files, as the view's file index would answer.
     files: std::collections::HashMap<String, FileEntry>,
+    /// Command keys, as the view's key index would answer.
+    keys: std::collections::HashMap<String, KeyEntry>,
     position: u64,
     now: i64,
 }
@@ -48,6 +50,7 @@ impl World {
             state: TenantState::default(),
             requests: Vec::new(),
             files: Default::default(),
+            keys: Default::default(),
             position: 0,
             now: at("2026-02-01T00:00:00Z"),
         };
@@ -78,6 +81,11 @@ impl World {
                 _ => None,
             },
             admitted_offline: submission.admitted_offline_at_us.is_some(),
+            fingerprint: submission.idempotency_key.as_ref().map(|_| submission.command.fingerprint()),
+            earlier_key: submission.idempotency_key.as_ref().and_then(|key| {
+                let catalog = submission.command.tenant().is_none();
+                if catalog { self.catalog.keys.get(key) } else { self.keys.get(key) }.copied()
+            }),
         };
         decide(&ctx, &submission.command)
     }
@@ -90,8 +98,10 @@ impl World {
             Decision::Deny { event, .. } => vec![event.clone()],
             Decision::Duplicate { .. } => vec![],
         };
-        let actor = parse_line(line).unwrap().actor;
-        for payload in events {
+        let submission = parse_line(line).unwrap();
+        let actor = submission.actor;
+        let last = events.len().saturating_sub(1);
+        for (i, payload) in events.into_iter().enumerate() {
             self.position += 1;
             let catalog = payload.is_catalog();
             let envelope = Envelope {
@@ -104,6 +114,11 @@ impl World {
                     matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
                         .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at(t)) })
                 }),
+                key: submission
+                    .idempotency_key
+                    .clone()
+                    .filter(|_| i == last)
+                    .map(|key| events::CommandKey { key, fingerprint: submission.command.fingerprint() }),
                 payload,
             };
             events::encode(&envelope).expect("the decider emits valid events");
@@ -111,15 +126,20 @@ impl World {
             if catalog {
                 self.catalog.apply(&fact);
             } else {
-                match self.state.apply(&fact) {
-                    Some(Spill::Request { request, entry }) => self.requests.push((request, entry)),
-                    Some(Spill::File { file, entry: Some(entry) }) => {
-                        self.files.insert(file, entry);
+                for spill in self.state.apply(&fact) {
+                    match spill {
+                        Spill::Request { request, entry } => self.requests.push((request, entry)),
+                        Spill::File { file, entry: Some(entry) } => {
+                            self.files.insert(file, entry);
+                        }
+                        Spill::File { file, entry: None } => {
+                            self.files.remove(&file);
+                        }
+                        Spill::Key { key, entry } => {
+                            self.keys.insert(key, entry);
+                        }
+                        Spill::Invoice { .. } => {}
                     }
-                    Some(Spill::File { file, entry: None }) => {
-                        self.files.remove(&file);
-                    }
-                    _ => {}
                 }
             }
         }

@@ -236,7 +236,8 @@ impl Model {
             self.catalog.fold(fact).expect("the ledger keeps the catalog's chain");
             return;
         }
-        match self.state.fold(fact).expect("the ledger keeps every tenant's chain") {
+        // These streams carry no idempotency keys: only the payload spills.
+        match self.state.fold(fact).expect("the ledger keeps every tenant's chain").payload {
             Some(Spill::Request { request, entry }) => {
                 self.requests.insert(request, entry);
             }
@@ -301,6 +302,8 @@ impl History {
             earlier_request,
             existing_file,
             admitted_offline: false,
+            fingerprint: None,
+            earlier_key: None,
         };
         decide(&ctx, &submission.command).map_err(|r| r.code.to_string())
     }

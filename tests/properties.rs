@@ -200,6 +200,8 @@ impl World {
             earlier_request,
             existing_file,
             admitted_offline: false,
+            fingerprint: None,
+            earlier_key: None,
         };
         let decision = decide(&ctx, command);
         // The idempotency rules, as a model.
@@ -248,6 +250,7 @@ impl World {
             prev_hash: chain.last_hash,
             payload,
             offline: None,
+            key: None,
         };
         let bytes = events::encode(&envelope).expect("the decider emits valid events");
         assert_eq!(events::decode(&bytes).expect("encoded events decode"), envelope);
@@ -257,7 +260,8 @@ impl World {
             self.catalog.apply(&fact);
             return;
         }
-        match self.state.apply(&fact) {
+        // These streams carry no idempotency keys: only the payload spills.
+        match self.state.apply(&fact).payload {
             Some(Spill::Request { request, entry }) => {
                 self.accepted_tokens += entry.tokens;
                 let before = self.requests.insert(request.clone(), entry);
@@ -271,6 +275,7 @@ impl World {
                 assert!(self.files.remove(&file).is_some(), "file {file} deleted but not live");
             }
             Some(Spill::Invoice { period, invoice, .. }) => self.finalized.push((period, invoice)),
+            Some(Spill::Key { .. }) => unreachable!("a payload spills no command key"),
             None => {}
         }
         self.log.push(Recorded { position: self.position, bytes });

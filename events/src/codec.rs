@@ -12,7 +12,7 @@ use crate::validate::validate;
 use crate::Envelope;
 
 /// The schema version [`encode`] writes.
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// No event may encode larger than this; decoding refuses to allocate past it,
 /// so a forged length prefix cannot exhaust memory.
@@ -91,8 +91,9 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, EventError> {
     let version = u16::from_le_bytes([bytes[0], bytes[1]]);
     let body = &bytes[2..];
     let envelope = match version {
-        1 => decode_exact::<crate::v1::EnvelopeV1>(body)?.into(),
-        2 => decode_exact::<crate::v2::EnvelopeV2>(body)?,
+        1 => crate::v2::EnvelopeV2::from(decode_exact::<crate::v1::EnvelopeV1>(body)?).into(),
+        2 => decode_exact::<crate::v2::EnvelopeV2>(body)?.into(),
+        3 => decode_exact::<crate::v3::EnvelopeV3>(body)?,
         other => return Err(EventError::UnknownVersion(other)),
     };
     validate(&envelope).map_err(EventError::Invalid)?;

@@ -9,15 +9,17 @@ pub mod codec;
 pub mod samples;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 mod validate;
 
 pub use codec::{canonical_bytes, decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};
 pub use validate::{valid_id, valid_tenant_id};
 
-/// The current event shapes: the v2 envelope around the v1 payloads. `codec`
-/// upcasts v1 bytes.
-pub type Envelope = v2::EnvelopeV2;
+/// The current event shapes: the v3 envelope around the v1 payloads. `codec`
+/// upcasts v1 and v2 bytes.
+pub type Envelope = v3::EnvelopeV3;
 pub type Offline = v2::OfflineV2;
+pub type CommandKey = v3::CommandKeyV3;
 pub type Event = v1::EventV1;
 pub type Actor = v1::ActorV1;
 pub type Plan = v1::PlanV1;

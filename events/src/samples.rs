@@ -15,7 +15,19 @@ pub const SAMPLE_AT_US: i64 = 1_772_323_200_000_000;
 
 /// One fixed envelope of the given kind, in the current shape.
 pub fn sample(kind: EventKind) -> crate::Envelope {
+    sample_v2(kind).into()
+}
+
+/// One fixed envelope of the given kind, as schema version 2 shaped it.
+pub fn sample_v2(kind: EventKind) -> crate::v2::EnvelopeV2 {
     sample_v1(kind).into()
+}
+
+/// A seat change recorded by a command that carried an idempotency key.
+pub fn sample_keyed() -> crate::Envelope {
+    let mut envelope = sample(EventKind::SeatsChanged);
+    envelope.key = Some(crate::CommandKey { key: "panel-op-7".into(), fingerprint: [9; 32] });
+    envelope
 }
 
 /// A token use a client admitted offline an hour before it was recorded.

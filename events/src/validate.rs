@@ -103,6 +103,9 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
             format!("offline admission at {} is out of range", offline.admitted_at_us)
         })?;
     }
+    if let Some(key) = &envelope.key {
+        check_id("idempotency key", &key.key)?;
+    }
     if let Event::TokensConsumed { offline, .. } = &envelope.payload {
         // v1 marked offline token use in the payload; v2 marks it on the
         // envelope (for uploads too). Writers keep the two in step.

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use events::samples::{sample, sample_offline, sample_v1};
+use events::samples::{sample, sample_keyed, sample_offline, sample_v2};
 use events::{decode, encode, EventKind};
 
 fn dir(version: u16) -> PathBuf {
@@ -23,16 +23,32 @@ fn golden(version: u16, name: &str, current: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn every_kind_matches_its_committed_v2_bytes() {
+fn every_kind_matches_its_committed_v3_bytes() {
     let mut cases: Vec<(String, events::Envelope)> =
         EventKind::ALL.iter().map(|k| (k.name().to_string(), sample(*k))).collect();
     cases.push(("tokens_consumed_offline".into(), sample_offline()));
+    cases.push(("seats_changed_keyed".into(), sample_keyed()));
     for (name, envelope) in cases {
         let bytes = encode(&envelope).expect("sample encodes");
-        assert_eq!(&bytes[..2], &2u16.to_le_bytes());
-        let golden = golden(2, &name, &bytes);
+        assert_eq!(&bytes[..2], &3u16.to_le_bytes());
+        let golden = golden(3, &name, &bytes);
         assert_eq!(bytes, golden, "{name} encodes differently from its fixture");
         assert_eq!(decode(&golden).expect("fixture decodes"), envelope, "{name}");
+    }
+}
+
+#[test]
+fn v2_bytes_still_decode_and_upcast() {
+    let mut cases: Vec<(String, events::Envelope)> =
+        EventKind::ALL.iter().map(|k| (k.name().to_string(), sample_v2(*k).into())).collect();
+    cases.push(("tokens_consumed_offline".into(), sample_offline()));
+    for (name, upcast) in cases {
+        let path = dir(2).join(format!("{name}.bin"));
+        let golden =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()));
+        assert_eq!(&golden[..2], &2u16.to_le_bytes());
+        assert_eq!(upcast.key, None);
+        assert_eq!(decode(&golden).expect("v2 fixture decodes"), upcast, "{name}");
     }
 }
 
@@ -43,7 +59,7 @@ fn v1_bytes_still_decode_and_upcast() {
         let golden =
             std::fs::read(&path).unwrap_or_else(|e| panic!("missing fixture {}: {e}", path.display()));
         assert_eq!(&golden[..2], &1u16.to_le_bytes());
-        let upcast: events::Envelope = sample_v1(kind).into();
+        let upcast: events::Envelope = sample_v2(kind).into();
         assert_eq!(upcast.offline, None);
         assert_eq!(decode(&golden).expect("v1 fixture decodes"), upcast, "{}", kind.name());
     }
@@ -51,15 +67,18 @@ fn v1_bytes_still_decode_and_upcast() {
 
 #[test]
 fn fixtures_are_exactly_the_known_kinds() {
-    for version in [1u16, 2] {
+    for version in [1u16, 2, 3] {
         let mut names: Vec<String> = std::fs::read_dir(dir(version))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         let mut expected: Vec<String> = EventKind::ALL.iter().map(|k| format!("{}.bin", k.name())).collect();
-        if version == 2 {
+        if version >= 2 {
             expected.push("tokens_consumed_offline.bin".into());
+        }
+        if version >= 3 {
+            expected.push("seats_changed_keyed.bin".into());
         }
         expected.sort();
         assert_eq!(names, expected, "fixtures of v{version}");

@@ -79,6 +79,9 @@ pub struct CatalogState {
     pub plans: BTreeMap<String, Plan>,
     pub addons: BTreeMap<String, Addon>,
     pub chain: Chain,
+    /// The idempotency keys of accepted catalog commands (the catalog's are
+    /// per ledger; catalog commands are few, so they live in the state).
+    pub keys: BTreeMap<String, KeyEntry>,
 }
 
 impl CatalogState {
@@ -95,6 +98,9 @@ impl CatalogState {
     /// decider's scratch states), never for events read from the log.
     pub fn apply(&mut self, fact: &Fact<'_>) {
         self.chain.advance(fact);
+        if let Some((key, entry)) = KeyEntry::of(fact) {
+            self.keys.entry(key).or_insert(entry);
+        }
         match &fact.envelope.payload {
             Event::PlanDefined { plan } => {
                 self.plans.entry(plan.id.clone()).or_insert_with(|| plan.clone());
@@ -178,10 +184,45 @@ pub struct RequestEntry {
     pub position: u64,
 }
 
+/// An accepted command's `idempotency_key`, kept for the tenant's (or the
+/// catalog's) whole history: what the command was and where its answer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// The command's fingerprint ([`events::CommandKey::fingerprint`]).
+    pub fingerprint: [u8; 32],
+    /// Position of the command's last event: the `seq` it was answered.
+    pub position: u64,
+}
+
+impl KeyEntry {
+    /// The key `fact` records, if it carries one.
+    fn of(fact: &Fact<'_>) -> Option<(String, KeyEntry)> {
+        let key = fact.envelope.key.as_ref()?;
+        Some((key.key.clone(), KeyEntry { fingerprint: key.fingerprint, position: fact.position }))
+    }
+}
+
+/// What one fold leaves outside the tenant's state: its payload's
+/// [`Spill`], and the command key its envelope carries. Iterate it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spills {
+    pub payload: Option<Spill>,
+    pub key: Option<Spill>,
+}
+
+impl IntoIterator for Spills {
+    type Item = Spill;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Spill>, std::option::IntoIter<Spill>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.payload.into_iter().chain(self.key)
+    }
+}
+
 /// Facts a fold produces that do not live in the tenant's state: the stored
-/// view indexes them by key (token requests, live files) or writes them as
-/// rows of their own (final invoices); the engine keeps requests and files
-/// in memory until the view has them.
+/// view indexes them by key (token requests, live files, command keys) or
+/// writes them as rows of their own (final invoices); the engine keeps
+/// requests, files and command keys in memory until the view has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spill {
     Request {
@@ -199,6 +240,11 @@ pub enum Spill {
         end_us: i64,
         invoice: Invoice,
         position: u64,
+    },
+    /// An accepted command's idempotency key.
+    Key {
+        key: String,
+        entry: KeyEntry,
     },
 }
 
@@ -223,7 +269,7 @@ impl TenantState {
     /// (engine loads, views, audit, explain) calls. Applies `fact` if it
     /// continues the tenant's chain and returns what does not belong in
     /// the state row.
-    pub fn fold(&mut self, fact: &Fact<'_>) -> Result<Option<Spill>, ChainBreak> {
+    pub fn fold(&mut self, fact: &Fact<'_>) -> Result<Spills, ChainBreak> {
         self.chain.check(fact)?;
         Ok(self.apply(fact))
     }
@@ -232,7 +278,12 @@ impl TenantState {
     /// decider's scratch states, a consumer that checked the chain), never
     /// for events read from the log. Returns what does not belong in the
     /// state row.
-    pub fn apply(&mut self, fact: &Fact<'_>) -> Option<Spill> {
+    pub fn apply(&mut self, fact: &Fact<'_>) -> Spills {
+        let key = KeyEntry::of(fact).map(|(key, entry)| Spill::Key { key, entry });
+        Spills { payload: self.apply_payload(fact), key }
+    }
+
+    fn apply_payload(&mut self, fact: &Fact<'_>) -> Option<Spill> {
         self.chain.advance(fact);
         let at_us = fact.envelope.at_us;
         let position = fact.position;

@@ -161,7 +161,7 @@ pub fn price_period(state: &TenantState, catalog: &CatalogState, k: u32) -> Opti
     Some(PricedPeriod { period: k, start_us, end_us, lines, invoice })
 }
 
-/// SHA-256 over what the invoice was derived from: the tenant's chain head
+/// SHA-256 over what the invoice was derived from: the tenant's chain hash
 /// (which fixes every event before it), the period, and the definitions of
 /// the plans and add-ons the tenant used, in the format new invoices record
 /// ([`DigestVersion::CURRENT`]; byte layout in docs/audit-format.md).
@@ -186,20 +186,38 @@ pub enum DigestVersion {
     /// it was frozen (now written out by hand). Still verified, never written.
     V1,
     /// [`INPUTS_TAG_V2`], then the canonical bincode encoding
-    /// ([`events::canonical_bytes`]) of the chain head, the period and the
-    /// frozen v1 definitions of the plans and add-ons used.
+    /// ([`events::canonical_bytes`]) of the chain head (position and hash),
+    /// the period and the frozen v1 definitions of the plans and add-ons
+    /// used. Still verified, never written: a writer that decides before
+    /// its append does not know the position (docs/audit-format.md).
     V2,
+    /// [`INPUTS_TAG_V3`], then the canonical bincode encoding of the chain
+    /// hash, the period and the frozen v1 definitions: v2 without the
+    /// position, which only the log assigns (the hash already fixes the
+    /// tenant's whole history).
+    V3,
 }
 
 impl DigestVersion {
     /// The version new invoices record.
-    pub const CURRENT: DigestVersion = DigestVersion::V2;
+    pub const CURRENT: DigestVersion = DigestVersion::V3;
     /// Every version verification accepts, newest first.
-    pub const ALL: [DigestVersion; 2] = [DigestVersion::V2, DigestVersion::V1];
+    pub const ALL: [DigestVersion; 3] = [DigestVersion::V3, DigestVersion::V2, DigestVersion::V1];
+
+    /// The version's name as reports print it (`v3`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestVersion::V1 => "v1",
+            DigestVersion::V2 => "v2",
+            DigestVersion::V3 => "v3",
+        }
+    }
 }
 
 /// Domain and version tag: the first bytes of every v2 preimage.
 pub const INPUTS_TAG_V2: &[u8] = b"ledger/invoice-inputs/v2\0";
+/// The same for v3.
+pub const INPUTS_TAG_V3: &[u8] = b"ledger/invoice-inputs/v3\0";
 
 /// What a v2 digest covers, in encoding order. The definitions are the
 /// frozen v1 shapes, never the current aliases: if `events::Plan` or
@@ -210,6 +228,16 @@ pub const INPUTS_TAG_V2: &[u8] = b"ledger/invoice-inputs/v2\0";
 #[derive(serde::Serialize)]
 struct InputsV2<'a> {
     last_position: u64,
+    last_hash: [u8; 32],
+    period: u32,
+    plans: Vec<(&'a str, Option<&'a PlanV1>)>,
+    addons: Vec<(&'a str, Option<&'a AddonV1>)>,
+}
+
+/// What a v3 digest covers, in encoding order: [`InputsV2`] without the
+/// position.
+#[derive(serde::Serialize)]
+struct InputsV3<'a> {
     last_hash: [u8; 32],
     period: u32,
     plans: Vec<(&'a str, Option<&'a PlanV1>)>,
@@ -242,6 +270,7 @@ pub fn inputs_preimage(
     match version {
         DigestVersion::V1 => inputs_preimage_v1(state, catalog, k),
         DigestVersion::V2 => inputs_preimage_v2(state, catalog, k),
+        DigestVersion::V3 => inputs_preimage_v3(state, catalog, k),
     }
 }
 
@@ -307,29 +336,65 @@ impl std::fmt::Display for InvoiceMismatch {
 /// ([`same_charges`]) and a recorded digest that verifies under some
 /// version (`derived`'s own digest, always the current version, is not
 /// compared). Returns the version the recorded digest is in.
+///
+/// `provisional` lists the positions a writer could have hashed into a v2
+/// digest in place of the real one: before v3, a finalize decided in the
+/// same append as earlier events of its tenant (a chained decision) hashed
+/// the position its scratch state counted, not the one the log assigned
+/// (docs/audit-format.md). The hash, which fixes the history, must still
+/// match.
 pub fn check_recorded_invoice(
     recorded: &Invoice,
     derived: &Invoice,
     state: &TenantState,
     catalog: &CatalogState,
     k: u32,
+    provisional: &[u64],
 ) -> Result<DigestVersion, InvoiceMismatch> {
     if !same_charges(recorded, derived) {
         return Err(InvoiceMismatch::Charges);
     }
-    recorded_digest_version(&recorded.inputs_digest, state, catalog, k).ok_or(InvoiceMismatch::Digest)
+    if let Some(version) = recorded_digest_version(&recorded.inputs_digest, state, catalog, k) {
+        return Ok(version);
+    }
+    let chained_v2 = |position: &u64| {
+        let digest: [u8; 32] = Sha256::digest(inputs_preimage_v2_at(*position, state, catalog, k)).into();
+        digest == recorded.inputs_digest
+    };
+    if provisional.iter().any(chained_v2) {
+        return Ok(DigestVersion::V2);
+    }
+    Err(InvoiceMismatch::Digest)
 }
 
 /// v2: [`INPUTS_TAG_V2`] then `events::canonical_bytes(&InputsV2 { .. })`.
 fn inputs_preimage_v2(state: &TenantState, catalog: &CatalogState, k: u32) -> Vec<u8> {
+    inputs_preimage_v2_at(state.chain.last_position, state, catalog, k)
+}
+
+/// v2 with the chain's position given (see [`check_recorded_invoice`]).
+fn inputs_preimage_v2_at(last_position: u64, state: &TenantState, catalog: &CatalogState, k: u32) -> Vec<u8> {
     let inputs = InputsV2 {
-        last_position: state.chain.last_position,
+        last_position,
         last_hash: state.chain.last_hash,
         period: k,
         plans: used_plans(state).into_iter().map(|id| (id, catalog.plans.get(id))).collect(),
         addons: used_addons(state).into_iter().map(|id| (id, catalog.addons.get(id))).collect(),
     };
     let mut bytes = INPUTS_TAG_V2.to_vec();
+    bytes.extend_from_slice(&events::canonical_bytes(&inputs));
+    bytes
+}
+
+/// v3: [`INPUTS_TAG_V3`] then `events::canonical_bytes(&InputsV3 { .. })`.
+fn inputs_preimage_v3(state: &TenantState, catalog: &CatalogState, k: u32) -> Vec<u8> {
+    let inputs = InputsV3 {
+        last_hash: state.chain.last_hash,
+        period: k,
+        plans: used_plans(state).into_iter().map(|id| (id, catalog.plans.get(id))).collect(),
+        addons: used_addons(state).into_iter().map(|id| (id, catalog.addons.get(id))).collect(),
+    };
+    let mut bytes = INPUTS_TAG_V3.to_vec();
     bytes.extend_from_slice(&events::canonical_bytes(&inputs));
     bytes
 }

@@ -3,11 +3,13 @@
 //! Rows of the one tree:
 //! - `c` -> [`CatalogState`] (plans, add-ons, the catalog's chain)
 //! - `s/<tenant>` -> [`TenantRow`]: the [`TenantState`] plus the newest
-//!   changes of the tenant's two key indexes (at most [`RECENT_KEYS`] each)
+//!   changes of the tenant's three key indexes (at most [`RECENT_KEYS`] each)
 //! - `r/<tenant>/<bucket u32 BE>` -> accepted token requests (the tenant's
-//!   idempotency keys for its whole history) and `f/<tenant>/<bucket u32 BE>`
-//!   -> live files: hashed into a power-of-two number of buckets of about
-//!   [`BUCKET_TARGET`] keys each ([`KeyIndex`]).
+//!   idempotency keys for its whole history), `k/<tenant>/<bucket u32 BE>`
+//!   -> accepted commands' `idempotency_key`s (the same, for every other
+//!   command) and `f/<tenant>/<bucket u32 BE>` -> live files: hashed into a
+//!   power-of-two number of buckets of about [`BUCKET_TARGET`] keys each
+//!   ([`KeyIndex`]).
 //!
 //! Why buckets and not a row per key, nor everything in the state row: sled's
 //! cost is per key written (a row per request made replays write ~0.8 rows
@@ -24,7 +26,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{CatalogState, FileEntry, RequestEntry, Spill, TenantState};
+use crate::domain::{CatalogState, FileEntry, KeyEntry, RequestEntry, Spill, TenantState};
 use crate::{Fact, Projection, Rows, ViewError, ViewStore};
 
 pub struct LedgerView;
@@ -49,6 +51,8 @@ pub struct TenantWithKeys {
     pub has_requests: bool,
     /// The row holds file entries (in it or in its buckets).
     pub has_files: bool,
+    /// The row holds command keys (in it or in its buckets).
+    pub has_keys: bool,
 }
 
 /// The `s/<tenant>` row.
@@ -59,6 +63,8 @@ pub struct TenantRow {
     pub requests: KeyIndex<RequestEntry>,
     /// Live files (`f/` buckets).
     pub files: KeyIndex<FileEntry>,
+    /// Accepted commands' idempotency keys (`k/` buckets).
+    pub keys: KeyIndex<KeyEntry>,
 }
 
 /// One tenant's keys of one kind: the newest changes here, in the state
@@ -290,6 +296,7 @@ impl LedgerView {
         Ok(Self::get::<TenantRow>(store, &Self::state_key(tenant))?.map(|row| TenantWithKeys {
             has_requests: !row.requests.is_empty(),
             has_files: !row.files.is_empty(),
+            has_keys: !row.keys.is_empty(),
             state: row.state,
         }))
     }
@@ -301,6 +308,11 @@ impl LedgerView {
         request: &str,
     ) -> Result<Option<RequestEntry>, ViewError> {
         KeyIndex::lookup(store, 'r', tenant, request, |row| &row.requests)
+    }
+
+    /// An accepted command of the tenant under this idempotency key, if any.
+    pub fn command_key(store: &ViewStore, tenant: &str, key: &str) -> Result<Option<KeyEntry>, ViewError> {
+        KeyIndex::lookup(store, 'k', tenant, key, |row| &row.keys)
     }
 
     /// A live file of the tenant, if it has one by that id.
@@ -354,24 +366,28 @@ impl Projection for LedgerView {
                 tenants.insert(envelope.tenant.clone(), state);
             }
             let row = tenants.get_mut(&envelope.tenant).expect("loaded");
-            let spill = match row.state.fold(fact) {
-                Ok(spill) => spill,
+            let spills = match row.state.fold(fact) {
+                Ok(spills) => spills,
                 Err(error) => {
                     tracing::warn!(tenant = %envelope.tenant, %error, "skipping an event");
                     continue;
                 }
             };
-            match spill {
-                None => {}
-                Some(Spill::Request { request, entry }) => {
-                    row.requests.change(rows, 'r', &envelope.tenant, request, Some(entry))?;
-                }
-                Some(Spill::File { file, entry }) => {
-                    row.files.change(rows, 'f', &envelope.tenant, file, entry)?;
-                }
-                Some(Spill::Invoice { period, start_us, end_us, invoice, position }) => {
-                    let row = FinalInvoice { start_us, end_us, invoice, position };
-                    rows.put(Self::invoice_key(&envelope.tenant, period), &row);
+            for spill in spills {
+                match spill {
+                    Spill::Request { request, entry } => {
+                        row.requests.change(rows, 'r', &envelope.tenant, request, Some(entry))?;
+                    }
+                    Spill::File { file, entry } => {
+                        row.files.change(rows, 'f', &envelope.tenant, file, entry)?;
+                    }
+                    Spill::Key { key, entry } => {
+                        row.keys.change(rows, 'k', &envelope.tenant, key, Some(entry))?;
+                    }
+                    Spill::Invoice { period, start_us, end_us, invoice, position } => {
+                        let row = FinalInvoice { start_us, end_us, invoice, position };
+                        rows.put(Self::invoice_key(&envelope.tenant, period), &row);
+                    }
                 }
             }
         }

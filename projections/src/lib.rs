@@ -209,7 +209,8 @@ pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
 /// 2: `s/<tenant>` holds a `TenantRow`, request keys in hashed buckets.
 /// 3: live files indexed like request keys (`f/` buckets), not in the state.
 /// 4: buckets of about 8 keys rather than 64 (the bucket of a key changed).
-pub const VIEW_LAYOUT: u64 = 4;
+/// 5: commands' idempotency keys (`k/` buckets; the catalog's in its row).
+pub const VIEW_LAYOUT: u64 = 5;
 
 fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
     let meta = db.open_tree("meta")?;

@@ -7,16 +7,23 @@ use events::{Envelope, EventKind, Payment, CATALOG_TENANT};
 use projections::domain::{CatalogState, Fact, Purchase, PurchaseStatus, Segment, TenantState};
 use projections::invoice::{
     check_recorded_invoice, digest_verifies, inputs_digest_versioned, inputs_preimage, price_period,
-    recorded_digest_version, same_charges, DigestVersion, InvoiceMismatch, INPUTS_TAG_V2,
+    recorded_digest_version, same_charges, DigestVersion, InvoiceMismatch, INPUTS_TAG_V2, INPUTS_TAG_V3,
 };
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
-/// v2 digest of [`fixed`]'s period 0: the bytes every invoice of that
-/// history records. Changing it breaks `audit verify` for recorded invoices.
-const FIXED_V2: &str = "835690ac76d07aa14b4dfb7f2878a5b1c5dd43a3842708f2ecfc07872455fe61";
+// The history is hashed from its encoding, which is schema v3 since
+// invoice digests v3: the v1 and v2 pins below are those algorithms over
+// today's bytes (their layouts are pinned byte by byte further down).
+
+/// v3 digest of [`fixed`]'s period 0: the bytes every invoice of that
+/// history records now. Changing it breaks `audit verify` for recorded
+/// invoices.
+const FIXED_V3: &str = "a5eb8dcb1edfad8c536e3789d6fb21a8546b6f71829b095d6aec63c58c03a33b";
+/// v2 digest of the same inputs: what an invoice recorded before v3 carries.
+const FIXED_V2: &str = "dc7f7492d93adf0083480de96518c0a84807b52217528424e4e960b2ed50d53a";
 /// v1 digest of the same inputs: what an invoice recorded before v2 carries.
-const FIXED_V1: &str = "9f3ba8c3051485b74d0fc0a28e142e7395ed8b1127c469b4a020076fbded1d30";
+const FIXED_V1: &str = "8a5b96841f8e53a7eb553c39ff2129693b1995d8619c2431f7c9a1c893224cfa";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -88,9 +95,11 @@ fn fixed() -> (CatalogState, TenantState) {
 fn the_digests_of_a_fixed_invoice_are_pinned() {
     let (catalog, state) = fixed();
     let invoice = price_period(&state, &catalog, 0).unwrap().invoice;
+    let v3 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V3);
     let v2 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V2);
     let v1 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V1);
-    assert_eq!(invoice.inputs_digest, v2, "new invoices record v2");
+    assert_eq!(invoice.inputs_digest, v3, "new invoices record v3");
+    assert_eq!(hex(&v3), FIXED_V3);
     assert_eq!(hex(&v2), FIXED_V2);
     assert_eq!(hex(&v1), FIXED_V1);
     assert_eq!(debug_based_v1(&state, &catalog, 0).1, v1);
@@ -137,6 +146,55 @@ fn the_v2_preimage_is_the_documented_layout() {
     head.extend_from_slice(b"20.00");
     assert_eq!(bytes[..head.len()], head[..]);
     assert_eq!(*bytes.last().unwrap(), 0, "no add-ons");
+}
+
+#[test]
+fn the_v3_preimage_is_v2_without_the_position() {
+    let mut state = TenantState::default();
+    state.chain.last_position = 300;
+    state.chain.last_hash = [0xab; 32];
+    let catalog = CatalogState::default();
+    let mut expected = INPUTS_TAG_V3.to_vec();
+    expected.extend_from_slice(&[0xab; 32]);
+    expected.extend_from_slice(&[7, 0, 0]);
+    assert_eq!(inputs_preimage(&state, &catalog, 7, DigestVersion::V3), expected);
+    // The position is not an input: the log assigns it after the decision.
+    let v3 = inputs_digest_versioned(&state, &catalog, 7, DigestVersion::V3);
+    state.chain.last_position = 301;
+    assert_eq!(inputs_digest_versioned(&state, &catalog, 7, DigestVersion::V3), v3);
+    assert_ne!(
+        inputs_digest_versioned(&state, &catalog, 7, DigestVersion::V2),
+        {
+            state.chain.last_position = 300;
+            inputs_digest_versioned(&state, &catalog, 7, DigestVersion::V2)
+        },
+        "v2 covered it"
+    );
+}
+
+#[test]
+fn a_v2_digest_of_a_chained_decision_verifies_at_a_provisional_position_only() {
+    // Before v3, a finalize decided in the same append as its tenant's
+    // earlier events hashed the position its scratch state counted.
+    let (catalog, state) = fixed();
+    let derived = price_period(&state, &catalog, 0).unwrap().invoice;
+    let mut scratch = state.clone();
+    scratch.chain.last_position = 3;
+    let mut recorded = derived.clone();
+    recorded.inputs_digest = inputs_digest_versioned(&scratch, &catalog, 0, DigestVersion::V2);
+    let check =
+        |provisional: &[u64]| check_recorded_invoice(&recorded, &derived, &state, &catalog, 0, provisional);
+    assert_eq!(check(&[3]), Ok(DigestVersion::V2));
+    assert_eq!(check(&[5, 3]), Ok(DigestVersion::V2));
+    assert_eq!(check(&[]), Err(InvoiceMismatch::Digest));
+    assert_eq!(check(&[2, 4]), Err(InvoiceMismatch::Digest));
+    // The hash still binds the history: another chain is no match anywhere.
+    let mut other = state.clone();
+    other.chain.last_hash[0] ^= 1;
+    assert_eq!(
+        check_recorded_invoice(&recorded, &derived, &other, &catalog, 0, &[3]),
+        Err(InvoiceMismatch::Digest)
+    );
 }
 
 #[test]
@@ -309,13 +367,16 @@ fn hand_written_v1_is_the_text_debug_gave() {
 }
 
 #[test]
-fn verification_accepts_either_version_and_nothing_else() {
+fn verification_accepts_any_version_and_nothing_else() {
     let (catalog, state) = varied();
     let v1 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V1);
     let v2 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V2);
+    let v3 = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V3);
     assert_ne!(v1, v2);
+    assert_ne!(v2, v3);
     assert_eq!(recorded_digest_version(&v1, &state, &catalog, 0), Some(DigestVersion::V1));
     assert_eq!(recorded_digest_version(&v2, &state, &catalog, 0), Some(DigestVersion::V2));
+    assert_eq!(recorded_digest_version(&v3, &state, &catalog, 0), Some(DigestVersion::V3));
     assert!(digest_verifies(&v1, &state, &catalog, 0));
     assert!(!digest_verifies(&v1, &state, &catalog, 1), "another period");
     assert!(!digest_verifies(&[0; 32], &state, &catalog, 0));
@@ -324,14 +385,20 @@ fn verification_accepts_either_version_and_nothing_else() {
     other.plans.get_mut("a-plain").unwrap().min_seats = 1;
     assert!(!digest_verifies(&v1, &state, &other, 0));
     assert!(!digest_verifies(&v2, &state, &other, 0));
+    assert!(!digest_verifies(&v3, &state, &other, 0));
 }
 
 #[test]
 fn a_recorded_invoice_is_checked_by_value_and_by_any_digest_version() {
     let (catalog, state) = fixed();
     let derived = price_period(&state, &catalog, 0).unwrap().invoice;
-    let check = |recorded: &events::Invoice| check_recorded_invoice(recorded, &derived, &state, &catalog, 0);
-    assert_eq!(check(&derived), Ok(DigestVersion::V2));
+    let check =
+        |recorded: &events::Invoice| check_recorded_invoice(recorded, &derived, &state, &catalog, 0, &[]);
+    assert_eq!(check(&derived), Ok(DigestVersion::V3));
+
+    let mut v2 = derived.clone();
+    v2.inputs_digest = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V2);
+    assert_eq!(check(&v2), Ok(DigestVersion::V2), "invoices recorded before v3 still verify");
 
     let mut old = derived.clone();
     old.inputs_digest = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V1);

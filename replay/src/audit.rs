@@ -8,12 +8,14 @@
 //!   charge what the recorded one charges, with a recorded inputs digest
 //!   that verifies under some digest version (docs/audit-format.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use events::{Event, CATALOG_TENANT};
 use futures_util::StreamExt;
 use projections::domain::{CatalogState, Chain, Fact, TenantState};
-use projections::invoice::{check_recorded_invoice, price_period};
+use projections::invoice::{
+    check_recorded_invoice, inputs_digest_versioned, price_period, DigestVersion, InvoiceMismatch,
+};
 use projections::{View, ViewStore};
 
 use crate::{source, ReplayError, Source};
@@ -28,7 +30,12 @@ pub struct Finding {
     /// The view and row key concerned, when there is one.
     pub view: Option<&'static str>,
     pub key: Option<String>,
+    /// What is wrong, in one readable sentence.
     pub detail: String,
+    /// What the log re-derives, and what was found recorded (amounts in
+    /// decimal, digests in hex), when the finding compares values.
+    pub expected: Option<String>,
+    pub found: Option<String>,
 }
 
 fn printable(key: &[u8]) -> String {
@@ -68,6 +75,8 @@ pub fn compare_views(
                 view: Some(name),
                 key: Some(printable(key)),
                 detail: detail.to_string(),
+                expected: None,
+                found: None,
             });
         }
     }
@@ -82,12 +91,84 @@ pub struct LogSummary {
     pub findings: Vec<Finding>,
 }
 
+/// Before invoice digests left out the position (v3), a finalize decided in
+/// the same append as earlier events of its tenant hashed the position the
+/// writer's scratch state counted. An append holds at most this many
+/// messages (the log's batch limit), so such a position can only come from
+/// the tenant's events this close to the finalize.
+const LEGACY_BATCH_WINDOW: u64 = 1000;
+
 #[derive(Default)]
 struct TenantAudit {
     state: TenantState,
     /// The chain before the tenant's latest cancellation: a cancel's
     /// invoices digest the history before the command.
     before_cancel: Chain,
+    /// The positions of the tenant's latest events: those within
+    /// [`LEGACY_BATCH_WINDOW`] of the newest, and one before them.
+    recent: VecDeque<u64>,
+    /// Whether `recent` starts at the tenant's first event.
+    recent_from_first: bool,
+}
+
+impl TenantAudit {
+    fn record(&mut self, position: u64) {
+        if self.recent.is_empty() && self.state.chain.last_position == 0 {
+            self.recent_from_first = true;
+        }
+        self.recent.push_back(position);
+        let floor = position.saturating_sub(LEGACY_BATCH_WINDOW);
+        while self.recent.len() > 1 && self.recent[1] < floor {
+            self.recent.pop_front();
+            self.recent_from_first = false;
+        }
+    }
+
+    /// The positions a chained decision could have hashed into a v2 digest
+    /// of the finalize at `position`, whose inputs end at `last_position`:
+    /// for each earlier event p of the tenant (or none) whose successors up
+    /// to `last_position` all lie in one append with the finalize, p plus
+    /// the number of those successors.
+    fn provisional_positions(&self, position: u64, last_position: u64) -> Vec<u64> {
+        let floor = position.saturating_sub(LEGACY_BATCH_WINDOW - 1);
+        let before: Vec<u64> = self.recent.iter().copied().filter(|p| *p <= last_position).collect();
+        let n = before.len();
+        let mut candidates = Vec::new();
+        for i in (0..n).rev() {
+            if before[i] < floor {
+                break;
+            }
+            // Events i.. were staged in the finalize's append, after base.
+            let base = if i == 0 {
+                if !self.recent_from_first {
+                    break;
+                }
+                0
+            } else {
+                before[i - 1]
+            };
+            candidates.push(base + (n - i) as u64);
+        }
+        candidates
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The charges of an invoice in one line: each line's code and amount,
+/// then total, paid and amount due, in decimal.
+fn charges(invoice: &events::Invoice) -> String {
+    let mut text = format!("{}:", invoice.currency);
+    for line in &invoice.lines {
+        text.push_str(&format!(" {}={}{}", line.code, line.amount, if line.paid { " (paid)" } else { "" }));
+    }
+    text.push_str(&format!(
+        "; total {} paid {} amount_due {}",
+        invoice.total, invoice.paid, invoice.amount_due
+    ));
+    text
 }
 
 /// Reads the log up to `head` and checks every message (see module docs).
@@ -104,39 +185,45 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
         let position = record.position;
         let decoded = record.decode();
         summary.events += 1;
-        match &decoded.event {
-            Err(error) => summary.findings.push(Finding {
-                kind: "undecodable",
-                position: Some(position),
-                view: None,
-                key: None,
-                detail: format!("on {}: {error}", record.subject),
-            }),
-            Ok(envelope) => {
-                let fact = Fact { position, hash: decoded.hash, envelope };
-                let chain_break = |summary: &mut LogSummary| {
-                    summary.findings.push(Finding {
-                        kind: "chain_break",
-                        position: Some(position),
-                        view: None,
-                        key: Some(envelope.tenant.clone()),
-                        detail: format!(
+        'check: {
+            match &decoded.event {
+                Err(error) => summary.findings.push(Finding {
+                    kind: "undecodable",
+                    position: Some(position),
+                    view: None,
+                    key: None,
+                    detail: format!("the message on {} does not decode: {error}", record.subject),
+                    expected: None,
+                    found: None,
+                }),
+                Ok(envelope) => {
+                    let fact = Fact { position, hash: decoded.hash, envelope };
+                    let chain_break = |summary: &mut LogSummary| {
+                        summary.findings.push(Finding {
+                            kind: "chain_break",
+                            position: Some(position),
+                            view: None,
+                            key: Some(envelope.tenant.clone()),
+                            detail: format!(
                             "{} on {} does not continue the tenant's hash chain (not written by the ledger)",
                             envelope.kind().name(),
                             record.subject
                         ),
-                    })
-                };
-                if envelope.tenant == CATALOG_TENANT {
-                    if catalog.fold(&fact).is_err() {
-                        chain_break(&mut summary);
+                            expected: None,
+                            found: None,
+                        })
+                    };
+                    if envelope.tenant == CATALOG_TENANT {
+                        if catalog.fold(&fact).is_err() {
+                            chain_break(&mut summary);
+                        }
+                        break 'check;
                     }
-                } else {
                     let tenant = tenants.entry(envelope.tenant.clone()).or_default();
                     let chain_before = tenant.state.chain;
                     // What a finalized invoice is re-derived from: the state
-                    // before its event, and for a cancel's invoices the
-                    // chain before the cancel.
+                    // before its event, and for a cancel's invoices the chain
+                    // before the cancel.
                     let basis = matches!(envelope.payload, Event::PeriodFinalized { .. }).then(|| {
                         let mut basis = tenant.state.clone();
                         let cancelled_now = basis
@@ -150,30 +237,54 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
                     });
                     if tenant.state.fold(&fact).is_err() {
                         chain_break(&mut summary);
-                    } else if let Event::SubscriptionCancelled = envelope.payload {
-                        tenant.before_cancel = chain_before;
-                    } else if let (Event::PeriodFinalized { period, invoice, .. }, Some(basis)) =
-                        (&envelope.payload, basis)
-                    {
-                        summary.invoices_checked += 1;
-                        let derived = price_period(&basis, &catalog, *period).map(|p| p.invoice);
-                        // Bit for bit, and the recorded digest under any
-                        // digest version (older invoices carry v1).
-                        let checked = match &derived {
-                            None => Err("the period does not price".to_string()),
-                            Some(d) => check_recorded_invoice(invoice, d, &basis, &catalog, *period)
-                                .map_err(|m| m.to_string()),
-                        };
-                        if let Err(why) = checked {
-                            summary.findings.push(Finding {
-                                kind: "invoice_mismatch",
-                                position: Some(position),
-                                view: None,
-                                key: Some(format!("{}/period {period}", envelope.tenant)),
-                                detail: format!("{why}: recorded {invoice:?}, re-derived {derived:?}"),
-                            });
-                        }
+                        break 'check;
                     }
+                    tenant.record(position);
+                    if let Event::SubscriptionCancelled = envelope.payload {
+                        tenant.before_cancel = chain_before;
+                    }
+                    let (Event::PeriodFinalized { period, invoice, .. }, Some(basis)) =
+                        (&envelope.payload, basis)
+                    else {
+                        break 'check;
+                    };
+                    summary.invoices_checked += 1;
+                    let provisional = tenant.provisional_positions(position, basis.chain.last_position);
+                    let derived = price_period(&basis, &catalog, *period).map(|p| p.invoice);
+                    // Bit for bit, and the recorded digest under any digest
+                    // version (older invoices carry v1 or v2).
+                    let (detail, expected, found) = match &derived {
+                    None => ("the period does not price from the log".to_string(), None, Some(charges(invoice))),
+                    Some(d) => match check_recorded_invoice(invoice, d, &basis, &catalog, *period, &provisional) {
+                        Ok(_) => break 'check,
+                        Err(InvoiceMismatch::Charges) => (
+                            "the recorded invoice charges other amounts than the log re-derives".to_string(),
+                            Some(charges(d)),
+                            Some(charges(invoice)),
+                        ),
+                        Err(InvoiceMismatch::Digest) => (
+                            format!(
+                                "the charges agree, but the recorded inputs digest is the digest of these inputs under no version ({})",
+                                DigestVersion::ALL.map(DigestVersion::name).join(", ")
+                            ),
+                            Some(format!(
+                                "{} ({})",
+                                hex(&inputs_digest_versioned(&basis, &catalog, *period, DigestVersion::CURRENT)),
+                                DigestVersion::CURRENT.name()
+                            )),
+                            Some(hex(&invoice.inputs_digest)),
+                        ),
+                    },
+                };
+                    summary.findings.push(Finding {
+                        kind: "invoice_mismatch",
+                        position: Some(position),
+                        view: None,
+                        key: Some(format!("{}/period {period}", envelope.tenant)),
+                        detail,
+                        expected,
+                        found,
+                    });
                 }
             }
         }

@@ -159,6 +159,7 @@ pub async fn position_at<L: EventLog>(log: &L, t_us: i64) -> anyhow::Result<u64>
 fn finding_json(f: &Finding) -> serde_json::Value {
     serde_json::json!({
         "kind": f.kind, "position": f.position, "view": f.view, "key": f.key, "detail": f.detail,
+        "expected": f.expected, "found": f.found,
     })
 }
 
@@ -207,7 +208,12 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
             let at = f.position.map(|p| format!(" at position {p}")).unwrap_or_default();
             let key = f.key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
             let view = f.view.map(|v| format!(" view {v}")).unwrap_or_default();
-            println!("FINDING {}{at}{view}{key}: {}", f.kind, f.detail);
+            let values = match (&f.expected, &f.found) {
+                (Some(e), Some(x)) => format!(": expected {e}, found {x}"),
+                (None, Some(x)) => format!(": found {x}"),
+                _ => String::new(),
+            };
+            println!("FINDING {}{at}{view}{key}: {}{values}", f.kind, f.detail);
         }
         println!("{}", if findings.is_empty() { "audit: OK" } else { "audit: FAILED" });
     }

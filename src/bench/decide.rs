@@ -191,6 +191,7 @@ async fn seed_history(log: &JetStreamLog, tenants: usize, history: usize) -> any
                     actor: Actor::TenantUser { tenant: tenant.clone() },
                     prev_hash: *hash,
                     offline: None,
+                    key: None,
                     payload: events::Event::TokensConsumed {
                         request: format!("history-{n:012}"),
                         tokens: 1,

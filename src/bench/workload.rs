@@ -78,6 +78,7 @@ impl Generator {
             at_us: self.at_us,
             prev_hash,
             offline: None,
+            key: None,
             payload,
         }
     }

@@ -13,11 +13,44 @@ pub struct Rejection {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<(&'static str, u64)>,
+    pub cause: Cause,
+}
+
+/// What a rejection follows from. HTTP answers 400 only for the request
+/// alone (the spec's status rule: a request valid under the OpenAPI
+/// document never gets a 400), and 404 or 409 for the ledger's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The request alone shows it: a field's shape or a bound.
+    Request,
+    /// The ledger's state decides it: an unknown id, a plan's seat range, a
+    /// total that would no longer fit, a key used before.
+    State,
 }
 
 impl Rejection {
+    /// A rejection with `code`; `malformed`, `invalid_amount` and
+    /// `future_at` follow from the request alone, every other code from the
+    /// ledger's state (override with [`Rejection::from_request`] or
+    /// [`Rejection::from_state`]).
     pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
-        Rejection { code, message: message.into(), details: Vec::new() }
+        let cause = match code {
+            "malformed" | "invalid_amount" | "future_at" => Cause::Request,
+            _ => Cause::State,
+        };
+        Rejection { code, message: message.into(), details: Vec::new(), cause }
+    }
+
+    /// The same rejection, caused by the request alone.
+    pub fn from_request(mut self) -> Rejection {
+        self.cause = Cause::Request;
+        self
+    }
+
+    /// The same rejection, caused by the ledger's state.
+    pub fn from_state(mut self) -> Rejection {
+        self.cause = Cause::State;
+        self
     }
 
     pub fn malformed(message: impl Into<String>) -> Rejection {
@@ -46,11 +79,44 @@ pub struct Submission {
     /// quota while the ledger was unreachable (`admitted_offline_at`): the
     /// ledger records it without a quota check, marked offline.
     pub admitted_offline_at_us: Option<i64>,
+    /// The command's `idempotency_key` (commands without a key of their
+    /// own): a resend under it answers as the first time.
+    pub idempotency_key: Option<String>,
 }
 
 impl Submission {
     pub fn new(actor: Actor, command: Command) -> Submission {
-        Submission { at_us: None, actor, command, admitted_offline_at_us: None }
+        Submission { at_us: None, actor, command, admitted_offline_at_us: None, idempotency_key: None }
+    }
+}
+
+/// Takes the optional `idempotency_key` field out of a command's fields.
+/// Uploads, token use and add-on purchases carry their own key (`file`,
+/// `request`, `purchase`), so they take none.
+pub fn take_idempotency_key(fields: &mut Map<String, Value>) -> Result<Option<String>, Rejection> {
+    let key = match fields.remove("idempotency_key") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(key)) => id("idempotency_key", key)?,
+        Some(other) => {
+            return Err(Rejection::malformed(format!("idempotency_key must be a string, not {other}")))
+        }
+    };
+    match fields.get("cmd").and_then(Value::as_str) {
+        Some(own @ ("upload" | "consume_tokens" | "purchase_addon")) => Err(Rejection::malformed(format!(
+            "{own} is keyed by its own {}; it takes no idempotency_key",
+            own_key(own).unwrap_or("key")
+        ))),
+        _ => Ok(Some(key)),
+    }
+}
+
+/// The field that is the idempotency key of a command that has its own.
+pub fn own_key(command: &str) -> Option<&'static str> {
+    match command {
+        "upload" => Some("file"),
+        "consume_tokens" => Some("request"),
+        "purchase_addon" => Some("purchase"),
+        _ => None,
     }
 }
 
@@ -69,7 +135,7 @@ pub fn take_admitted_offline(fields: &mut Map<String, Value>) -> Result<Option<i
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Command {
     DefinePlan(Plan),
     DefineAddon(Addon),
@@ -86,7 +152,24 @@ pub enum Command {
     ClosePeriod { tenant: String },
 }
 
+/// Domain and version tag of [`Command::fingerprint`].
+const FINGERPRINT_TAG: &[u8] = b"ledger/command/v1\0";
+
 impl Command {
+    /// SHA-256 of the command as parsed (name and fields, decimals
+    /// normalized; not who sent it nor when): what an idempotency key
+    /// records, so a resend matches and another command does not. It
+    /// covers the canonical bincode of this enum, whose variants are only
+    /// appended: a field added to a variant would make that command's older
+    /// keys conflict rather than match.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(FINGERPRINT_TAG);
+        hasher.update(events::canonical_bytes(self));
+        hasher.finalize().into()
+    }
+
     /// The command's `cmd` name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -444,7 +527,12 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
     match name.as_deref() {
         None => return Err(Rejection::malformed("missing \"cmd\"")),
         Some(n) if !COMMAND_NAMES.contains(&n) || n == "batch" => {
-            return Err(Rejection::malformed(format!("unknown command {n:?}")))
+            let known: Vec<&str> = COMMAND_NAMES.iter().copied().filter(|c| *c != "batch").collect();
+            return Err(Rejection::malformed(format!(
+                "unknown command {:?}; the commands are {}",
+                truncated(n),
+                known.join(", ")
+            )));
         }
         _ => {}
     }
@@ -542,5 +630,6 @@ pub fn parse_line(line: &str) -> Result<Submission, Rejection> {
         Some(other) => return Err(Rejection::malformed(format!("actor must be a string, not {other}"))),
     };
     let admitted_offline_at_us = take_admitted_offline(&mut fields)?;
-    Ok(Submission { at_us, actor, command: parse_command(fields)?, admitted_offline_at_us })
+    let idempotency_key = take_idempotency_key(&mut fields)?;
+    Ok(Submission { at_us, actor, command: parse_command(fields)?, admitted_offline_at_us, idempotency_key })
 }

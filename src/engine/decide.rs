@@ -3,7 +3,9 @@
 //! earlier use) the caller looks up first and passes in [`Context`].
 
 use events::{Actor, Event, Payment, PaymentOutcome, TokenOverage};
-use projections::domain::{CatalogState, Fact, FileEntry, PurchaseStatus, RequestEntry, TenantState};
+use projections::domain::{
+    CatalogState, Fact, FileEntry, KeyEntry, PurchaseStatus, RequestEntry, TenantState,
+};
 use projections::invoice::price_period;
 use projections::period::period_bounds_us;
 
@@ -36,6 +38,10 @@ pub struct Context<'a> {
     /// it past the quota, up to [`OFFLINE_MARGIN_PERCENT`] (the use has
     /// happened).
     pub admitted_offline: bool,
+    /// For a command that carries an `idempotency_key`: its fingerprint
+    /// ([`Command::fingerprint`]), and the key's earlier accepted use, if any.
+    pub fingerprint: Option<[u8; 32]>,
+    pub earlier_key: Option<KeyEntry>,
 }
 
 /// How far past a quota or token limit uses admitted offline may take a
@@ -108,20 +114,28 @@ fn require_active<'s>(
     }
 }
 
+/// `seats` within the plan's range. Below 1 or past `u32::MAX` no plan
+/// allows, so that is the request's fault; otherwise the plan's.
 fn check_seats(plan: &events::Plan, seats: i64) -> Result<u32, Rejection> {
-    let max = plan.max_seats.map_or(u32::MAX, |m| m);
-    match u32::try_from(seats) {
-        Ok(s) if s >= plan.min_seats && s <= max => Ok(s),
-        _ => Err(Rejection::new(
+    let Some(seats) = u32::try_from(seats).ok().filter(|s| *s >= 1) else {
+        return Err(Rejection::new(
             "invalid_seats",
-            format!(
-                "plan {} allows {} to {} seats, not {seats}",
-                plan.id,
-                plan.min_seats,
-                plan.max_seats.map_or("unlimited".to_string(), |m| m.to_string())
-            ),
-        )),
+            format!("seats must be from 1 to {}, not {seats}", u32::MAX),
+        )
+        .from_request());
+    };
+    if seats >= plan.min_seats && plan.max_seats.is_none_or(|max| seats <= max) {
+        return Ok(seats);
     }
+    Err(Rejection::new(
+        "invalid_seats",
+        format!(
+            "plan {} allows {} to {} seats, not {seats}",
+            plan.id,
+            plan.min_seats,
+            plan.max_seats.map_or("unlimited".to_string(), |m| m.to_string())
+        ),
+    ))
 }
 
 fn unknown_plan(plan: &str) -> Rejection {
@@ -140,11 +154,14 @@ fn plan_of<'c>(
     })
 }
 
+/// Past what the ledger's totals can hold: `invalid_amount`, caused by the
+/// state the command would add to.
 fn too_large(what: &str) -> Rejection {
     Rejection::new(
         "invalid_amount",
         format!("this would make {what} too large to record exactly; nothing was changed"),
     )
+    .from_state()
 }
 
 /// An envelope around `payload` as the tenant's next event, for deciding
@@ -158,6 +175,7 @@ fn scratch_envelope(ctx: &Context<'_>, tenant: &str, payload: Event) -> events::
         prev_hash: [0; 32],
         payload,
         offline: None,
+        key: None,
     }
 }
 
@@ -192,6 +210,7 @@ fn representable(
                 "invalid_amount",
                 format!("the period's invoice would no longer fit one event ({e}); nothing was changed"),
             )
+            .from_state()
         })?;
     }
     Ok(())
@@ -211,13 +230,49 @@ fn negative(what: &str, value: &rust_decimal::Decimal) -> Result<(), Rejection> 
     }
 }
 
-/// Decides one command against the state as it stands.
+/// Who may send each command (the spec's command table).
+fn who(command: &Command) -> Who {
+    match command {
+        Command::DefinePlan(_)
+        | Command::DefineAddon(_)
+        | Command::Subscribe { .. }
+        | Command::ChangePlan { .. }
+        | Command::Cancel { .. }
+        | Command::SettlePayment { .. }
+        | Command::ClosePeriod { .. } => Who::Admin,
+        Command::SetSeats { .. } | Command::PurchaseAddon { .. } | Command::CancelAddon { .. } => Who::Admins,
+        Command::Upload { .. } | Command::DeleteFile { .. } | Command::ConsumeTokens { .. } => Who::Anyone,
+    }
+}
+
+/// Decides one command against the state as it stands: who may send it,
+/// then its idempotency key's earlier use (the same command again answers
+/// as the first time; another command under the key is refused), then the
+/// command's own rules.
 pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejection> {
-    let Context { catalog, state, actor, at_us, .. } = ctx;
+    authorize(ctx.actor, command.tenant(), who(command))?;
+    if let (Some(fingerprint), Some(earlier)) = (ctx.fingerprint, ctx.earlier_key) {
+        return if earlier.fingerprint == fingerprint {
+            Ok(Decision::Duplicate { seq: earlier.position })
+        } else {
+            Err(Rejection::new(
+                "idempotency_conflict",
+                format!(
+                    "idempotency_key was used for another {} command (answered at seq {}); use a new key",
+                    command.name(),
+                    earlier.position
+                ),
+            ))
+        };
+    }
+    decide_command(ctx, command)
+}
+
+fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejection> {
+    let Context { catalog, state, at_us, .. } = ctx;
     let at_us = *at_us;
     match command {
         Command::DefinePlan(plan) => {
-            authorize(actor, None, Who::Admin)?;
             negative("price", &plan.price)?;
             negative("storage_quota_gb", &plan.storage_quota_gb)?;
             if let TokenOverage::BillPer1k { price } = &plan.token_overage {
@@ -227,7 +282,8 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
                 return Err(Rejection::new(
                     "invalid_seats",
                     "min_seats must be >= 1 and max_seats >= min_seats",
-                ));
+                )
+                .from_request());
             }
             if catalog.plans.contains_key(&plan.id) {
                 return Err(Rejection::new(
@@ -246,7 +302,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(vec![Event::PlanDefined { plan: plan.clone() }]))
         }
         Command::DefineAddon(addon) => {
-            authorize(actor, None, Who::Admin)?;
             negative("price", &addon.price)?;
             if let Some(gb) = &addon.grants.storage_gb {
                 negative("storage_gb", gb)?;
@@ -260,7 +315,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(vec![Event::AddonDefined { addon: addon.clone() }]))
         }
         Command::Subscribe { tenant, plan, seats } => {
-            authorize(actor, Some(tenant), Who::Admin)?;
             if state.subscription.is_some() {
                 return Err(Rejection::new(
                     "already_subscribed",
@@ -272,13 +326,11 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             accept(ctx, tenant, vec![Event::Subscribed { plan: plan.clone(), seats }])
         }
         Command::SetSeats { tenant, seats } => {
-            authorize(actor, Some(tenant), Who::Admins)?;
             let sub = require_active(state, tenant)?;
             let seats = check_seats(plan_of(catalog, sub)?, *seats)?;
             accept(ctx, tenant, vec![Event::SeatsChanged { seats }])
         }
         Command::ChangePlan { tenant, plan } => {
-            authorize(actor, Some(tenant), Who::Admin)?;
             let sub = require_active(state, tenant)?;
             let new = catalog.plans.get(plan).ok_or_else(|| unknown_plan(plan))?;
             let old = plan_of(catalog, sub)?;
@@ -307,7 +359,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             accept(ctx, tenant, vec![Event::PlanChanged { plan: plan.clone() }])
         }
         Command::Cancel { tenant } => {
-            authorize(actor, Some(tenant), Who::Admin)?;
             let sub = require_active(state, tenant)?;
             let last = period_of(state, at_us)?;
             let first = sub.closed_periods;
@@ -325,7 +376,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(events))
         }
         Command::Upload { tenant, file, bytes } => {
-            authorize(actor, Some(tenant), Who::Anyone)?;
             let bytes = u64::try_from(*bytes).map_err(|_| {
                 Rejection::new("invalid_amount", format!("bytes must not be negative, got {bytes}"))
             })?;
@@ -367,7 +417,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
         }
         Command::DeleteFile { tenant, file } => {
-            authorize(actor, Some(tenant), Who::Anyone)?;
             require_active(state, tenant)?;
             let entry = ctx.existing_file.ok_or_else(|| {
                 Rejection::new("unknown_file", format!("tenant {tenant} has no file {file}"))
@@ -375,7 +424,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(vec![Event::FileDeleted { file: file.clone(), bytes: entry.bytes }]))
         }
         Command::ConsumeTokens { tenant, request, tokens } => {
-            authorize(actor, Some(tenant), Who::Anyone)?;
             if *tokens < 1 {
                 return Err(invalid_amount("tokens", *tokens));
             }
@@ -424,7 +472,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
         }
         Command::PurchaseAddon { tenant, addon, purchase, quantity, payment } => {
-            authorize(actor, Some(tenant), Who::Admins)?;
             if *quantity < 1 {
                 return Err(invalid_amount("quantity", *quantity));
             }
@@ -486,7 +533,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             }
         }
         Command::SettlePayment { tenant, purchase, outcome, reference } => {
-            authorize(actor, Some(tenant), Who::Admin)?;
             require_active(state, tenant)?;
             let p = state.purchases.get(purchase).ok_or_else(|| {
                 Rejection::new("unknown_purchase", format!("tenant {tenant} has no purchase {purchase}"))
@@ -509,7 +555,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             accept(ctx, tenant, events)
         }
         Command::CancelAddon { tenant, purchase } => {
-            authorize(actor, Some(tenant), Who::Admins)?;
             require_active(state, tenant)?;
             let p = state.purchases.get(purchase).ok_or_else(|| {
                 Rejection::new("unknown_purchase", format!("tenant {tenant} has no purchase {purchase}"))
@@ -524,7 +569,6 @@ pub fn decide(ctx: &Context<'_>, command: &Command) -> Result<Decision, Rejectio
             Ok(Decision::Accept(vec![Event::AddonCancelled { purchase: purchase.clone() }]))
         }
         Command::ClosePeriod { tenant } => {
-            authorize(actor, Some(tenant), Who::Admin)?;
             let sub = require_active(state, tenant)?;
             let k = sub.closed_periods;
             let (_, end_us) = period_bounds_us(sub.anchor_us, k);

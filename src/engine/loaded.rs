@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use events::CATALOG_TENANT;
-use projections::domain::{CatalogState, Fact, FileEntry, RequestEntry, Spill, TenantState};
+use projections::domain::{
+    CatalogState, Fact, FileEntry, KeyEntry, RequestEntry, Spill, Spills, TenantState,
+};
 use projections::{LedgerView, Projection, ViewStore};
 
 use crate::log::EventLog;
@@ -20,6 +22,8 @@ pub(super) struct Loaded {
     /// Files stored (`Some`) or deleted (`None`) since loading: the view may
     /// not have them yet.
     pub(super) recent_files: HashMap<String, Option<FileEntry>>,
+    /// Accepted commands' idempotency keys the view may not have yet.
+    pub(super) recent_keys: HashMap<String, KeyEntry>,
     /// The last position on the tenant's subjects, including messages that
     /// did not decode (they count for the log's expected-sequence check).
     pub(super) log_position: u64,
@@ -32,6 +36,34 @@ pub(super) struct Loaded {
     /// and a miss is an answer.
     pub(super) view_requests: bool,
     pub(super) view_files: bool,
+    pub(super) view_keys: bool,
+}
+
+/// The maps a fold's spills go to: requests, files and command keys the
+/// views may not have yet (a loaded tenant's, or a group's overlay).
+struct Recent<'a> {
+    requests: &'a mut HashMap<String, RequestEntry>,
+    files: &'a mut HashMap<String, Option<FileEntry>>,
+    keys: &'a mut HashMap<String, KeyEntry>,
+}
+
+impl Recent<'_> {
+    fn keep(&mut self, spills: Spills) {
+        for spill in spills {
+            match spill {
+                Spill::Request { request, entry } => {
+                    self.requests.insert(request, entry);
+                }
+                Spill::File { file, entry } => {
+                    self.files.insert(file, entry);
+                }
+                Spill::Key { key, entry } => {
+                    self.keys.insert(key, entry);
+                }
+                Spill::Invoice { .. } => {}
+            }
+        }
+    }
 }
 
 impl Loaded {
@@ -47,17 +79,22 @@ impl Loaded {
     /// chain-checked fold the views use too, so memory and views agree).
     pub(super) fn fold(&mut self, catalog: bool, fact: &Fact<'_>) {
         self.log_position = fact.position;
-        let folded = if catalog { self.catalog.fold(fact).map(|()| None) } else { self.state.fold(fact) };
+        let folded =
+            if catalog { self.catalog.fold(fact).map(|()| Spills::default()) } else { self.state.fold(fact) };
         match folded {
             Err(error) => tracing::warn!(%error, "skipping an event"),
-            Ok(Some(Spill::Request { request, entry })) => {
-                self.recent_requests.insert(request, entry);
+            Ok(spills) => Recent {
+                requests: &mut self.recent_requests,
+                files: &mut self.recent_files,
+                keys: &mut self.recent_keys,
             }
-            Ok(Some(Spill::File { file, entry })) => {
-                self.recent_files.insert(file, entry);
-            }
-            Ok(Some(Spill::Invoice { .. }) | None) => {}
+            .keep(spills),
         }
+    }
+
+    /// Requests, files and command keys held beside the state.
+    pub(super) fn recent_len(&self) -> usize {
+        self.recent_requests.len() + self.recent_files.len() + self.recent_keys.len()
     }
 }
 
@@ -79,6 +116,7 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
         loaded.state = row.state;
         loaded.view_requests = row.has_requests;
         loaded.view_files = row.has_files;
+        loaded.view_keys = row.has_keys;
     }
     anyhow::ensure!(views.generation() == generation, "the views were reopened while loading {tenant}");
     let tenant_head = log.tenant_head(tenant).await?;
@@ -112,11 +150,12 @@ pub(super) struct Overlay {
     pub(super) state: TenantState,
     pub(super) requests: HashMap<String, RequestEntry>,
     pub(super) files: HashMap<String, Option<FileEntry>>,
+    pub(super) keys: HashMap<String, KeyEntry>,
 }
 
 impl Overlay {
     pub(super) fn new(base: &TenantState) -> Overlay {
-        Overlay { state: base.clone(), requests: HashMap::new(), files: HashMap::new() }
+        Overlay { state: base.clone(), requests: HashMap::new(), files: HashMap::new(), keys: HashMap::new() }
     }
 
     /// Folds staged events (the hashes are real: the chain continues).
@@ -124,13 +163,10 @@ impl Overlay {
         for (envelope, hash) in staged {
             let position = self.state.chain.last_position + 1;
             match self.state.fold(&Fact { position, hash: *hash, envelope }) {
-                Ok(Some(Spill::Request { request, entry })) => {
-                    self.requests.insert(request, entry);
+                Ok(spills) => {
+                    Recent { requests: &mut self.requests, files: &mut self.files, keys: &mut self.keys }
+                        .keep(spills)
                 }
-                Ok(Some(Spill::File { file, entry })) => {
-                    self.files.insert(file, entry);
-                }
-                Ok(_) => {}
                 // Staged events chain by construction.
                 Err(error) => tracing::error!(%error, "a staged event does not chain"),
             }

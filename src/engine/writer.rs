@@ -463,10 +463,30 @@ impl<L: EventLog> Engine<L> {
         // Time never runs backwards for a tenant: its newest event (whoever
         // wrote it) and the catalog's bound every later `at`.
         let floor_us = state.chain.last_at_us.max(self.catalog.catalog.chain.last_at_us);
+        // A retry after a conflict was in order against this engine's ledger
+        // time when first decided; against the log it must be now.
+        let regression = job
+            .submission
+            .at_us
+            .filter(|at| *at < floor_us || (*at < self.ledger_time_us && job.retries == 0));
         let at_us = match job.submission.at_us {
-            // A retry after a conflict was in order against this engine's
-            // ledger time when first decided; against the log it must be now.
-            Some(at) if at < floor_us || (at < self.ledger_time_us && job.retries == 0) => {
+            Some(at) => at,
+            None => {
+                let now_us = now_us().max(self.ledger_time_us).max(floor_us);
+                // A subscription's `at` is its anchor, which every period
+                // bound repeats: the ledger's clock gives it a whole second.
+                if matches!(job.submission.command, Command::Subscribe { .. }) {
+                    (now_us + 999_999) / 1_000_000 * 1_000_000
+                } else {
+                    now_us
+                }
+            }
+        };
+        let decided = self.decide(tenant, &job.submission, at_us, overlay);
+        if let Some(at) = regression {
+            // A resend of a command already accepted appends nothing, so
+            // its old `at` moves no clock: it answers as the first time.
+            if !matches!(decided, Ok(Decision::Duplicate { .. })) {
                 let rejection = Rejection::new(
                     "clock_regression",
                     format!(
@@ -477,10 +497,8 @@ impl<L: EventLog> Engine<L> {
                 );
                 return Outcome::Answer(Reply::Rejected { rejection, seq: None });
             }
-            Some(at) => at,
-            None => now_us().max(self.ledger_time_us).max(floor_us),
-        };
-        let (events, denial) = match self.decide(tenant, &job.submission, at_us, overlay) {
+        }
+        let (events, denial) = match decided {
             Err(rejection) => return Outcome::Answer(Reply::Rejected { rejection, seq: None }),
             Ok(Decision::Duplicate { seq }) => return Outcome::Answer(Reply::Ok { seq, duplicate: true }),
             Ok(Decision::Accept(events)) => (events, None),
@@ -488,7 +506,8 @@ impl<L: EventLog> Engine<L> {
         };
         let mut prev_hash = overlay.map_or_else(|| loaded.hash(catalog), |o| o.state.chain.last_hash);
         let mut envelopes = Vec::with_capacity(events.len());
-        for payload in events {
+        let last = events.len().saturating_sub(1);
+        for (i, payload) in events.into_iter().enumerate() {
             let envelope = Envelope {
                 event_id: uuid::Uuid::now_v7().as_u128(),
                 tenant: tenant.to_string(),
@@ -501,6 +520,12 @@ impl<L: EventLog> Engine<L> {
                     matches!(payload, Event::FileStored { .. } | Event::TokensConsumed { .. })
                         .then_some(events::Offline { admitted_at_us: admitted_at_us.min(at_us) })
                 }),
+                // The key rides on the command's last event, whose position
+                // is the answer's `seq`.
+                key: (i == last && denial.is_none())
+                    .then(|| job.submission.idempotency_key.clone())
+                    .flatten()
+                    .map(|key| events::CommandKey { key, fingerprint: job.submission.command.fingerprint() }),
                 payload,
             };
             // The decider keeps events within the codec's bounds; anything
@@ -545,6 +570,19 @@ impl<L: EventLog> Engine<L> {
             },
             _ => None,
         };
+        let earlier_key = match &submission.idempotency_key {
+            None => None,
+            Some(key) if tenant == CATALOG_TENANT => self.catalog.catalog.keys.get(key).copied(),
+            Some(key) => match overlay
+                .and_then(|o| o.keys.get(key))
+                .or_else(|| loaded.and_then(|l| l.recent_keys.get(key)))
+            {
+                Some(entry) => Some(*entry),
+                None if loaded.is_some_and(|l| !l.view_keys) => None,
+                None => LedgerView::command_key(&self.views, tenant, key)
+                    .map_err(|e| Rejection::new("unavailable", format!("reading idempotency keys: {e}")))?,
+            },
+        };
         let existing_file = match &submission.command {
             Command::Upload { file, .. } | Command::DeleteFile { file, .. } => {
                 match overlay
@@ -567,6 +605,8 @@ impl<L: EventLog> Engine<L> {
             earlier_request,
             existing_file,
             admitted_offline: submission.admitted_offline_at_us.is_some(),
+            fingerprint: submission.idempotency_key.as_ref().map(|_| submission.command.fingerprint()),
+            earlier_key,
         };
         decide(&ctx, &submission.command)
     }
@@ -587,7 +627,7 @@ impl<L: EventLog> Engine<L> {
                     let position = first + (s.offset + i) as u64;
                     loaded.fold(catalog, &Fact { position, hash: *hash, envelope });
                 }
-                if loaded.recent_requests.len() + loaded.recent_files.len() > MAX_RECENT_KEYS {
+                if loaded.recent_len() > MAX_RECENT_KEYS {
                     self.tenants.remove(&s.tenant);
                 }
             }

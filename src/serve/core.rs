@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::metrics::Metrics;
 use crate::engine::command::{
-    parse_command, take_admitted_offline, tenant_id, Command, Rejection, Submission,
+    parse_command, take_admitted_offline, take_idempotency_key, tenant_id, Command, Rejection, Submission,
 };
 use crate::engine::{Ledger, Reply};
 use crate::log::{AnyLog, EventLog, Source};
@@ -218,8 +218,9 @@ impl Core {
 fn query_rejection(e: QueryError) -> Rejection {
     match e {
         QueryError::NotSubscribed(_) => Rejection::new("not_subscribed", e.to_string()),
-        QueryError::BeforeSubscription(..) => Rejection::malformed(e.to_string()),
-        QueryError::Unpriceable(_) => Rejection::new("invalid_amount", e.to_string()),
+        // The instant is well formed; the tenant had no period then.
+        QueryError::BeforeSubscription(..) => Rejection::new("not_subscribed", e.to_string()),
+        QueryError::Unpriceable(_) => Rejection::new("invalid_amount", e.to_string()).from_state(),
         QueryError::View(e) => Rejection::new("unavailable", e.to_string()),
     }
 }
@@ -278,8 +279,9 @@ pub fn submission(
         fields.insert("tenant".into(), Value::String(tenant.to_string()));
     }
     let admitted_offline_at_us = take_admitted_offline(&mut fields)?;
+    let idempotency_key = take_idempotency_key(&mut fields)?;
     let command: Command = parse_command(fields)?;
-    Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us })
+    Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us, idempotency_key })
 }
 
 /// The commands of a `{"commands": [...]}` body, each parsed on its own (a

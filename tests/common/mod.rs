@@ -21,6 +21,7 @@ pub fn event(tenant: &str, n: u64) -> Envelope {
         actor: Actor::TenantUser { tenant: tenant.to_string() },
         prev_hash: [0; 32],
         offline: None,
+        key: None,
         payload: if n % 3 == 0 {
             Event::FileStored { file: format!("f{n}"), bytes: n }
         } else {

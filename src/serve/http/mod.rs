@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::core::{fields, parse_batch, submission, Core, QueryView};
 use super::keys::{KeyEntry, KeyRing, Role};
-use crate::engine::command::{parse_at, tenant_id, Rejection, Submission};
+use crate::engine::command::{own_key, parse_at, tenant_id, Cause, Rejection, Submission};
 use crate::engine::Reply;
 use crate::report::{rejection_json, reply_json};
 
@@ -49,7 +49,7 @@ pub async fn serve(listener: tokio::net::TcpListener, core: Arc<Core>, keys: Arc
 /// An RFC 9457 problem: `application/problem+json` with the spec's fields
 /// and everything the NATS reply carries for the same rejection.
 pub fn problem(rejection: &Rejection) -> Response {
-    let status = status_of(rejection.code);
+    let status = status_of(rejection);
     let mut body = rejection_json(rejection);
     body["type"] = json!(format!("urn:ledger:{}", rejection.code));
     body["title"] = json!(title(rejection.code));
@@ -64,20 +64,20 @@ pub fn problem(rejection: &Rejection) -> Response {
     response
 }
 
-/// The spec's status for a rejection code: 400 malformed and `invalid_*`,
-/// 401 for a missing or unknown key, 403 `forbidden`, 404 `unknown_*` and
-/// `not_subscribed`, 413 a body too large, 503 `unavailable`, 409 for every
-/// other state conflict.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "malformed" => StatusCode::BAD_REQUEST,
-        c if c.starts_with("invalid_") => StatusCode::BAD_REQUEST,
+/// The spec's status for a rejection: 401 for a missing or unknown key, 403
+/// `forbidden`, 413 a body too large, 503 `unavailable`; otherwise 400 for
+/// what the request alone shows ([`Cause::Request`]), and for what the
+/// ledger's state decides 404 (`unknown_*`, `not_subscribed`) or 409 (every
+/// other conflict).
+pub fn status_of(rejection: &Rejection) -> StatusCode {
+    match rejection.code {
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
-        "not_subscribed" | "not_found" => StatusCode::NOT_FOUND,
-        c if c.starts_with("unknown_") => StatusCode::NOT_FOUND,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        _ if rejection.cause == Cause::Request => StatusCode::BAD_REQUEST,
+        "not_subscribed" | "not_found" => StatusCode::NOT_FOUND,
+        c if c.starts_with("unknown_") => StatusCode::NOT_FOUND,
         _ => StatusCode::CONFLICT,
     }
 }
@@ -169,7 +169,7 @@ pub async fn tenant_command(
             let key = authenticate(&state, &headers)?;
             tenant_id(&tenant).map_err(|r| problem(&r))?;
             may_reach(&key, &tenant)?;
-            decide(&state, &key, Some(&tenant), &command, body(raw)?).await
+            decide(&state, &key, Some(&tenant), &command, &headers, body(raw)?).await
         }
         .await,
     )
@@ -186,7 +186,7 @@ pub async fn admin_command(
         async {
             let key = authenticate(&state, &headers)?;
             panel_only(&key)?;
-            decide(&state, &key, None, &command, body(raw)?).await
+            decide(&state, &key, None, &command, &headers, body(raw)?).await
         }
         .await,
     )
@@ -199,6 +199,7 @@ async fn decide(
     key: &KeyEntry,
     tenant: Option<&str>,
     command: &str,
+    headers: &HeaderMap,
     raw: Bytes,
 ) -> Result<Response, Response> {
     let actor = key.actor();
@@ -206,8 +207,36 @@ async fn decide(
         let items = parse_batch(tenant, &actor, &raw).map_err(|r| problem(&r))?;
         return Ok(json_response(StatusCode::OK, &state.core.batch(items).await));
     }
-    let submission = parsed(state, fields(&raw).and_then(|f| submission(tenant, &actor, command, f)))?;
+    let fields = fields(&raw).and_then(|f| with_idempotency_header(headers, command, f));
+    let submission = parsed(state, fields.and_then(|f| submission(tenant, &actor, command, f)))?;
     Ok(decision(&state.core.command(submission).await))
+}
+
+/// The `Idempotency-Key` header as the command's `idempotency_key` field.
+/// Commands keyed by a field of their own (`request`, `file`, `purchase`)
+/// ignore it, so a client may send the header with every command.
+fn with_idempotency_header(
+    headers: &HeaderMap,
+    command: &str,
+    mut fields: serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, Rejection> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(fields) };
+    if own_key(command).is_some() {
+        return Ok(fields);
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| Rejection::malformed("the Idempotency-Key header must be printable ASCII"))?
+        .to_string();
+    match fields.get("idempotency_key") {
+        Some(Value::String(body)) if *body != key => {
+            Err(Rejection::malformed("the Idempotency-Key header and the body's idempotency_key differ"))
+        }
+        _ => {
+            fields.insert("idempotency_key".into(), Value::String(key));
+            Ok(fields)
+        }
+    }
 }
 
 fn parsed(state: &Http, submission: Result<Submission, Rejection>) -> Result<Submission, Response> {
