@@ -331,11 +331,20 @@ impl std::fmt::Display for InvoiceMismatch {
     }
 }
 
+/// How a recorded digest verified: under which version, and for a v2
+/// digest of a chained decision, at which provisional position (see
+/// [`check_recorded_invoice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestMatch {
+    pub version: DigestVersion,
+    pub provisional_position: Option<u64>,
+}
+
 /// Checks a recorded invoice against `derived`, the one
 /// [`price_period`]`(state, catalog, k)` re-derives: the same charges
 /// ([`same_charges`]) and a recorded digest that verifies under some
 /// version (`derived`'s own digest, always the current version, is not
-/// compared). Returns the version the recorded digest is in.
+/// compared). Returns how the recorded digest verified.
 ///
 /// `provisional` lists the positions a writer could have hashed into a v2
 /// digest in place of the real one: before v3, a finalize decided in the
@@ -350,21 +359,23 @@ pub fn check_recorded_invoice(
     catalog: &CatalogState,
     k: u32,
     provisional: &[u64],
-) -> Result<DigestVersion, InvoiceMismatch> {
+) -> Result<DigestMatch, InvoiceMismatch> {
     if !same_charges(recorded, derived) {
         return Err(InvoiceMismatch::Charges);
     }
     if let Some(version) = recorded_digest_version(&recorded.inputs_digest, state, catalog, k) {
-        return Ok(version);
+        return Ok(DigestMatch { version, provisional_position: None });
     }
-    let chained_v2 = |position: &u64| {
-        let digest: [u8; 32] = Sha256::digest(inputs_preimage_v2_at(*position, state, catalog, k)).into();
+    let chained_v2 = |position: &&u64| {
+        let digest: [u8; 32] = Sha256::digest(inputs_preimage_v2_at(**position, state, catalog, k)).into();
         digest == recorded.inputs_digest
     };
-    if provisional.iter().any(chained_v2) {
-        return Ok(DigestVersion::V2);
+    match provisional.iter().find(chained_v2) {
+        Some(position) => {
+            Ok(DigestMatch { version: DigestVersion::V2, provisional_position: Some(*position) })
+        }
+        None => Err(InvoiceMismatch::Digest),
     }
-    Err(InvoiceMismatch::Digest)
 }
 
 /// v2: [`INPUTS_TAG_V2`] then `events::canonical_bytes(&InputsV2 { .. })`.

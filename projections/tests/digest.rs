@@ -7,7 +7,8 @@ use events::{Envelope, EventKind, Payment, CATALOG_TENANT};
 use projections::domain::{CatalogState, Fact, Purchase, PurchaseStatus, Segment, TenantState};
 use projections::invoice::{
     check_recorded_invoice, digest_verifies, inputs_digest_versioned, inputs_preimage, price_period,
-    recorded_digest_version, same_charges, DigestVersion, InvoiceMismatch, INPUTS_TAG_V2, INPUTS_TAG_V3,
+    recorded_digest_version, same_charges, DigestMatch, DigestVersion, InvoiceMismatch, INPUTS_TAG_V2,
+    INPUTS_TAG_V3,
 };
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -184,8 +185,9 @@ fn a_v2_digest_of_a_chained_decision_verifies_at_a_provisional_position_only() {
     recorded.inputs_digest = inputs_digest_versioned(&scratch, &catalog, 0, DigestVersion::V2);
     let check =
         |provisional: &[u64]| check_recorded_invoice(&recorded, &derived, &state, &catalog, 0, provisional);
-    assert_eq!(check(&[3]), Ok(DigestVersion::V2));
-    assert_eq!(check(&[5, 3]), Ok(DigestVersion::V2));
+    let chained = DigestMatch { version: DigestVersion::V2, provisional_position: Some(3) };
+    assert_eq!(check(&[3]), Ok(chained));
+    assert_eq!(check(&[5, 3]), Ok(chained));
     assert_eq!(check(&[]), Err(InvoiceMismatch::Digest));
     assert_eq!(check(&[2, 4]), Err(InvoiceMismatch::Digest));
     // The hash still binds the history: another chain is no match anywhere.
@@ -394,15 +396,16 @@ fn a_recorded_invoice_is_checked_by_value_and_by_any_digest_version() {
     let derived = price_period(&state, &catalog, 0).unwrap().invoice;
     let check =
         |recorded: &events::Invoice| check_recorded_invoice(recorded, &derived, &state, &catalog, 0, &[]);
-    assert_eq!(check(&derived), Ok(DigestVersion::V3));
+    let plain = |version| Ok(DigestMatch { version, provisional_position: None });
+    assert_eq!(check(&derived), plain(DigestVersion::V3));
 
     let mut v2 = derived.clone();
     v2.inputs_digest = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V2);
-    assert_eq!(check(&v2), Ok(DigestVersion::V2), "invoices recorded before v3 still verify");
+    assert_eq!(check(&v2), plain(DigestVersion::V2), "invoices recorded before v3 still verify");
 
     let mut old = derived.clone();
     old.inputs_digest = inputs_digest_versioned(&state, &catalog, 0, DigestVersion::V1);
-    assert_eq!(check(&old), Ok(DigestVersion::V1), "invoices recorded before v2 still verify");
+    assert_eq!(check(&old), plain(DigestVersion::V1), "invoices recorded before v2 still verify");
 
     let mut forged = derived.clone();
     forged.inputs_digest[0] ^= 1;

@@ -88,6 +88,10 @@ pub fn compare_views(
 pub struct LogSummary {
     pub events: u64,
     pub invoices_checked: u64,
+    /// The invoices that verified, by how: `v3`, `v2`, `v1`, and `v2
+    /// chained` for a v2 digest a chained decision took at a provisional
+    /// position (docs/audit-format.md).
+    pub digests: std::collections::BTreeMap<&'static str, u64>,
     pub findings: Vec<Finding>,
 }
 
@@ -107,20 +111,17 @@ struct TenantAudit {
     /// The positions of the tenant's latest events: those within
     /// [`LEGACY_BATCH_WINDOW`] of the newest, and one before them.
     recent: VecDeque<u64>,
-    /// Whether `recent` starts at the tenant's first event.
-    recent_from_first: bool,
+    /// Whether `recent` no longer starts at the tenant's first event.
+    dropped: bool,
 }
 
 impl TenantAudit {
     fn record(&mut self, position: u64) {
-        if self.recent.is_empty() && self.state.chain.last_position == 0 {
-            self.recent_from_first = true;
-        }
         self.recent.push_back(position);
         let floor = position.saturating_sub(LEGACY_BATCH_WINDOW);
         while self.recent.len() > 1 && self.recent[1] < floor {
             self.recent.pop_front();
-            self.recent_from_first = false;
+            self.dropped = true;
         }
     }
 
@@ -140,7 +141,7 @@ impl TenantAudit {
             }
             // Events i.. were staged in the finalize's append, after base.
             let base = if i == 0 {
-                if !self.recent_from_first {
+                if self.dropped {
                     break;
                 }
                 0
@@ -256,7 +257,14 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
                     let (detail, expected, found) = match &derived {
                     None => ("the period does not price from the log".to_string(), None, Some(charges(invoice))),
                     Some(d) => match check_recorded_invoice(invoice, d, &basis, &catalog, *period, &provisional) {
-                        Ok(_) => break 'check,
+                        Ok(found) => {
+                            let how = match found.provisional_position {
+                                Some(_) => "v2 chained",
+                                None => found.version.name(),
+                            };
+                            *summary.digests.entry(how).or_default() += 1;
+                            break 'check;
+                        }
                         Err(InvoiceMismatch::Charges) => (
                             "the recorded invoice charges other amounts than the log re-derives".to_string(),
                             Some(charges(d)),

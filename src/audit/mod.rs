@@ -189,6 +189,7 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
                 "head": head,
                 "events": summary.events,
                 "invoices_checked": summary.invoices_checked,
+                "digests": summary.digests,
                 "views": views,
                 "findings": findings.iter().map(finding_json).collect::<Vec<_>>(),
             })
@@ -203,7 +204,12 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
                 if differs { "DIFFERS from a clean rebuild" } else { "matches a clean rebuild" }
             );
         }
-        println!("finalized invoices re-derived: {}", summary.invoices_checked);
+        let digests: Vec<String> = summary.digests.iter().map(|(how, n)| format!("{how} {n}")).collect();
+        println!(
+            "finalized invoices re-derived: {}{}",
+            summary.invoices_checked,
+            if digests.is_empty() { String::new() } else { format!(" (digests: {})", digests.join(", ")) }
+        );
         for f in &findings {
             let at = f.position.map(|p| format!(" at position {p}")).unwrap_or_default();
             let key = f.key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
