@@ -497,3 +497,41 @@ fn uses_admitted_offline_are_recorded_past_the_limit_up_to_the_margin() {
     let seats = format!(r#"{{"cmd":"set_seats","tenant":"acme","seats":2,{offline}}}"#);
     assert_eq!(parse_line(&seats).expect_err("refused").code, "malformed");
 }
+
+#[test]
+fn an_idempotency_key_answers_a_resend_as_the_first_time() {
+    let mut w = World::subscribed("team", 2);
+    let seats = r#"{"cmd":"set_seats","tenant":"acme","seats":3,"idempotency_key":"op-1"}"#;
+    w.ok(seats, "2026-03-02T00:00:00Z");
+    let first = w.position;
+    // The same command again: nothing appended, the first answer's seq.
+    assert_eq!(w.run(seats, "2026-03-03T00:00:00Z"), Ok(Decision::Duplicate { seq: first }));
+    assert_eq!(w.position, first);
+    // Another command under the key, even another kind of command.
+    w.rejects(
+        r#"{"cmd":"set_seats","tenant":"acme","seats":4,"idempotency_key":"op-1"}"#,
+        "2026-03-03T00:00:00Z",
+        "idempotency_conflict",
+    );
+    w.rejects(
+        r#"{"cmd":"cancel","tenant":"acme","idempotency_key":"op-1"}"#,
+        "2026-03-03T00:00:00Z",
+        "idempotency_conflict",
+    );
+    // Who may send it is checked before the key: a user learns nothing.
+    w.rejects(
+        r#"{"actor":"acme:user","cmd":"set_seats","tenant":"acme","seats":3,"idempotency_key":"op-1"}"#,
+        "2026-03-03T00:00:00Z",
+        "forbidden",
+    );
+    // A resent close_period never closes a second period.
+    let close = r#"{"cmd":"close_period","tenant":"acme","idempotency_key":"close-1"}"#;
+    w.ok(close, "2026-04-01T00:00:00Z");
+    let closed = w.position;
+    assert_eq!(w.run(close, "2026-05-02T00:00:00Z"), Ok(Decision::Duplicate { seq: closed }));
+    assert_eq!(w.state.subscription.as_ref().unwrap().closed_periods, 1);
+    // The catalog keeps its keys per ledger.
+    let plan = r#"{"cmd":"define_plan","idempotency_key":"p","plan":{"id":"solo","currency":"USD","price":"1.00","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":1,"token_overage":"block","addons":[]}}"#;
+    w.ok(plan, "2026-05-02T00:00:00Z");
+    assert!(matches!(w.run(plan, "2026-05-02T00:00:00Z"), Ok(Decision::Duplicate { .. })));
+}
