@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use projections::{Activity, ActivityRow, LedgerView, Projection, ViewStore};
+use projections::{Activity, LedgerView, ViewStore};
 
 use crate::apply::{apply_lines, read_lines, Future};
 use crate::engine::Ledger;
-use crate::log::{AnyLog, EventLog, LogRecord, Source};
+use crate::log::{AnyLog, EventLog, Source};
 use crate::projector::{self, ProjectorOptions};
 use crate::store::{open_existing_log, open_log, open_views};
 
@@ -272,6 +272,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Keys(command) = &cli.command {
         return keys(&cli.data, command);
     }
+    if let Some(stream) = crate::serve::local::connect(&cli.data).await {
+        return served(stream, &cli).await;
+    }
     let log = match cli.command {
         // Only `apply` may start a ledger; everything else reads one.
         Command::Apply { .. } => open_log(&cli.data, cli.nats.as_deref(), cli.replicas).await?,
@@ -333,7 +336,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
             projector::catch_up(&log, &store, &[&Activity]).await?;
-            print_activity(&store, tenant.as_deref(), json)?;
+            print_activity(&crate::report::activity(&store, tenant.as_deref())?, json);
         }
         Command::Project { follow, batch_size, views } => {
             let store = open_views(&cli.data, &log)?;
@@ -353,6 +356,88 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A data directory a running `serve` holds (sled admits one process): the
+/// queries go through its socket and print as they would here; anything
+/// that needs the directory's files is refused with what to do instead,
+/// rather than waiting on sled's lock.
+async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<ExitCode> {
+    use crate::serve::local::{ask, LocalQuery};
+    let at = |at: &Option<String>| at.as_deref().map(parse_at).transpose();
+    let no_as_of = |q: &Query| q.as_of.as_of.is_none() && q.as_of.as_of_seq.is_none();
+    match &cli.command {
+        Command::Usage(q) if no_as_of(q) => {
+            let query = LocalQuery::Usage { tenant: q.tenant.clone(), at_us: at(&q.at)?, explain: q.explain };
+            let usage = ask(stream, &query).await?.remove(0);
+            if q.explain {
+                print_view(&usage, q.json, |u| {
+                    format!(
+                        "{}{}\n",
+                        crate::report::usage_table(u),
+                        serde_json::to_string_pretty(&u["explain"]).unwrap_or_default()
+                    )
+                });
+            } else {
+                print_view(&usage, q.json, crate::report::usage_table);
+            }
+        }
+        Command::Invoice(q) if no_as_of(q) => {
+            let query = LocalQuery::Invoice { tenant: q.tenant.clone(), at_us: at(&q.at)?, explain: q.explain };
+            let invoice = ask(stream, &query).await?.remove(0);
+            let table = if q.explain { crate::audit::explain::invoice_table } else { crate::report::invoice_table };
+            print_view(&invoice, q.json, table);
+        }
+        Command::Tenants { json } => {
+            print_view(&ask(stream, &LocalQuery::Tenants).await?.remove(0), *json, crate::report::tenants_table);
+        }
+        Command::Activity { tenant, json } => {
+            print_activity(&ask(stream, &LocalQuery::Activity { tenant: tenant.clone() }).await?, *json);
+        }
+        Command::Events { tenant, from, json } => {
+            use std::io::Write;
+            let records = ask(stream, &LocalQuery::Events { tenant: tenant.clone(), from: *from }).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if !json {
+                writeln!(out, "{}", events_header())?;
+            }
+            for record in &records {
+                print_event(&mut out, record, *json)?;
+            }
+            out.flush()?;
+        }
+        other => anyhow::bail!(
+            "{data} is held by a running `ledger serve`, which answers usage, invoice, tenants, activity and \
+             events for it (through {data}/{socket}); `{name}` needs the directory itself: stop that serve, \
+             or use another --data directory{nats}",
+            data = cli.data.display(),
+            socket = crate::serve::local::SOCKET_NAME,
+            name = command_name(other),
+            nats = if cli.nats.is_some() { " with the same --nats" } else { "" },
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The subcommand's name as typed, for messages.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Events { .. } => "events",
+        Command::Activity { .. } => "activity",
+        Command::Project { .. } => "project",
+        Command::Apply { .. } => "apply",
+        Command::Usage(_) => "usage",
+        Command::Invoice(_) => "invoice",
+        Command::Replay { .. } => "replay",
+        Command::Audit(AuditCommand::Verify { .. }) => "audit verify",
+        Command::Audit(AuditCommand::WhatIf { .. }) => "audit what-if",
+        Command::Demo => "demo",
+        Command::Tenants { .. } => "tenants",
+        Command::Serve { .. } => "serve",
+        Command::NatsConfig { .. } => "nats-config",
+        Command::Bench(_) => "bench",
+        Command::Keys(_) => "keys",
+    }
 }
 
 /// Writes `text` to a new file only its owner may read.
@@ -436,32 +521,6 @@ async fn apply(log: AnyLog, store: ViewStore, file: &str, allow_future: bool) ->
     Ok(if malformed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn event_json(record: &LogRecord) -> serde_json::Value {
-    match record.decode().event {
-        Ok(e) => serde_json::json!({
-            "position": record.position,
-            "subject": record.subject,
-            "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
-            "tenant": e.tenant,
-            "at": crate::report::rfc3339(e.at_us),
-            "actor": e.actor.label(),
-            "kind": e.kind().name(),
-            "prev_hash": hex(&e.prev_hash),
-            "payload": e.payload,
-            "admitted_offline_at": e.offline.as_ref().map(|o| crate::report::rfc3339(o.admitted_at_us)),
-        }),
-        Err(error) => serde_json::json!({
-            "position": record.position,
-            "subject": record.subject,
-            "error": error.to_string(),
-        }),
-    }
-}
-
 async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let end = match tenant {
@@ -480,34 +539,12 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if !json {
-        writeln!(
-            out,
-            "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  payload",
-            "position", "at", "tenant", "actor", "kind"
-        )?;
+        writeln!(out, "{}", events_header())?;
     }
     let mut records = log.read(from, tenant).await?;
     while let Some(record) = records.next().await {
         let record = record?;
-        if json {
-            writeln!(out, "{}", event_json(&record))?;
-        } else {
-            match record.decode().event {
-                Ok(e) => writeln!(
-                    out,
-                    "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",
-                    record.position,
-                    crate::report::rfc3339(e.at_us),
-                    e.tenant,
-                    e.actor.label(),
-                    e.kind().name(),
-                    serde_json::to_string(&e.payload)?
-                )?,
-                Err(error) => {
-                    writeln!(out, "{:>8}  UNDECODABLE on {}: {error}", record.position, record.subject)?
-                }
-            }
-        }
+        print_event(&mut out, &crate::report::event_json(&record), json)?;
         if record.position >= end {
             break;
         }
@@ -516,49 +553,56 @@ async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool)
     Ok(())
 }
 
-fn print_activity(store: &ViewStore, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let tree = store.tree(Activity::NAME)?;
-    let mut rows: Vec<(String, ActivityRow)> = Vec::new();
-    for item in tree.iter() {
-        let (key, value) = item?;
-        if key.first() == Some(&0) {
-            continue; // bookkeeping (checkpoint)
-        }
-        let name = String::from_utf8_lossy(&key).into_owned();
-        if tenant.is_none_or(|t| t == name) {
-            rows.push((name, projections::decode_row(Activity::NAME, &value)?));
-        }
+/// The header of `ledger events` as a table.
+fn events_header() -> String {
+    format!("{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  payload", "position", "at", "tenant", "actor", "kind")
+}
+
+/// One line of `ledger events`: the JSON object, or a table row made from it.
+fn print_event(out: &mut impl std::io::Write, event: &serde_json::Value, json: bool) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{event}");
     }
-    if let Some(t) = tenant {
-        anyhow::ensure!(!rows.is_empty(), "no events for tenant {t}");
+    let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+    match event.get("error") {
+        Some(error) => writeln!(
+            out,
+            "{:>8}  UNDECODABLE on {}: {}",
+            event["position"].as_u64().unwrap_or_default(),
+            text("subject"),
+            error.as_str().unwrap_or("")
+        ),
+        None => writeln!(
+            out,
+            "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",
+            event["position"].as_u64().unwrap_or_default(),
+            text("at"),
+            text("tenant"),
+            text("actor"),
+            text("kind"),
+            event["payload"]
+        ),
     }
-    for (name, row) in rows {
+}
+
+fn print_activity(rows: &[serde_json::Value], json: bool) {
+    for row in rows {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "tenant": name,
-                    "events": row.events,
-                    "events_by_kind": row.events_by_kind,
-                    "first_position": row.first_position,
-                    "last_position": row.last_position,
-                    "last_at": crate::report::rfc3339(row.last_at_us),
-                })
-            );
-        } else {
-            println!(
-                "{name}: {} events, positions {}..={}, last at {}",
-                row.events,
-                row.first_position,
-                row.last_position,
-                crate::report::rfc3339(row.last_at_us)
-            );
-            for (kind, count) in &row.events_by_kind {
-                println!("  {kind:<24} {count:>10}");
-            }
+            println!("{row}");
+            continue;
+        }
+        println!(
+            "{}: {} events, positions {}..={}, last at {}",
+            row["tenant"].as_str().unwrap_or(""),
+            row["events"],
+            row["first_position"],
+            row["last_position"],
+            row["last_at"].as_str().unwrap_or("")
+        );
+        for (kind, count) in row["events_by_kind"].as_object().into_iter().flatten() {
+            println!("  {kind:<24} {count:>10}");
         }
     }
-    Ok(())
 }
 
 /// `ledger keys add|list|revoke`.

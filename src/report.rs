@@ -60,17 +60,35 @@ pub(crate) fn load(views: &ViewStore, tenant: &str) -> Result<Subject, QueryErro
     Ok(Subject { state, catalog: LedgerView::catalog(views)?, now_us: LedgerView::ledger_time_us(views)? })
 }
 
+/// The period holding `at_us`. A cancelled subscription has no period
+/// after its last one (the cancel finalized it): later instants answer
+/// with the last.
 pub(crate) fn period_at(subject: &Subject, tenant: &str, at_us: i64) -> Result<u32, QueryError> {
-    subject
+    let k = subject
         .state
         .period_at(at_us)
-        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))
+        .ok_or_else(|| QueryError::BeforeSubscription(rfc3339(at_us), tenant.to_string()))?;
+    Ok(match subject.state.subscription.as_ref().and_then(|s| s.cancelled_at_us.map(|_| s.closed_periods)) {
+        Some(closed) => k.min(closed.saturating_sub(1)),
+        None => k,
+    })
+}
+
+impl Subject {
+    /// The instant a query without `--at` is about: ledger time, or for a
+    /// cancelled tenant the cancellation (its figures stop there).
+    pub(crate) fn default_at_us(&self) -> i64 {
+        match self.state.subscription.as_ref().and_then(|s| s.cancelled_at_us) {
+            Some(cancelled_at_us) => cancelled_at_us.min(self.now_us),
+            None => self.now_us,
+        }
+    }
 }
 
 /// `ledger usage TENANT [--at T] --json`.
 pub fn usage(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Value, QueryError> {
     let subject = load(views, tenant)?;
-    let at_us = at_us.unwrap_or(subject.now_us);
+    let at_us = at_us.unwrap_or(subject.default_at_us());
     let k = period_at(&subject, tenant, at_us)?;
     let state = &subject.state;
     let sub = state.subscription.as_ref().expect("loaded only when subscribed");
@@ -114,7 +132,7 @@ fn invoice_json(tenant: &str, start: i64, end: i64, status: &str, invoice: &even
 /// period is final, else the draft priced from the current state.
 pub fn invoice(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Value, QueryError> {
     let subject = load(views, tenant)?;
-    let k = period_at(&subject, tenant, at_us.unwrap_or(subject.now_us))?;
+    let k = period_at(&subject, tenant, at_us.unwrap_or(subject.default_at_us()))?;
     if let Some(recorded) = LedgerView::final_invoice(views, tenant, k)? {
         return Ok(invoice_json(tenant, recorded.start_us, recorded.end_us, "final", &recorded.invoice));
     }
@@ -238,4 +256,61 @@ pub fn tenants_table(tenants: &Value) -> String {
         ));
     }
     out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One record of `ledger events --json`.
+pub fn event_json(record: &crate::log::LogRecord) -> Value {
+    match record.decode().event {
+        Ok(e) => json!({
+            "position": record.position,
+            "subject": record.subject,
+            "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
+            "tenant": e.tenant,
+            "at": rfc3339(e.at_us),
+            "actor": e.actor.label(),
+            "kind": e.kind().name(),
+            "prev_hash": hex(&e.prev_hash),
+            "payload": e.payload,
+            "admitted_offline_at": e.offline.as_ref().map(|o| rfc3339(o.admitted_at_us)),
+            "idempotency_key": e.key.as_ref().map(|k| k.key.clone()),
+        }),
+        Err(error) => json!({
+            "position": record.position,
+            "subject": record.subject,
+            "error": error.to_string(),
+        }),
+    }
+}
+
+/// `ledger activity [TENANT] --json`: one object per tenant (all, or the
+/// one asked for, which must have events).
+pub fn activity(views: &ViewStore, tenant: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    use projections::{Activity, ActivityRow, Projection};
+    let mut rows = Vec::new();
+    for item in views.tree(Activity::NAME)?.iter() {
+        let (key, value) = item?;
+        if key.first() == Some(&0) {
+            continue; // bookkeeping (checkpoint)
+        }
+        let name = String::from_utf8_lossy(&key).into_owned();
+        if tenant.is_none_or(|t| t == name) {
+            let row: ActivityRow = projections::decode_row(Activity::NAME, &value)?;
+            rows.push(json!({
+                "tenant": name,
+                "events": row.events,
+                "events_by_kind": row.events_by_kind,
+                "first_position": row.first_position,
+                "last_position": row.last_position,
+                "last_at": rfc3339(row.last_at_us),
+            }));
+        }
+    }
+    if let Some(t) = tenant {
+        anyhow::ensure!(!rows.is_empty(), "no events for tenant {t}");
+    }
+    Ok(rows)
 }

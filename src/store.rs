@@ -91,12 +91,22 @@ pub fn open_views(data: &Path, log: &AnyLog) -> anyhow::Result<ViewStore> {
             meta.insert(b"log", source.as_bytes())?;
         }
         Some(bound) if bound.as_ref() == source.as_bytes() => {}
-        Some(bound) => anyhow::bail!(
-            "the views in {} were built from the {} log, not {source}: use another --data \
-             directory, or delete its views/ to rebuild them",
-            data.display(),
-            String::from_utf8_lossy(&bound)
-        ),
+        Some(bound) => {
+            // The log comes from --nats or from LEDGER_NATS, which may
+            // still be exported from another walk-through: say so.
+            let chosen = match std::env::var("LEDGER_NATS") {
+                Ok(url) if !url.is_empty() && source.starts_with("jetstream") => {
+                    " (LEDGER_NATS is set in the environment, which stands for --nats: unset it to use the embedded log)"
+                }
+                _ => "",
+            };
+            anyhow::bail!(
+                "the views in {} were built from the {} log, not {source}{chosen}: use another --data \
+                 directory, or delete its views/ to rebuild them",
+                data.display(),
+                String::from_utf8_lossy(&bound)
+            )
+        }
     }
     Ok(store)
 }

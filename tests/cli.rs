@@ -121,3 +121,51 @@ fn refuses_a_server_that_is_not_there() {
     assert!(!ok);
     assert!(err.contains("cannot connect"), "{err}");
 }
+
+/// A data directory a running `serve` holds (sled admits one process):
+/// the queries answer through serve's socket exactly as they do once it
+/// stops; a command that needs the files is refused at once, saying why;
+/// a socket left by a killed serve is passed over.
+#[test]
+fn a_served_data_directory_answers_queries_through_serve() {
+    use common::http::HttpServe;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (ok, _, err) = ledger(&data, None, &["demo"]);
+    assert!(ok, "{err}");
+    let queries: [&[&str]; 7] = [
+        &["usage", "acme", "--json"],
+        &["usage", "demo", "--explain", "--json"],
+        &["invoice", "acme", "--at", "2026-03-15T00:00:00Z", "--json"],
+        &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--explain"],
+        &["tenants", "--json"],
+        &["activity", "--json"],
+        &["events", "--tenant", "demo"],
+    ];
+    let mut serve = HttpServe::spawn(&data, None);
+    assert!(data.join("serve.sock").exists());
+    let through_serve: Vec<String> = queries
+        .iter()
+        .map(|args| {
+            let (ok, out, err) = ledger(&data, None, args);
+            assert!(ok, "{args:?}: {err}");
+            out
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (ok, _, err) = ledger(&data, None, &["audit", "verify"]);
+    assert!(!ok);
+    assert!(err.contains("held by a running `ledger serve`") && err.contains("`audit verify`"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused without waiting on the lock");
+    let (ok, _, err) = ledger(&data, None, &["usage", "nobody"]);
+    assert!(!ok && err.contains("not_subscribed"), "{err}");
+
+    // Killed, serve leaves its socket behind; nothing answers on it.
+    serve.kill();
+    assert!(data.join("serve.sock").exists());
+    for (args, served) in queries.iter().zip(&through_serve) {
+        let (ok, out, err) = ledger(&data, None, args);
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(&out, served, "{args:?}");
+    }
+}

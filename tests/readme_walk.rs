@@ -234,6 +234,10 @@ fn the_readme_walks() {
     assert_eq!(curl("/v1/events")["results"][0]["ok"], true);
     assert_eq!(curl("/usage")["tokens"]["used"], 2000);
     assert_eq!(curl("/healthz")["status"], "ok");
+    // The command line queries the directory the running serve holds
+    // (sled admits one process): through serve's socket, same figures.
+    let served = step("ledger --data ledger-http usage acme");
+    assert!(served.contains("tokens   2000 /"), "{served}");
     // The walk's secrets and stores are what .gitignore names.
     let ignored = std::fs::read_to_string(repo().join(".gitignore")).unwrap();
     for written in [

@@ -87,14 +87,14 @@ pub trait Progress: Send {
 
 /// Progress through `tracing`, every 2 seconds.
 pub struct LogProgress {
-    started: Instant,
+    /// When it last logged, and the position then.
     last: Instant,
     start: u64,
 }
 
 impl LogProgress {
     pub fn new() -> LogProgress {
-        LogProgress { started: Instant::now(), last: Instant::now(), start: 0 }
+        LogProgress { last: Instant::now(), start: 0 }
     }
 }
 
@@ -105,15 +105,24 @@ impl Default for LogProgress {
 }
 
 impl Progress for LogProgress {
+    /// Logs at most every 2 s, and only while there is a backlog: a
+    /// projector following the tail folds each write as it comes, which is
+    /// no news (it logs at debug level instead).
     fn update(&mut self, reached: u64, target: Option<u64>) {
         if self.start == 0 {
             self.start = reached;
         }
-        if self.last.elapsed() >= Duration::from_secs(2) {
-            let rate = (reached - self.start) as f64 / self.started.elapsed().as_secs_f64();
-            tracing::info!(position = reached, ?target, rate = rate as u64, "folding the log");
-            self.last = Instant::now();
+        if self.last.elapsed() < Duration::from_secs(2) {
+            return;
         }
+        let rate = (reached - self.start) as f64 / self.last.elapsed().as_secs_f64();
+        if target.is_some_and(|t| reached < t) {
+            tracing::info!(position = reached, ?target, rate = rate as u64, "folding the log");
+        } else {
+            tracing::debug!(position = reached, rate = rate as u64, "following the log");
+        }
+        self.start = reached;
+        self.last = Instant::now();
     }
 }
 

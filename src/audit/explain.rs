@@ -128,14 +128,14 @@ fn line_events<'a>(
 }
 
 /// The tenant's state, the catalog, the instant asked about (default: ledger
-/// time) and the period holding it.
+/// time, or a cancelled tenant's cancellation) and the period holding it.
 fn load_at(
     views: &ViewStore,
     tenant: &str,
     at_us: Option<i64>,
 ) -> Result<(TenantState, CatalogState, i64, u32), QueryError> {
     let subject = crate::report::load(views, tenant)?;
-    let at_us = at_us.unwrap_or(subject.now_us);
+    let at_us = at_us.unwrap_or(subject.default_at_us());
     let k = crate::report::period_at(&subject, tenant, at_us)?;
     Ok((subject.state, subject.catalog, at_us, k))
 }

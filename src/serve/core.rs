@@ -39,6 +39,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(3500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryView {
     Usage,
+    /// `usage` with the events behind its storage and token figures (the
+    /// command line's `--explain`).
+    UsageExplained,
     /// The invoice of the period holding the instant; `explain` adds each
     /// line's arithmetic and the events behind it.
     Invoice {
@@ -154,6 +157,14 @@ impl Core {
                     }
                 })
             }
+            QueryView::UsageExplained => {
+                return crate::audit::explain::usage(&self.log, views, tenant, at_us).await.map_err(|e| {
+                    match e.downcast::<QueryError>() {
+                        Ok(e) => query_rejection(e),
+                        Err(e) => unavailable(e.to_string()),
+                    }
+                })
+            }
             QueryView::Invoices => report::invoices(views, tenant),
         };
         // A store reopened meanwhile may hold an older prefix than the one
@@ -177,9 +188,7 @@ impl Core {
     /// Every tenant with its plan, status, seats and current usage (the
     /// control panel's list).
     pub async fn tenants(&self) -> Result<Value, Rejection> {
-        let head = self.log.head().await.map_err(|e| Rejection::new("unavailable", e.to_string()))?;
-        self.views_reach(head).await?;
-        let views = self.ledger.views();
+        let views = self.synced_views().await?;
         let mut tenants = report::tenants(views).map_err(query_rejection)?;
         for tenant in tenants.as_array_mut().into_iter().flatten() {
             let id = tenant["tenant"].as_str().unwrap_or_default().to_string();
@@ -189,6 +198,13 @@ impl Core {
             }
         }
         Ok(tenants)
+    }
+
+    /// The views, once they include the whole log as it stood when asked.
+    pub async fn synced_views(&self) -> Result<&projections::ViewStore, Rejection> {
+        let head = self.log.head().await.map_err(|e| Rejection::new("unavailable", e.to_string()))?;
+        self.views_reach(head).await?;
+        Ok(self.ledger.views())
     }
 
     /// Whether the views keep up with the log: they must include the log

@@ -8,6 +8,8 @@
 //! - `http`: the HTTP API, CloudEvents ingest, `/metrics`, `/healthz`,
 //!   OpenAPI and the console;
 //! - `keys`: the HTTP API keys;
+//! - `local`: the data directory's socket, which answers the command
+//!   line's queries while `serve` holds the directory;
 //! - `clock`: the billing clock, a task of every instance.
 //!
 //! Two instances may both decide for one tenant: the per-tenant expected
@@ -31,6 +33,7 @@ mod config;
 pub mod core;
 pub mod http;
 pub mod keys;
+pub mod local;
 mod metrics;
 mod nats;
 
@@ -137,6 +140,9 @@ pub async fn run(
         service = Some(started);
         tasks.extend(endpoints);
     }
+    if let Some(listener) = local::bind(data)? {
+        tasks.push(tokio::spawn(local::serve(listener, core.clone())));
+    }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -148,5 +154,6 @@ pub async fn run(
         let _ = service.stop().await;
     }
     stop(&tasks, &ledger).await;
+    let _ = std::fs::remove_file(local::socket_path(data));
     Ok(())
 }
