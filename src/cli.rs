@@ -383,13 +383,19 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
             }
         }
         Command::Invoice(q) if no_as_of(q) => {
-            let query = LocalQuery::Invoice { tenant: q.tenant.clone(), at_us: at(&q.at)?, explain: q.explain };
+            let query =
+                LocalQuery::Invoice { tenant: q.tenant.clone(), at_us: at(&q.at)?, explain: q.explain };
             let invoice = ask(stream, &query).await?.remove(0);
-            let table = if q.explain { crate::audit::explain::invoice_table } else { crate::report::invoice_table };
+            let table =
+                if q.explain { crate::audit::explain::invoice_table } else { crate::report::invoice_table };
             print_view(&invoice, q.json, table);
         }
         Command::Tenants { json } => {
-            print_view(&ask(stream, &LocalQuery::Tenants).await?.remove(0), *json, crate::report::tenants_table);
+            print_view(
+                &ask(stream, &LocalQuery::Tenants).await?.remove(0),
+                *json,
+                crate::report::tenants_table,
+            );
         }
         Command::Activity { tenant, json } => {
             print_activity(&ask(stream, &LocalQuery::Activity { tenant: tenant.clone() }).await?, *json);

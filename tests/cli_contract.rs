@@ -138,6 +138,41 @@ this is not json
     let run = ledger(data, nats, &["usage", "nobody", "--json"], None);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("nobody has no subscription"), "{}", run.stderr);
+
+    // One result per input line: a blank one changes nothing.
+    let input = "\n{\"at\":\"2026-04-03T00:00:00Z\",\"cmd\":\"consume_tokens\",\"actor\":\"demo:user\",\"tenant\":\"demo\",\"request\":\"f\",\"tokens\":1}\n   \n";
+    let out = lines(&ledger(data, nats, &["apply", "-"], Some(input)).stdout);
+    assert_eq!(out[0], json!({"line": 1, "ok": true, "blank": true}));
+    assert_eq!((out[1]["line"].clone(), out[1]["ok"].clone()), (json!(2), json!(true)));
+    assert_eq!(out[2], json!({"line": 3, "ok": true, "blank": true}));
+    assert_eq!(out.len(), 3);
+    // An unknown command names the ones there are.
+    let run = ledger(data, nats, &["apply", "-"], Some(r#"{"cmd":"consume_token","tenant":"demo"}"#));
+    assert!(
+        run.stdout.contains("the commands are define_plan,") && run.stdout.contains("close_period"),
+        "{}",
+        run.stdout
+    );
+
+    // A cancelled tenant's figures stop at its last period: its final
+    // invoice, and no draft after it, whenever asked.
+    let cancel = r#"{"cmd":"cancel","tenant":"demo","at":"2026-04-16T12:00:00Z"}"#;
+    let run = ledger(data, nats, &["apply", "--allow-future", "-"], Some(cancel));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    for at in [None, Some("2026-04-20T00:00:00Z"), Some("2027-01-01T00:00:00Z")] {
+        let mut args = vec!["invoice", "demo", "--json"];
+        args.extend(at.iter().flat_map(|t| ["--at", t]));
+        let invoice: Value = serde_json::from_str(&ledger(data, nats, &args, None).stdout).unwrap();
+        assert_eq!(invoice["status"], "final", "{at:?}: {invoice}");
+        assert_eq!(invoice["period"]["start"], "2026-04-01T00:00:00Z", "{at:?}");
+        assert_ne!(invoice["total"], "0.00", "the partial period is charged: {invoice}");
+    }
+    let usage: Value =
+        serde_json::from_str(&ledger(data, nats, &["usage", "demo", "--json"], None).stdout).unwrap();
+    assert_eq!(
+        (usage["status"].clone(), usage["period"]["start"].clone()),
+        (json!("cancelled"), json!("2026-04-01T00:00:00Z"))
+    );
 }
 
 #[test]

@@ -158,12 +158,12 @@ impl Core {
                 })
             }
             QueryView::UsageExplained => {
-                return crate::audit::explain::usage(&self.log, views, tenant, at_us).await.map_err(|e| {
-                    match e.downcast::<QueryError>() {
+                return crate::audit::explain::usage(&self.log, views, tenant, at_us).await.map_err(
+                    |e| match e.downcast::<QueryError>() {
                         Ok(e) => query_rejection(e),
                         Err(e) => unavailable(e.to_string()),
-                    }
-                })
+                    },
+                )
             }
             QueryView::Invoices => report::invoices(views, tenant),
         };

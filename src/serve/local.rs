@@ -110,7 +110,8 @@ async fn answer(stream: UnixStream, core: &Core) -> std::io::Result<()> {
             write.write_all(&send(value)).await
         }
         LocalQuery::Invoice { tenant, at_us, explain } => {
-            let value = core.query(&tenant, QueryView::Invoice { explain }, at_us).await.unwrap_or_else(rejected);
+            let value =
+                core.query(&tenant, QueryView::Invoice { explain }, at_us).await.unwrap_or_else(rejected);
             write.write_all(&send(value)).await
         }
         LocalQuery::Tenants => {
