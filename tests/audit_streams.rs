@@ -101,6 +101,19 @@ fn command(rng: &mut Rng, tenant: &str, keys: &mut Vec<Value>, late: bool) -> Va
         // Who may not: a user's admin command is `forbidden`, nothing recorded.
         81..=82 => json!({"cmd": "set_seats", "tenant": tenant, "seats": 2, "actor": user}),
         83 => catalog()[rng.below(9) as usize].clone(),
+        90..=92 => {
+            let list =
+                |rng: &mut Rng| -> Vec<u64> { (0..rng.below(4)).map(|_| 1 + rng.below(150)).collect() };
+            let actor = if rng.chance(50) { admin } else { json!("admin") };
+            let mut line = json!({"cmd": "set_usage_alerts", "tenant": tenant, "actor": actor});
+            if rng.chance(70) {
+                line["tokens"] = json!(list(rng));
+            }
+            if rng.chance(50) || line.get("tokens").is_none() {
+                line["storage"] = json!(list(rng));
+            }
+            line
+        }
         84..=89 if !keys.is_empty() => {
             // A resend of a keyed command (a duplicate, or a conflict when
             // its content was changed).

@@ -459,9 +459,12 @@ fn uses_admitted_offline_are_recorded_past_the_limit_up_to_the_margin() {
     w.ok(r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"a","tokens":9000}"#, T);
     // Over the 10,000 limit, but a client already admitted it while the
     // ledger was unreachable: recorded (marked offline), within 10% over.
-    assert_eq!(
-        w.ok(&late("o1", 1500), T),
-        [Event::TokensConsumed { request: "o1".into(), tokens: 1500, offline: true }]
+    // (9,000 was past the 80% alert already; this use crosses 100%.)
+    let events = w.ok(&late("o1", 1500), T);
+    assert_eq!(events[0], Event::TokensConsumed { request: "o1".into(), tokens: 1500, offline: true });
+    assert!(
+        matches!(events[1..], [Event::UsageThresholdCrossed { threshold: 100, used: 10_500, .. }]),
+        "{events:?}"
     );
     assert_eq!(w.state.tokens_used(0), 10_500);
     // Delivered twice (a retry): the same key, a duplicate.
@@ -482,10 +485,16 @@ fn uses_admitted_offline_are_recorded_past_the_limit_up_to_the_margin() {
         )
     };
     let hundred_mb = 100 << 20;
-    assert_eq!(
-        w.ok(&upload("big", 2 * gb + hundred_mb), T),
-        [Event::FileStored { file: "big".into(), bytes: 2 * gb + hundred_mb }]
-    );
+    let events = w.ok(&upload("big", 2 * gb + hundred_mb), T);
+    assert_eq!(events[0], Event::FileStored { file: "big".into(), bytes: 2 * gb + hundred_mb });
+    let thresholds: Vec<u32> = events[1..]
+        .iter()
+        .map(|e| match e {
+            Event::UsageThresholdCrossed { threshold, .. } => *threshold,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(thresholds, [80, 100], "past the quota: both alerts at once");
     w.denies(&upload("more", 2 * hundred_mb), T, "storage_quota_exceeded");
     // Authorization and subscription rules are not relaxed offline.
     w.rejects(
@@ -534,4 +543,128 @@ fn an_idempotency_key_answers_a_resend_as_the_first_time() {
     let plan = r#"{"cmd":"define_plan","idempotency_key":"p","plan":{"id":"solo","currency":"USD","price":"1.00","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":1,"token_overage":"block","addons":[]}}"#;
     w.ok(plan, "2026-05-02T00:00:00Z");
     assert!(matches!(w.run(plan, "2026-05-02T00:00:00Z"), Ok(Decision::Duplicate { .. })));
+}
+
+/// A usage alert crossing as the decider records it.
+fn crossed(
+    meter: events::Meter,
+    threshold: u32,
+    used: u64,
+    limit: u64,
+    period: u32,
+    start: &str,
+    end: &str,
+) -> Event {
+    Event::UsageThresholdCrossed {
+        meter,
+        threshold,
+        used,
+        limit,
+        period,
+        start_us: at(start),
+        end_us: at(end),
+    }
+}
+
+#[test]
+fn token_thresholds_fire_once_per_period_against_the_limit_in_force() {
+    use events::v1::MeterV1::Tokens;
+    let mut w = World::subscribed("starter", 1); // 10,000 tokens, block
+    let use_ = |r: &str, n: i64| {
+        format!(
+            r#"{{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"{r}","tokens":{n}}}"#
+        )
+    };
+    let (march, april, may) = ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z", "2026-05-01T00:00:00Z");
+    let consumed = |r: &str, n: u64| Event::TokensConsumed { request: r.into(), tokens: n, offline: false };
+    assert_eq!(w.ok(&use_("a", 7999), T), [consumed("a", 7999)], "79.99%: no threshold yet");
+    // 80.00% exactly: used x 100 >= 80 x limit.
+    assert_eq!(
+        w.ok(&use_("b", 1), T),
+        [consumed("b", 1), crossed(Tokens, 80, 8000, 10_000, 0, march, april)]
+    );
+    assert_eq!(w.ok(&use_("c", 100), T), [consumed("c", 100)], "80 fired once this period");
+    // One use may cross several; a denial crosses nothing.
+    w.denies(&use_("d", 5000), T, "token_limit_exceeded");
+    assert_eq!(
+        w.ok(&use_("e", 1900), T),
+        [consumed("e", 1900), crossed(Tokens, 100, 10_000, 10_000, 0, march, april)]
+    );
+    // A new period: armed again.
+    let t2 = "2026-04-02T00:00:00Z";
+    assert_eq!(
+        w.ok(&use_("f", 10_000), t2),
+        [
+            consumed("f", 10_000),
+            crossed(Tokens, 80, 10_000, 10_000, 1, april, may),
+            crossed(Tokens, 100, 10_000, 10_000, 1, april, may)
+        ]
+    );
+    // A limit raised by an add-on fires nothing by itself; the next use
+    // checks against the limit in force (10,000 + 50,000).
+    let t3 = "2026-05-02T00:00:00Z";
+    w.ok(&use_("g", 9_000), t3);
+    w.ok(r#"{"cmd":"purchase_addon","tenant":"acme","addon":"token-pack","purchase":"tp","payment":"invoice"}"#, t3);
+    assert_eq!(w.ok(&use_("h", 1_000), t3), [consumed("h", 1_000)], "10,000 of 60,000: below 80%");
+    // Thresholds the tenant sets; an empty list silences the meter.
+    w.rejects(
+        r#"{"actor":"acme:user","cmd":"set_usage_alerts","tenant":"acme","tokens":[50]}"#,
+        t3,
+        "forbidden",
+    );
+    // The request alone shows these wrong: refused by the parser.
+    let parsed =
+        |fields: &str| parse_line(&format!(r#"{{"cmd":"set_usage_alerts","tenant":"acme"{fields}}}"#));
+    for bad in [r#"[0]"#, r#"[1001]"#, r#"[1,2,3,4,5,6,7,8,9,10,11]"#, r#"[-5]"#] {
+        assert_eq!(parsed(&format!(r#","tokens":{bad}"#)).unwrap_err().code, "invalid_amount", "{bad}");
+    }
+    assert_eq!(parsed("").unwrap_err().code, "malformed", "neither meter");
+    assert_eq!(parsed(r#","tokens":[1.5]"#).unwrap_err().code, "malformed");
+    assert_eq!(
+        w.ok(r#"{"actor":"acme:admin","cmd":"set_usage_alerts","tenant":"acme","tokens":[90,25,90],"storage":[]}"#, t3),
+        [Event::UsageAlertsSet { tokens: Some(vec![25, 90]), storage: Some(vec![]) }]
+    );
+    let june = "2026-06-01T00:00:00Z";
+    assert_eq!(
+        w.ok(&use_("i", 5_000), t3),
+        [consumed("i", 5_000), crossed(Tokens, 25, 15_000, 60_000, 2, may, june)]
+    );
+}
+
+#[test]
+fn storage_thresholds_fire_on_each_upward_crossing_and_arm_again_below() {
+    use events::v1::MeterV1::Storage;
+    let mut w = World::subscribed("starter", 1); // 2 GB
+    let gb: u64 = 1 << 30;
+    let upload = |f: &str, bytes: u64| {
+        format!(r#"{{"actor":"acme:user","cmd":"upload","tenant":"acme","file":"{f}","bytes":{bytes}}}"#)
+    };
+    let delete =
+        |f: &str| format!(r#"{{"actor":"acme:user","cmd":"delete_file","tenant":"acme","file":"{f}"}}"#);
+    let stored = |f: &str, bytes: u64| Event::FileStored { file: f.into(), bytes };
+    let (march, april) = ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z");
+    let quota = 2 * gb;
+    // The first byte count at 80%: used x 100 >= 80 x quota.
+    let level = (quota * 80).div_ceil(100);
+    assert_eq!(
+        w.ok(&upload("a", level), T),
+        [stored("a", level), crossed(Storage, 80, level, quota, 0, march, april)]
+    );
+    assert_eq!(w.ok(&upload("b", 1), T), [stored("b", 1)], "fired, not armed again");
+    // Down to exactly the level it fired at: still not armed.
+    w.ok(&delete("b"), T);
+    assert_eq!(w.ok(&upload("c", 1), T), [stored("c", 1)]);
+    // Below it: armed; the next upward crossing fires again, in any period.
+    w.ok(&delete("a"), T);
+    let t = "2026-04-05T00:00:00Z";
+    assert_eq!(
+        w.ok(&upload("d", level), t),
+        [stored("d", level), crossed(Storage, 80, level + 1, quota, 1, april, "2026-05-01T00:00:00Z")]
+    );
+    // The first denial after an admitted use is news; the next is not
+    // (checked where notifications are derived); a denial crosses nothing.
+    w.denies(&upload("e", quota), t, "storage_quota_exceeded");
+    assert!(w.state.alerts.storage_denied);
+    w.ok(&upload("f", 1), t);
+    assert!(!w.state.alerts.storage_denied);
 }

@@ -13,7 +13,7 @@ pub mod v3;
 mod validate;
 
 pub use codec::{canonical_bytes, decode, encode, event_hash, EventError, MAX_EVENT_BYTES, SCHEMA_VERSION};
-pub use validate::{valid_id, valid_tenant_id};
+pub use validate::{valid_id, valid_tenant_id, MAX_ALERTS, MAX_ALERT_PERCENT};
 
 /// The current event shapes: the v3 envelope around the v1 payloads. `codec`
 /// upcasts v1 and v2 bytes.
@@ -30,6 +30,7 @@ pub type Payment = v1::PaymentV1;
 pub type PaymentOutcome = v1::PaymentOutcomeV1;
 pub type Invoice = v1::InvoiceV1;
 pub type InvoiceLine = v1::InvoiceLineV1;
+pub type Meter = v1::MeterV1;
 
 /// The pseudo-tenant that catalog facts (plans, add-ons) are recorded under.
 /// It cannot collide with a real tenant: tenant ids never start with `_`.
@@ -54,10 +55,12 @@ pub enum EventKind {
     AddonActivated,
     AddonCancelled,
     PeriodFinalized,
+    UsageAlertsSet,
+    UsageThresholdCrossed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::PlanDefined,
         EventKind::AddonDefined,
         EventKind::Subscribed,
@@ -74,7 +77,17 @@ impl EventKind {
         EventKind::AddonActivated,
         EventKind::AddonCancelled,
         EventKind::PeriodFinalized,
+        EventKind::UsageAlertsSet,
+        EventKind::UsageThresholdCrossed,
     ];
+
+    /// The first schema version whose log may hold this kind.
+    pub fn since_schema(self) -> u16 {
+        match self {
+            EventKind::UsageAlertsSet | EventKind::UsageThresholdCrossed => 3,
+            _ => 1,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -94,6 +107,8 @@ impl EventKind {
             EventKind::AddonActivated => "addon_activated",
             EventKind::AddonCancelled => "addon_cancelled",
             EventKind::PeriodFinalized => "period_finalized",
+            EventKind::UsageAlertsSet => "usage_alerts_set",
+            EventKind::UsageThresholdCrossed => "usage_threshold_crossed",
         }
     }
 
@@ -121,6 +136,8 @@ impl Event {
             Event::AddonActivated { .. } => EventKind::AddonActivated,
             Event::AddonCancelled { .. } => EventKind::AddonCancelled,
             Event::PeriodFinalized { .. } => EventKind::PeriodFinalized,
+            Event::UsageAlertsSet { .. } => EventKind::UsageAlertsSet,
+            Event::UsageThresholdCrossed { .. } => EventKind::UsageThresholdCrossed,
         }
     }
 

@@ -40,7 +40,8 @@ pub fn sample_offline() -> crate::Envelope {
     envelope
 }
 
-/// One fixed envelope of the given kind, as schema version 1 shaped it.
+/// One fixed envelope of the given kind, as schema version 1 shaped it
+/// (kinds appended later take the v1 envelope too: only the envelope grew).
 pub fn sample_v1(kind: EventKind) -> EnvelopeV1 {
     let tenant = "acme".to_string();
     let payload = match kind {
@@ -100,6 +101,18 @@ pub fn sample_v1(kind: EventKind) -> EnvelopeV1 {
         },
         EventKind::AddonActivated => EventV1::AddonActivated { purchase: "p-1".into() },
         EventKind::AddonCancelled => EventV1::AddonCancelled { purchase: "p-1".into() },
+        EventKind::UsageAlertsSet => {
+            EventV1::UsageAlertsSet { tokens: Some(vec![50, 80, 100]), storage: None }
+        }
+        EventKind::UsageThresholdCrossed => EventV1::UsageThresholdCrossed {
+            meter: MeterV1::Tokens,
+            threshold: 80,
+            used: 8_200,
+            limit: 10_000,
+            period: 0,
+            start_us: SAMPLE_AT_US,
+            end_us: SAMPLE_AT_US + 31 * 86_400 * 1_000_000,
+        },
         EventKind::PeriodFinalized => EventV1::PeriodFinalized {
             period: 0,
             start_us: SAMPLE_AT_US,

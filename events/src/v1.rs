@@ -182,4 +182,32 @@ pub enum EventV1 {
         end_us: i64,
         invoice: InvoiceV1,
     },
+    // Appended with schema version 3 (older logs never hold these).
+    /// The tenant's usage alert thresholds (percent) for each meter given;
+    /// `None` leaves a meter's list as it was.
+    UsageAlertsSet {
+        tokens: Option<Vec<u32>>,
+        storage: Option<Vec<u32>>,
+    },
+    /// A recorded use brought a meter to `threshold` percent of its limit
+    /// (the token limit in force, or the storage quota): decided with that
+    /// use and recorded in the same append.
+    UsageThresholdCrossed {
+        meter: MeterV1,
+        threshold: u32,
+        /// The meter's use after the command that crossed it.
+        used: u64,
+        limit: u64,
+        /// The period holding the crossing.
+        period: u32,
+        start_us: i64,
+        end_us: i64,
+    },
+}
+
+/// What a usage alert watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MeterV1 {
+    Tokens,
+    Storage,
 }

@@ -6,6 +6,9 @@ use crate::{Actor, Addon, Envelope, Event, Plan, TokenOverage, CATALOG_TENANT};
 
 /// Longest identifier (file, request, purchase, plan, add-on) accepted.
 pub const MAX_ID_LEN: usize = 256;
+/// Most usage alert thresholds per meter, and the largest (percent).
+pub const MAX_ALERTS: usize = 10;
+pub const MAX_ALERT_PERCENT: u32 = 1000;
 
 /// `[a-z0-9][a-z0-9-]{0,62}`: tenant ids appear inside NATS subjects, so no
 /// dots, spaces or wildcards.
@@ -155,6 +158,26 @@ pub(crate) fn validate(envelope: &Envelope) -> Result<(), String> {
         }
         Event::AddonActivated { purchase } | Event::AddonCancelled { purchase } => {
             check_id("purchase", purchase)
+        }
+        Event::UsageAlertsSet { tokens, storage } => {
+            for list in [tokens, storage].into_iter().flatten() {
+                check(list.len() <= MAX_ALERTS, || format!("more than {MAX_ALERTS} thresholds"))?;
+                check(list.iter().all(|t| (1..=MAX_ALERT_PERCENT).contains(t)), || {
+                    format!("thresholds must be 1 to {MAX_ALERT_PERCENT} percent")
+                })?;
+                check(list.windows(2).all(|w| w[0] < w[1]), || "thresholds must ascend, once each".into())?;
+            }
+            Ok(())
+        }
+        Event::UsageThresholdCrossed { threshold, used, limit, start_us, end_us, .. } => {
+            check((1..=MAX_ALERT_PERCENT).contains(threshold), || {
+                format!("threshold {threshold} out of range")
+            })?;
+            check(*limit > 0, || "a limit of 0 crosses nothing".into())?;
+            check(u128::from(*used) * 100 >= u128::from(*threshold) * u128::from(*limit), || {
+                "crossing recorded below its threshold".into()
+            })?;
+            check(end_us > start_us, || "period ends before it starts".into())
         }
         Event::PeriodFinalized { start_us, end_us, invoice, .. } => {
             check(end_us > start_us, || "period ends before it starts".into())?;

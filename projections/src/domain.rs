@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use events::{Addon, Envelope, Event, Invoice, Payment, PaymentOutcome, Plan};
+use events::{Addon, Envelope, Event, Invoice, Meter, Payment, PaymentOutcome, Plan};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -262,6 +262,62 @@ pub struct TenantState {
     /// Tokens consumed per period index: there is no reset job, a new period
     /// simply has no entry yet.
     pub tokens_by_period: BTreeMap<u32, u64>,
+    /// Usage alerts: the thresholds, which have fired, and whether a
+    /// meter's last recorded decision was a denial.
+    pub alerts: Alerts,
+}
+
+/// The thresholds a tenant set with `set_usage_alerts` and where they stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alerts {
+    /// Percent of the token limit; `None`: never set ([`DEFAULT_ALERTS`]).
+    pub tokens: Option<Vec<u32>>,
+    /// Percent of the storage quota; `None`: never set.
+    pub storage: Option<Vec<u32>>,
+    /// The period whose token crossings have fired, and those thresholds:
+    /// each fires once per period.
+    pub tokens_fired: Option<(u32, Vec<u32>)>,
+    /// Storage thresholds that fired, with the live bytes they fired at:
+    /// one is armed again once live bytes fall below that level.
+    pub storage_fired: Vec<(u32, u64)>,
+    /// The meter's newest recorded decision was a denial (so the next
+    /// denial is no news: `usage.denied` fires on the first after an
+    /// admitted use).
+    pub tokens_denied: bool,
+    pub storage_denied: bool,
+}
+
+/// The thresholds of a meter whose tenant never set any (percent).
+pub const DEFAULT_ALERTS: [u32; 2] = [80, 100];
+
+impl Alerts {
+    /// The meter's thresholds, ascending.
+    pub fn thresholds(&self, meter: Meter) -> &[u32] {
+        let set = match meter {
+            Meter::Tokens => &self.tokens,
+            Meter::Storage => &self.storage,
+        };
+        set.as_deref().unwrap_or(&DEFAULT_ALERTS)
+    }
+
+    /// Whether `threshold` has fired (for tokens: in period `k`) and is not
+    /// armed again.
+    pub fn fired(&self, meter: Meter, threshold: u32, k: u32) -> bool {
+        match meter {
+            Meter::Tokens => {
+                self.tokens_fired.as_ref().is_some_and(|(p, t)| *p == k && t.contains(&threshold))
+            }
+            Meter::Storage => self.storage_fired.iter().any(|(t, _)| *t == threshold),
+        }
+    }
+
+    /// Whether the meter's newest recorded decision was a denial.
+    pub fn denied(&self, meter: Meter) -> bool {
+        match meter {
+            Meter::Tokens => self.tokens_denied,
+            Meter::Storage => self.storage_denied,
+        }
+    }
 }
 
 impl TenantState {
@@ -331,6 +387,7 @@ impl TenantState {
                 // saturating keeps the fold total for anything else.
                 self.live_files = self.live_files.saturating_add(1);
                 self.used_bytes = self.used_bytes.saturating_add(*bytes);
+                self.alerts.storage_denied = false;
                 let entry = FileEntry { bytes: *bytes, position };
                 return Some(Spill::File { file: file.clone(), entry: Some(entry) });
             }
@@ -342,6 +399,10 @@ impl TenantState {
                 // continue the (unkeyed) chain must not stop a projector.
                 self.live_files = self.live_files.saturating_sub(1);
                 self.used_bytes = self.used_bytes.saturating_sub(*bytes);
+                // Below the level a storage threshold fired at, it is armed
+                // again.
+                let used = self.used_bytes;
+                self.alerts.storage_fired.retain(|(_, level)| used >= *level);
                 return Some(Spill::File { file: file.clone(), entry: None });
             }
             Event::TokensConsumed { request, tokens, .. } => {
@@ -349,6 +410,7 @@ impl TenantState {
                     let used = self.tokens_by_period.entry(k).or_default();
                     *used = used.saturating_add(*tokens);
                 }
+                self.alerts.tokens_denied = false;
                 let entry = RequestEntry { tokens: *tokens, position };
                 return Some(Spill::Request { request: request.clone(), entry });
             }
@@ -405,7 +467,27 @@ impl TenantState {
                     position,
                 });
             }
-            Event::UploadDenied { .. } | Event::TokensDenied { .. } => {}
+            Event::UploadDenied { .. } => self.alerts.storage_denied = true,
+            Event::TokensDenied { .. } => self.alerts.tokens_denied = true,
+            Event::UsageAlertsSet { tokens, storage } => {
+                if let Some(tokens) = tokens {
+                    self.alerts.tokens = Some(tokens.clone());
+                }
+                if let Some(storage) = storage {
+                    self.alerts.storage = Some(storage.clone());
+                }
+            }
+            Event::UsageThresholdCrossed { meter: Meter::Tokens, threshold, period, .. } => {
+                match &mut self.alerts.tokens_fired {
+                    Some((k, fired)) if k == period => fired.push(*threshold),
+                    other => *other = Some((*period, vec![*threshold])),
+                }
+            }
+            Event::UsageThresholdCrossed { meter: Meter::Storage, threshold, limit, .. } => {
+                // The live bytes at the threshold: re-armed below them.
+                let level = (u128::from(*threshold) * u128::from(*limit)).div_ceil(100);
+                self.alerts.storage_fired.push((*threshold, u64::try_from(level).unwrap_or(u64::MAX)));
+            }
             Event::PlanDefined { .. } | Event::AddonDefined { .. } => {
                 unreachable!("catalog events are folded into CatalogState")
             }

@@ -19,6 +19,9 @@
 //! The layout is a function of the keys and their order alone, never of
 //! batch boundaries, so a live view and a replay are byte-identical.
 //! - `i/<tenant>/<period u32 BE>` -> [`FinalInvoice`], as recorded by `PeriodFinalized`
+//! - `n/<position u64 BE>` -> the tenant, and `m/<tenant>/<position u64 BE>`
+//!   -> [`NoticeRow`]: the notification the event at that position made
+//!   (`crate::notice`), in log order and per tenant
 //! - `t` -> ledger time: the largest `at` folded (i64 microseconds)
 
 use std::collections::BTreeMap;
@@ -27,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{CatalogState, FileEntry, KeyEntry, RequestEntry, Spill, TenantState};
+use crate::notice::{notice, DeniedBefore, NoticeRow, NOTIFYING};
 use crate::{Fact, Projection, Rows, ViewError, ViewStore};
 
 pub struct LedgerView;
@@ -258,6 +262,54 @@ impl LedgerView {
         key
     }
 
+    pub fn notice_key(position: u64) -> Vec<u8> {
+        let mut key = b"n/".to_vec();
+        key.extend_from_slice(&position.to_be_bytes());
+        key
+    }
+
+    pub fn tenant_notice_prefix(tenant: &str) -> Vec<u8> {
+        format!("m/{tenant}/").into_bytes()
+    }
+
+    pub fn tenant_notice_key(tenant: &str, position: u64) -> Vec<u8> {
+        let mut key = LedgerView::tenant_notice_prefix(tenant);
+        key.extend_from_slice(&position.to_be_bytes());
+        key
+    }
+
+    /// The notification the event at `position` made, if it made one.
+    pub fn notice_at(store: &ViewStore, position: u64) -> Result<Option<NoticeRow>, ViewError> {
+        let Some(tenant) = Self::get::<String>(store, &Self::notice_key(position))? else { return Ok(None) };
+        Self::get(store, &Self::tenant_notice_key(&tenant, position))
+    }
+
+    /// The positions of notifications from `position` on, in log order.
+    pub fn notices_from(store: &ViewStore, position: u64) -> Result<Vec<u64>, ViewError> {
+        let tree = store.tree(Self::NAME)?;
+        let mut out = Vec::new();
+        for item in tree.range(Self::notice_key(position)..Self::notice_key(u64::MAX)) {
+            let (key, _) = item?;
+            out.push(u64::from_be_bytes(key[2..10].try_into().expect("n/ keys hold a u64")));
+        }
+        Ok(out)
+    }
+
+    /// A tenant's newest notifications, newest first, at most `limit`.
+    pub fn tenant_notices(
+        store: &ViewStore,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<NoticeRow>, ViewError> {
+        let tree = store.tree(Self::NAME)?;
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(Self::tenant_notice_prefix(tenant)).rev().take(limit) {
+            let (_, value) = item?;
+            out.push(crate::decode_row(Self::NAME, &value)?);
+        }
+        Ok(out)
+    }
+
     fn get<T: serde::de::DeserializeOwned>(store: &ViewStore, key: &[u8]) -> Result<Option<T>, ViewError> {
         match store.tree(Self::NAME)?.get(key)? {
             None => Ok(None),
@@ -366,6 +418,7 @@ impl Projection for LedgerView {
                 tenants.insert(envelope.tenant.clone(), state);
             }
             let row = tenants.get_mut(&envelope.tenant).expect("loaded");
+            let denied_before = DeniedBefore::of(&row.state);
             let spills = match row.state.fold(fact) {
                 Ok(spills) => spills,
                 Err(error) => {
@@ -388,6 +441,23 @@ impl Projection for LedgerView {
                         let row = FinalInvoice { start_us, end_us, invoice, position };
                         rows.put(Self::invoice_key(&envelope.tenant, period), &row);
                     }
+                }
+            }
+            if NOTIFYING.contains(&envelope.kind()) {
+                if catalog.is_none() {
+                    catalog = Some(rows.get(Self::CATALOG_KEY)?.unwrap_or_default());
+                }
+                let catalog = catalog.as_ref().expect("just loaded");
+                if let Some(made) = notice(&row.state, catalog, envelope, denied_before) {
+                    let stored = NoticeRow {
+                        tenant: envelope.tenant.clone(),
+                        event_id: envelope.event_id,
+                        at_us: envelope.at_us,
+                        position: fact.position,
+                        notice: made,
+                    };
+                    rows.put(Self::notice_key(fact.position), &envelope.tenant);
+                    rows.put(Self::tenant_notice_key(&envelope.tenant, fact.position), &stored);
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod invoice;
 mod ledger_view;
 pub mod money;
+pub mod notice;
 pub mod period;
 
 use std::collections::BTreeMap;
@@ -209,7 +210,8 @@ pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
 /// 2: `s/<tenant>` holds a `TenantRow`, request keys in hashed buckets.
 /// 3: live files indexed like request keys (`f/` buckets), not in the state.
 /// 4: buckets of about 8 keys rather than 64 (the bucket of a key changed).
-/// 5: commands' idempotency keys (`k/` buckets; the catalog's in its row).
+/// 5: commands' idempotency keys (`k/` buckets; the catalog's in its row),
+/// usage alerts in the state, notifications (`n/`, `m/` rows).
 pub const VIEW_LAYOUT: u64 = 5;
 
 fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {

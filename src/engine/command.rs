@@ -139,17 +139,62 @@ pub fn take_admitted_offline(fields: &mut Map<String, Value>) -> Result<Option<i
 pub enum Command {
     DefinePlan(Plan),
     DefineAddon(Addon),
-    Subscribe { tenant: String, plan: String, seats: i64 },
-    SetSeats { tenant: String, seats: i64 },
-    ChangePlan { tenant: String, plan: String },
-    Cancel { tenant: String },
-    Upload { tenant: String, file: String, bytes: i64 },
-    DeleteFile { tenant: String, file: String },
-    ConsumeTokens { tenant: String, request: String, tokens: i64 },
-    PurchaseAddon { tenant: String, addon: String, purchase: String, quantity: i64, payment: Payment },
-    SettlePayment { tenant: String, purchase: String, outcome: PaymentOutcome, reference: Option<String> },
-    CancelAddon { tenant: String, purchase: String },
-    ClosePeriod { tenant: String },
+    Subscribe {
+        tenant: String,
+        plan: String,
+        seats: i64,
+    },
+    SetSeats {
+        tenant: String,
+        seats: i64,
+    },
+    ChangePlan {
+        tenant: String,
+        plan: String,
+    },
+    Cancel {
+        tenant: String,
+    },
+    Upload {
+        tenant: String,
+        file: String,
+        bytes: i64,
+    },
+    DeleteFile {
+        tenant: String,
+        file: String,
+    },
+    ConsumeTokens {
+        tenant: String,
+        request: String,
+        tokens: i64,
+    },
+    PurchaseAddon {
+        tenant: String,
+        addon: String,
+        purchase: String,
+        quantity: i64,
+        payment: Payment,
+    },
+    SettlePayment {
+        tenant: String,
+        purchase: String,
+        outcome: PaymentOutcome,
+        reference: Option<String>,
+    },
+    CancelAddon {
+        tenant: String,
+        purchase: String,
+    },
+    ClosePeriod {
+        tenant: String,
+    },
+    /// Each list ascending, once each, within the bounds.
+    SetUsageAlerts {
+        tenant: String,
+        tokens: Option<Vec<u32>>,
+        storage: Option<Vec<u32>>,
+    },
 }
 
 /// Domain and version tag of [`Command::fingerprint`].
@@ -186,6 +231,7 @@ impl Command {
             Command::SettlePayment { .. } => "settle_payment",
             Command::CancelAddon { .. } => "cancel_addon",
             Command::ClosePeriod { .. } => "close_period",
+            Command::SetUsageAlerts { .. } => "set_usage_alerts",
         }
     }
 
@@ -203,13 +249,14 @@ impl Command {
             | Command::PurchaseAddon { tenant, .. }
             | Command::SettlePayment { tenant, .. }
             | Command::CancelAddon { tenant, .. }
-            | Command::ClosePeriod { tenant } => Some(tenant),
+            | Command::ClosePeriod { tenant }
+            | Command::SetUsageAlerts { tenant, .. } => Some(tenant),
         }
     }
 }
 
 /// The names `cmd` may take.
-pub const COMMAND_NAMES: [&str; 14] = [
+pub const COMMAND_NAMES: [&str; 15] = [
     "define_plan",
     "define_addon",
     "subscribe",
@@ -223,6 +270,7 @@ pub const COMMAND_NAMES: [&str; 14] = [
     "settle_payment",
     "cancel_addon",
     "close_period",
+    "set_usage_alerts",
     "batch",
 ];
 
@@ -327,6 +375,11 @@ enum WireCommand {
     },
     ClosePeriod {
         tenant: String,
+    },
+    SetUsageAlerts {
+        tenant: String,
+        tokens: Option<Vec<CountJson>>,
+        storage: Option<Vec<CountJson>>,
     },
 }
 
@@ -520,6 +573,36 @@ fn addon(json: AddonJson) -> Result<Addon, Rejection> {
     })
 }
 
+/// A usage alert list: at most [`events::MAX_ALERTS`] percentages from 1 to
+/// [`events::MAX_ALERT_PERCENT`], returned ascending and once each.
+fn thresholds(field: &str, list: &[CountJson]) -> Result<Vec<u32>, Rejection> {
+    if list.len() > events::MAX_ALERTS {
+        return Err(Rejection::new(
+            "invalid_amount",
+            format!("{field}: at most {} thresholds, not {}", events::MAX_ALERTS, list.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for value in list {
+        let percent = count(field, value)?;
+        match u32::try_from(percent) {
+            Ok(p) if (1..=events::MAX_ALERT_PERCENT).contains(&p) => out.push(p),
+            _ => {
+                return Err(Rejection::new(
+                    "invalid_amount",
+                    format!(
+                        "{field}: a threshold is 1 to {} percent, not {percent}",
+                        events::MAX_ALERT_PERCENT
+                    ),
+                ))
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 /// Parses the fields of one command (everything but `at` and `actor`),
 /// `cmd` included.
 pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
@@ -597,6 +680,16 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
             Command::CancelAddon { tenant: tenant(t)?, purchase: id("purchase", purchase)? }
         }
         WireCommand::ClosePeriod { tenant: t } => Command::ClosePeriod { tenant: tenant(t)? },
+        WireCommand::SetUsageAlerts { tenant: t, tokens, storage } => {
+            if tokens.is_none() && storage.is_none() {
+                return Err(Rejection::malformed("set_usage_alerts needs tokens, storage or both"));
+            }
+            Command::SetUsageAlerts {
+                tenant: tenant(t)?,
+                tokens: tokens.map(|list| thresholds("tokens", &list)).transpose()?,
+                storage: storage.map(|list| thresholds("storage", &list)).transpose()?,
+            }
+        }
     })
 }
 

@@ -2,7 +2,7 @@
 //! IO, no clock. Whatever it needs from storage (an idempotency key's
 //! earlier use) the caller looks up first and passes in [`Context`].
 
-use events::{Actor, Event, Payment, PaymentOutcome, TokenOverage};
+use events::{Actor, Event, Meter, Payment, PaymentOutcome, TokenOverage};
 use projections::domain::{
     CatalogState, Fact, FileEntry, KeyEntry, PurchaseStatus, RequestEntry, TenantState,
 };
@@ -240,7 +240,10 @@ fn who(command: &Command) -> Who {
         | Command::Cancel { .. }
         | Command::SettlePayment { .. }
         | Command::ClosePeriod { .. } => Who::Admin,
-        Command::SetSeats { .. } | Command::PurchaseAddon { .. } | Command::CancelAddon { .. } => Who::Admins,
+        Command::SetSeats { .. }
+        | Command::PurchaseAddon { .. }
+        | Command::CancelAddon { .. }
+        | Command::SetUsageAlerts { .. } => Who::Admins,
         Command::Upload { .. } | Command::DeleteFile { .. } | Command::ConsumeTokens { .. } => Who::Anyone,
     }
 }
@@ -397,7 +400,10 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
                 .checked_add(bytes)
                 .is_some_and(|after| after <= with_offline_margin(quota, ctx.admitted_offline));
             if fits {
-                Ok(Decision::Accept(vec![Event::FileStored { file: file.clone(), bytes }]))
+                let mut events = vec![Event::FileStored { file: file.clone(), bytes }];
+                let k = period_of(state, at_us)?;
+                events.extend(crossings(state, Meter::Storage, used.saturating_add(bytes), quota, k));
+                Ok(Decision::Accept(events))
             } else {
                 Ok(Decision::Deny {
                     event: Event::UploadDenied {
@@ -444,20 +450,23 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
                 Event::TokensConsumed { request: request.clone(), tokens, offline: ctx.admitted_offline };
             let period = period_of(state, at_us)?;
             let used = state.tokens_used(period);
+            let limit = state.token_limit_at(catalog, at_us);
             if let TokenOverage::BillPer1k { .. } = plan.token_overage {
                 // Always allowed, so the total must stay exact: the period's
                 // count and its overage line must still be representable.
-                used.checked_add(tokens).ok_or_else(|| too_large("the period's token count"))?;
-                let events = vec![accepted];
+                let after = used.checked_add(tokens).ok_or_else(|| too_large("the period's token count"))?;
+                let mut events = vec![accepted];
+                events.extend(crossings(state, Meter::Tokens, after, limit, period));
                 representable(ctx, tenant, &events, false)?;
                 return Ok(Decision::Accept(events));
             }
-            let limit = state.token_limit_at(catalog, at_us);
             let fits = used
                 .checked_add(tokens)
                 .is_some_and(|after| after <= with_offline_margin(limit, ctx.admitted_offline));
             if fits {
-                Ok(Decision::Accept(vec![accepted]))
+                let mut events = vec![accepted];
+                events.extend(crossings(state, Meter::Tokens, used + tokens, limit, period));
+                Ok(Decision::Accept(events))
             } else {
                 Ok(Decision::Deny {
                     event: Event::TokensDenied { request: request.clone(), tokens, used, limit },
@@ -568,6 +577,13 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
             }
             Ok(Decision::Accept(vec![Event::AddonCancelled { purchase: purchase.clone() }]))
         }
+        Command::SetUsageAlerts { tenant, tokens, storage } => {
+            require_active(state, tenant)?;
+            Ok(Decision::Accept(vec![Event::UsageAlertsSet {
+                tokens: tokens.clone(),
+                storage: storage.clone(),
+            }]))
+        }
         Command::ClosePeriod { tenant } => {
             let sub = require_active(state, tenant)?;
             let k = sub.closed_periods;
@@ -581,6 +597,36 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
             Ok(Decision::Accept(vec![finalize(state, catalog, k)?]))
         }
     }
+}
+
+/// The usage alert crossings a recorded use of `meter` makes, bringing it
+/// to `used` of `limit` in period `k`: each of the tenant's thresholds
+/// reached (`used x 100 >= threshold x limit`, exactly) that has not fired
+/// (tokens: in this period; storage: since it was armed again), ascending.
+/// A limit of 0 crosses nothing; nor does a change of limit by itself: only
+/// a use calls this.
+fn crossings(state: &TenantState, meter: Meter, used: u64, limit: u64, k: u32) -> Vec<Event> {
+    let Some(sub) = &state.subscription else { return Vec::new() };
+    if limit == 0 {
+        return Vec::new();
+    }
+    let (start_us, end_us) = period_bounds_us(sub.anchor_us, k);
+    state
+        .alerts
+        .thresholds(meter)
+        .iter()
+        .filter(|t| u128::from(used) * 100 >= u128::from(**t) * u128::from(limit))
+        .filter(|t| !state.alerts.fired(meter, **t, k))
+        .map(|t| Event::UsageThresholdCrossed {
+            meter,
+            threshold: *t,
+            used,
+            limit,
+            period: k,
+            start_us,
+            end_us,
+        })
+        .collect()
 }
 
 /// The period holding `at_us`. Ledger time keeps commands after the anchor;
