@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod log;
+pub mod notify;
 pub mod projector;
 pub mod report;
 pub mod serve;

@@ -110,7 +110,7 @@ pub fn usage(views: &ViewStore, tenant: &str, at_us: Option<i64>) -> Result<Valu
     }))
 }
 
-fn invoice_json(tenant: &str, start: i64, end: i64, status: &str, invoice: &events::Invoice) -> Value {
+pub fn invoice_json(tenant: &str, start: i64, end: i64, status: &str, invoice: &events::Invoice) -> Value {
     let lines: Vec<Value> = invoice
         .lines
         .iter()

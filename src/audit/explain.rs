@@ -227,6 +227,20 @@ pub async fn usage<L: EventLog>(
         .filter(|(_, e)| matches!(e.payload, Event::Subscribed { .. } | Event::PlanChanged { .. }))
         .map(|(p, e)| event_json(*p, e))
         .collect();
+    // The alerts each meter has fired: this period's token crossings, and
+    // every storage crossing (armed again only below its level).
+    let alerts = |meter: events::Meter| -> Vec<Value> {
+        all.iter()
+            .filter(|(_, e)| match &e.payload {
+                Event::UsageThresholdCrossed { meter: m, period, .. } => {
+                    *m == meter && (meter == events::Meter::Storage || *period == k)
+                }
+                Event::UsageAlertsSet { .. } => true,
+                _ => false,
+            })
+            .map(|(p, e)| event_json(*p, e))
+            .collect()
+    };
     let mut usage = crate::report::usage(views, tenant, Some(at_us))?;
     let plan = catalog.plans.get(&state.subscription.as_ref().expect("subscribed").plan);
     usage["explain"] = json!({
@@ -239,6 +253,7 @@ pub async fn usage<L: EventLog>(
             "files": live_files,
             "plan": plan_events,
             "add_ons": active_grants,
+            "alerts": alerts(events::Meter::Storage),
         },
         "tokens": {
             "used": format!("sum of {} TokensConsumed in the period", consumed.len()),
@@ -248,6 +263,7 @@ pub async fn usage<L: EventLog>(
                 rfc3339(at_us)
             ),
             "consumed": consumed,
+            "alerts": alerts(events::Meter::Tokens),
         },
     });
     Ok(usage)

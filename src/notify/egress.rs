@@ -1,0 +1,286 @@
+//! Where webhooks may go, and the one way they get there.
+//!
+//! A delivery is a request the ledger makes on someone's say-so, so where
+//! it may connect is checked, and the connection goes to the address that
+//! was checked (a name is resolved once per attempt; nothing resolves it
+//! again between the check and the connect, so DNS rebinding cannot slip
+//! another address in). Redirects are not followed: an answer is an answer.
+//!
+//! - `serve --webhook-allow-hosts H1,H2`: an allowlist of hosts (names or
+//!   addresses, compared as written in the URL). A host not on it is
+//!   refused before any lookup of it leaves the machine.
+//! - An endpoint registered with a tenant key may not reach a loopback,
+//!   private, link-local or otherwise non-public address unless `serve
+//!   --webhook-allow-private`; checked at registration and at every
+//!   delivery, for every address the name resolves to.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::engine::command::Rejection;
+
+/// What the service's flags allow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// `--webhook-allow-hosts`: when set, the only hosts deliveries reach.
+    pub allow_hosts: Option<Vec<String>>,
+    /// `--webhook-allow-private`: tenants' endpoints may be non-public.
+    pub allow_private: bool,
+}
+
+/// A destination that passed the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub https: bool,
+    /// As the URL names it (the TLS name and the `Host` header).
+    pub host: String,
+    pub port: u16,
+    pub path_and_query: String,
+    /// Where to connect: the address that was checked.
+    pub address: SocketAddr,
+}
+
+/// The stable code of a refused destination (HTTP 403: the request is
+/// well formed; the ledger will not go there).
+pub const REFUSED: &str = "webhook_destination_refused";
+
+fn refused(message: String) -> Rejection {
+    Rejection::new(REFUSED, message)
+}
+
+/// Whether an address is one the public internet routes to: not loopback,
+/// private (RFC 1918, unique local), link-local, shared (CGNAT),
+/// unspecified, broadcast, multicast, documentation, benchmarking or
+/// reserved; IPv4 inside IPv6 (mapped, NAT64) is judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return public_v4(v4);
+            }
+            let s = v6.segments();
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return public_v4(Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ));
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard
+        }
+    }
+}
+
+fn public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+/// Parses and checks a webhook URL: `http` or `https`, a host, no user
+/// information; the host on the allowlist (before anything is resolved);
+/// then, for an endpoint of a tenant's, every address it resolves to
+/// public. Returns where to connect.
+pub async fn check(url: &str, egress: &Egress, by_tenant: bool) -> Result<Target, Rejection> {
+    let uri: axum::http::Uri =
+        url.parse().map_err(|_| Rejection::malformed(format!("{url:?} is not a URL")))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(Rejection::malformed("a webhook URL is http:// or https://")),
+    };
+    let authority = uri.authority().ok_or_else(|| Rejection::malformed("a webhook URL names a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(Rejection::malformed("a webhook URL carries no user name or password"));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    if let Some(allowed) = &egress.allow_hosts {
+        if !allowed
+            .iter()
+            .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&host))
+        {
+            return Err(refused(format!("{host} is not among this ledger's allowed webhook hosts")));
+        }
+    }
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), port)))
+                .await
+                .map_err(|_| refused(format!("resolving {host} took too long")))?
+                .map_err(|e| refused(format!("{host} does not resolve: {e}")))?
+                .collect()
+        }
+    };
+    let first = *addresses.first().ok_or_else(|| refused(format!("{host} resolves to no address")))?;
+    if by_tenant && !egress.allow_private {
+        if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
+            return Err(refused(format!(
+                "{host} resolves to {}, which is not a public address; a tenant's webhook must be",
+                private.ip()
+            )));
+        }
+    }
+    let path_and_query = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
+    Ok(Target { https, host, port, path_and_query, address: first })
+}
+
+/// What a receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+}
+
+/// POSTs `body` with `headers` to the checked `target`, within `timeout`
+/// (connecting, TLS, sending and the answer's status line and headers;
+/// the answer's body is not read). Follows no redirect.
+pub async fn post(
+    target: &Target,
+    headers: &[(&str, String)],
+    body: bytes::Bytes,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    tokio::time::timeout(timeout, post_now(target, headers, body))
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+}
+
+async fn post_now(target: &Target, headers: &[(&str, String)], body: bytes::Bytes) -> Result<Answer, String> {
+    let stream = tokio::net::TcpStream::connect(target.address).await.map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let host_header = if (target.https && target.port == 443) || (!target.https && target.port == 80) {
+        target.host.clone()
+    } else if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let mut request = hyper::Request::post(&target.path_and_query)
+        .header(hyper::header::HOST, host_header)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, concat!("ledger-webhooks/", env!("CARGO_PKG_VERSION")));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request.body(http_body_util::Full::new(body)).map_err(|e| e.to_string())?;
+    if target.https {
+        let tls = tls_connector();
+        let name = rustls_pki_types::ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+        let stream = tls.connect(name, stream).await.map_err(|e| format!("TLS: {e}"))?;
+        send(hyper_util::rt::TokioIo::new(stream), request).await
+    } else {
+        send(hyper_util::rt::TokioIo::new(stream), request).await
+    }
+}
+
+async fn send<I>(io: I, request: hyper::Request<http_body_util::Full<bytes::Bytes>>) -> Result<Answer, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"));
+    driver.abort();
+    Ok(Answer { status: response?.status().as_u16() })
+}
+
+/// The TLS client: the system's trusted roots, built once.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_not() {
+        for private in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+            "198.18.0.1",
+            "240.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:8.8.8.8"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_come_before_any_lookup() {
+        let tenant = Egress { allow_hosts: None, allow_private: false };
+        for url in
+            ["http://127.0.0.1/hook", "http://10.0.0.1/x", "http://[::1]:8080/", "https://169.254.169.254/"]
+        {
+            assert_eq!(check(url, &tenant, true).await.unwrap_err().code, REFUSED, "{url}");
+        }
+        // The panel may, and so may a tenant where the service allows it.
+        assert!(check("http://127.0.0.1:9/hook", &tenant, false).await.is_ok());
+        let private = Egress { allow_private: true, ..Egress::default() };
+        let target = check("http://127.0.0.1:9/hook?x=1", &private, true).await.unwrap();
+        assert_eq!(
+            (target.address, target.path_and_query.as_str()),
+            ("127.0.0.1:9".parse().unwrap(), "/hook?x=1")
+        );
+        // An allowlist refuses other hosts by name, so their names are never
+        // looked up (this one cannot resolve here: no network).
+        let listed = Egress { allow_hosts: Some(vec!["127.0.0.1".into()]), allow_private: true };
+        let error = check("https://hooks.example.com/x", &listed, false).await.unwrap_err();
+        assert!(error.message.contains("allowed webhook hosts"), "{}", error.message);
+        for bad in ["ftp://127.0.0.1/", "http://user:pw@127.0.0.1/", "not a url", "/relative"] {
+            assert_eq!(check(bad, &listed, false).await.unwrap_err().code, "malformed", "{bad}");
+        }
+    }
+}
