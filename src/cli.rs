@@ -196,7 +196,19 @@ pub enum Command {
         /// (for example 127.0.0.1:8080; port 0 picks a free one, logged).
         #[arg(long, value_name = "ADDR", env = "LEDGER_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Webhooks reach only these hosts (names or addresses, as the URLs
+        /// write them, comma-separated): an egress allowlist, checked
+        /// before any name is looked up.
+        #[arg(long, value_name = "H1,H2", value_delimiter = ',')]
+        webhook_allow_hosts: Option<Vec<String>>,
+        /// Tenants' webhooks may reach loopback, private and link-local
+        /// addresses (by default only the panel's may).
+        #[arg(long)]
+        webhook_allow_private: bool,
     },
+    /// Webhook endpoints: where notifications go, and how each went.
+    #[command(subcommand)]
+    Webhooks(crate::notify::admin::WebhooksCommand),
     /// API keys for the HTTP API, kept hashed in the data directory.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -263,9 +275,19 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", crate::serve::nats_authorization(&ledger_password, &panel_password, &credentials));
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Serve { clock_interval_ms, http } = cli.command {
-        let options =
-            crate::serve::ServeOptions { clock_interval: Duration::from_millis(clock_interval_ms.max(1)) };
+    if let Command::Webhooks(command) = &cli.command {
+        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command).await;
+    }
+    if let Command::Serve { clock_interval_ms, http, webhook_allow_hosts, webhook_allow_private } =
+        cli.command
+    {
+        let options = crate::serve::ServeOptions {
+            clock_interval: Duration::from_millis(clock_interval_ms.max(1)),
+            egress: crate::notify::egress::Egress {
+                allow_hosts: webhook_allow_hosts,
+                allow_private: webhook_allow_private,
+            },
+        };
         crate::serve::run(&cli.data, cli.nats.as_deref(), cli.replicas, http, options).await?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -350,6 +372,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(_)
         | Command::Serve { .. }
         | Command::Keys(_)
+        | Command::Webhooks(_)
         | Command::NatsConfig { .. }
         | Command::Demo => {
             unreachable!("handled above")
@@ -443,6 +466,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::NatsConfig { .. } => "nats-config",
         Command::Bench(_) => "bench",
         Command::Keys(_) => "keys",
+        Command::Webhooks(_) => "webhooks",
     }
 }
 

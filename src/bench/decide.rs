@@ -127,7 +127,10 @@ async fn start_service(
 ) -> anyhow::Result<(crate::serve::Server, Ledger, tempfile::TempDir)> {
     let views_dir = tempfile::tempdir()?;
     let views = ViewStore::open(views_dir.path())?;
-    let options = crate::serve::ServeOptions { clock_interval: Duration::from_secs(3600) };
+    let options = crate::serve::ServeOptions {
+        clock_interval: Duration::from_secs(3600),
+        egress: crate::notify::egress::Egress::default(),
+    };
     let service = crate::serve::Server::start(log.clone(), views, options).await?;
     let ledger = service.ledger().clone();
     define_bench_plan(&ledger).await?;

@@ -156,6 +156,17 @@ impl JetStreamLog {
         &self.client
     }
 
+    /// The JetStream context (requests time out after [`COMMIT_TIMEOUT`]).
+    pub fn context(&self) -> &jetstream::Context {
+        &self.context
+    }
+
+    /// The `LEDGER` stream, for the consumers of other parts (webhook
+    /// deliveries).
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
     /// Error 10071 says only the actual last sequence, not whose: find the
     /// tenant whose expectation is stale.
     async fn name_conflict(&self, batch: &AppendBatch, description: &str) -> LogError {

@@ -96,11 +96,17 @@ fn public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240) // reserved
 }
 
-/// Parses and checks a webhook URL: `http` or `https`, a host, no user
-/// information; the host on the allowlist (before anything is resolved);
-/// then, for an endpoint of a tenant's, every address it resolves to
-/// public. Returns where to connect.
-pub async fn check(url: &str, egress: &Egress, by_tenant: bool) -> Result<Target, Rejection> {
+/// A webhook URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    pub path_and_query: String,
+}
+
+/// Parses a webhook URL: `http` or `https`, a host, no user information.
+pub fn parse(url: &str) -> Result<Destination, Rejection> {
     let uri: axum::http::Uri =
         url.parse().map_err(|_| Rejection::malformed(format!("{url:?} is not a URL")))?;
     let https = match uri.scheme_str() {
@@ -113,26 +119,72 @@ pub async fn check(url: &str, egress: &Egress, by_tenant: bool) -> Result<Target
         return Err(Rejection::malformed("a webhook URL carries no user name or password"));
     }
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(Rejection::malformed("a webhook URL names a host"));
+    }
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    if let Some(allowed) = &egress.allow_hosts {
-        if !allowed
-            .iter()
-            .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&host))
-        {
-            return Err(refused(format!("{host} is not among this ledger's allowed webhook hosts")));
+    let path_and_query = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
+    Ok(Destination { https, host, port, path_and_query })
+}
+
+impl Egress {
+    /// The allowlist: a host not on it is refused, by its name, before
+    /// anything looks it up.
+    fn allows(&self, host: &str) -> Result<(), Rejection> {
+        match &self.allow_hosts {
+            Some(allowed)
+                if !allowed
+                    .iter()
+                    .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host)) =>
+            {
+                Err(refused(format!("{host} is not among this ledger's allowed webhook hosts")))
+            }
+            _ => Ok(()),
         }
     }
+}
+
+/// Whether an endpoint may be registered: a URL as [`parse`] takes it, on
+/// the allowlist, and for a tenant's endpoint public at every address its
+/// host resolves to (unless private ones are allowed; only then is the
+/// name looked up).
+pub async fn check_registration(url: &str, egress: &Egress, by_tenant: bool) -> Result<(), Rejection> {
+    let destination = parse(url)?;
+    egress.allows(&destination.host)?;
+    if by_tenant && !egress.allow_private {
+        addresses(&destination, egress, by_tenant).await?;
+    }
+    Ok(())
+}
+
+/// Where a delivery connects: the URL checked as [`check_registration`]
+/// does, its host resolved once, every address checked, the first taken.
+pub async fn resolve(url: &str, egress: &Egress, by_tenant: bool) -> Result<Target, Rejection> {
+    let destination = parse(url)?;
+    egress.allows(&destination.host)?;
+    let address = addresses(&destination, egress, by_tenant).await?[0];
+    let Destination { https, host, port, path_and_query } = destination;
+    Ok(Target { https, host, port, path_and_query, address })
+}
+
+/// The destination's addresses (at least one), each public when it must be.
+async fn addresses(
+    destination: &Destination,
+    egress: &Egress,
+    by_tenant: bool,
+) -> Result<Vec<SocketAddr>, Rejection> {
+    let (host, port) = (destination.host.as_str(), destination.port);
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
-            tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), port)))
-                .await
-                .map_err(|_| refused(format!("resolving {host} took too long")))?
-                .map_err(|e| refused(format!("{host} does not resolve: {e}")))?
-                .collect()
-        }
+        Err(_) => tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| refused(format!("resolving {host} took too long")))?
+            .map_err(|e| refused(format!("{host} does not resolve: {e}")))?
+            .collect(),
     };
-    let first = *addresses.first().ok_or_else(|| refused(format!("{host} resolves to no address")))?;
+    if addresses.is_empty() {
+        return Err(refused(format!("{host} resolves to no address")));
+    }
     if by_tenant && !egress.allow_private {
         if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
             return Err(refused(format!(
@@ -141,8 +193,7 @@ pub async fn check(url: &str, egress: &Egress, by_tenant: bool) -> Result<Target
             )));
         }
     }
-    let path_and_query = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
-    Ok(Target { https, host, port, path_and_query, address: first })
+    Ok(addresses)
 }
 
 /// What a receiver answered.
@@ -277,10 +328,12 @@ mod tests {
         // An allowlist refuses other hosts by name, so their names are never
         // looked up (this one cannot resolve here: no network).
         let listed = Egress { allow_hosts: Some(vec!["127.0.0.1".into()]), allow_private: true };
-        let error = check("https://hooks.example.com/x", &listed, false).await.unwrap_err();
+        let error = resolve("https://hooks.example.com/x", &listed, false).await.unwrap_err();
         assert!(error.message.contains("allowed webhook hosts"), "{}", error.message);
+        // The panel's endpoint is registered without a lookup.
+        assert!(check_registration("https://hooks.example.com/x", &Egress::default(), false).await.is_ok());
         for bad in ["ftp://127.0.0.1/", "http://user:pw@127.0.0.1/", "not a url", "/relative"] {
-            assert_eq!(check(bad, &listed, false).await.unwrap_err().code, "malformed", "{bad}");
+            assert_eq!(check_registration(bad, &listed, false).await.unwrap_err().code, "malformed", "{bad}");
         }
     }
 }

@@ -6,6 +6,12 @@
 //! event's id, so every instance and every replay agrees on each. This
 //! module renders them and delivers them; it decides nothing.
 
+pub mod admin;
+pub mod deliver;
+pub mod egress;
+pub mod sign;
+pub mod store;
+
 use events::Meter;
 use projections::notice::{AddonState, Notice, NoticeRow};
 use serde_json::{json, Value};
@@ -115,6 +121,20 @@ pub fn render(row: &NoticeRow) -> Notification {
         data,
     }
 }
-pub mod egress;
-pub mod sign;
-pub mod store;
+
+/// The ledger's notification store: on the JetStream server beside the
+/// stream (with its replicas), or in the embedded ledger's data directory.
+pub async fn open_store(
+    data: &std::path::Path,
+    log: &crate::log::AnyLog,
+) -> anyhow::Result<store::NotifyStore> {
+    match log {
+        crate::log::AnyLog::Embedded(_) => Ok(store::NotifyStore::Dir(data.to_path_buf())),
+        crate::log::AnyLog::JetStream(js) => {
+            let replicas = js.stream().cached_info().config.num_replicas;
+            Ok(store::NotifyStore::JetStream(
+                store::JetStreamStore::open(js.context().clone(), replicas).await?,
+            ))
+        }
+    }
+}

@@ -36,11 +36,26 @@ const MAX_REQUEST_BYTES: u64 = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum LocalQuery {
-    Usage { tenant: String, at_us: Option<i64>, explain: bool },
-    Invoice { tenant: String, at_us: Option<i64>, explain: bool },
+    Usage {
+        tenant: String,
+        at_us: Option<i64>,
+        explain: bool,
+    },
+    Invoice {
+        tenant: String,
+        at_us: Option<i64>,
+        explain: bool,
+    },
     Tenants,
-    Activity { tenant: Option<String> },
-    Events { tenant: Option<String>, from: u64 },
+    Activity {
+        tenant: Option<String>,
+    },
+    Events {
+        tenant: Option<String>,
+        from: u64,
+    },
+    /// The log's last position (`webhooks add` on a served embedded ledger).
+    Head,
 }
 
 pub fn socket_path(data: &Path) -> PathBuf {
@@ -135,6 +150,13 @@ async fn answer(stream: UnixStream, core: &Core) -> std::io::Result<()> {
                 }
                 Err(error) => write.write_all(&send(json!({"error": error}))).await,
             }
+        }
+        LocalQuery::Head => {
+            let value = match core.log.head().await {
+                Ok(head) => json!({ "head": head }),
+                Err(error) => json!({"error": error.to_string()}),
+            };
+            write.write_all(&send(value)).await
         }
         LocalQuery::Events { tenant, from } => {
             let log = &core.log;

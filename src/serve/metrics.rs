@@ -8,7 +8,12 @@
 //! - `ledger_log_batch_messages`: the engine's appended batches by size
 //!   (group commit at work);
 //! - `ledger_projector_lag_events`: log events the views do not include yet;
-//! - `ledger_log_reachable`: 1 when the log answered the scrape's head read.
+//! - `ledger_log_reachable`: 1 when the log answered the scrape's head read;
+//! - `ledger_webhook_deliveries_total{endpoint, outcome}`: delivery attempts
+//!   by outcome (`delivered`, `retrying`, `failed`), and
+//!   `ledger_webhook_oldest_undelivered_seconds{endpoint}`: the age of the
+//!   oldest notification this instance took up for the endpoint and has
+//!   not delivered.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ type Labels = Vec<(&'static str, &'static str)>;
 /// The service's metrics. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
+    deliveries: Arc<crate::notify::deliver::DeliveryStats>,
     decisions: Family<Labels, Counter>,
     malformed: Counter,
     latency: Histogram,
@@ -65,7 +71,14 @@ impl Metrics {
             reachable.clone(),
         );
         registry.register_collector(Box::new(BatchSizes(engine)));
-        Metrics { registry, decisions, malformed, latency, lag, reachable }
+        let deliveries = Arc::new(crate::notify::deliver::DeliveryStats::default());
+        registry.register_collector(Box::new(Deliveries(deliveries.clone())));
+        Metrics { registry, deliveries, decisions, malformed, latency, lag, reachable }
+    }
+
+    /// What webhook deliveries report into.
+    pub fn deliveries(&self) -> Arc<crate::notify::deliver::DeliveryStats> {
+        self.deliveries.clone()
     }
 
     /// Counts a decided command and its latency.
@@ -118,6 +131,39 @@ impl Collector for BatchSizes {
             histogram.metric_type(),
         )?;
         histogram.encode(metric)
+    }
+}
+
+/// Webhook deliveries, read from their counters at scrape time.
+#[derive(Debug)]
+struct Deliveries(Arc<crate::notify::deliver::DeliveryStats>);
+
+impl Collector for Deliveries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let outcomes = self.0.outcomes();
+        let mut family = encoder.encode_descriptor(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by endpoint and outcome",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (endpoint, outcome, n) in &outcomes {
+            let labels = [("endpoint", endpoint.as_str()), ("outcome", *outcome)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let oldest = self.0.oldest_undelivered(chrono::Utc::now().timestamp_micros());
+        let mut family = encoder.encode_descriptor(
+            "webhook_oldest_undelivered",
+            "Age of the oldest notification taken up for an endpoint and not delivered yet",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (endpoint, seconds) in &oldest {
+            ConstGauge::new(*seconds).encode(family.encode_family(&[("endpoint", endpoint.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 

@@ -51,6 +51,8 @@ pub use self::core::{QueryView, MAX_BATCH_COMMANDS};
 pub struct ServeOptions {
     /// How often the billing clock looks for ended periods.
     pub clock_interval: Duration,
+    /// Where webhooks may go.
+    pub egress: crate::notify::egress::Egress,
 }
 
 /// A running NATS service. Dropping it does not stop it; call
@@ -144,6 +146,14 @@ pub async fn run(
         tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
+    let delivery = Arc::new(crate::notify::deliver::Delivery {
+        store: crate::notify::open_store(data, &log).await?,
+        egress: options.egress.clone(),
+        ledger: ledger.clone(),
+        log: log.clone(),
+        stats: core.metrics.deliveries(),
+    });
+    tasks.push(tokio::spawn(delivery.run()));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -1,0 +1,618 @@
+//! Delivery: every notification to every endpoint that wants it, at least
+//! once, signed afresh at each attempt, retried after the endpoint's delays,
+//! and recorded; and each notification on NATS, at most once.
+//!
+//! **JetStream.** Each endpoint has a durable pull consumer on the `LEDGER`
+//! stream (`webhook_<id>`), filtered to the event kinds that make the
+//! notifications it wants and starting after the position it was
+//! registered at. Every `serve` of the ledger pulls from it, and JetStream
+//! hands each message to one of them: that is what makes a notification go
+//! out once per endpoint in normal operation, with no lock of our own. A
+//! message is acknowledged once its notification was delivered (or finally
+//! failed); a failed attempt is NAKed with the endpoint's next delay, so
+//! the server redelivers it then, to whichever instance pulls. The
+//! consumer's ack wait (30 s) is above an attempt's 10 s limit, and an
+//! in-progress ack goes out before each attempt, so a slow receiver is
+//! never redelivered to while it is still answering. (No `BackOff` list:
+//! nats-server sets the ack wait to its first delay, which would redeliver
+//! a message whose attempt is still running.) A `serve` killed mid-attempt
+//! leaves the message unacknowledged: it is delivered again, with the same
+//! `webhook-id`. NATS publishing has one shared consumer (`notify_nats`).
+//!
+//! **Embedded log.** The one `serve` holding the data directory delivers:
+//! per endpoint, a cursor over the `ledger` view's notifications and the
+//! attempts still due, kept in `DATA/notify/cursors/<id>.json`, so a
+//! restart resumes where it was (again, at least once).
+//!
+//! Each endpoint delivers on its own tasks, at most [`IN_FLIGHT`] attempts
+//! at a time: a slow or failing endpoint delays no other, and no decision
+//! (deliveries read the views; they never touch the engine).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures_util::StreamExt;
+use projections::notice::NOTIFYING;
+use projections::LedgerView;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::egress::{self, Egress};
+use super::store::{DeliveryRecord, Endpoint, NotifyStore, Request};
+use super::{render, sign, Notification, TEST_KIND};
+use crate::engine::Ledger;
+use crate::log::{AnyLog, JetStreamLog};
+use crate::report::rfc3339;
+
+/// An attempt gets this long for an answer (Standard Webhooks' usual limit).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The consumers' ack wait: above [`ATTEMPT_TIMEOUT`], so a message is not
+/// redelivered while its attempt still runs.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Attempts one endpoint has running at once.
+pub const IN_FLIGHT: usize = 32;
+/// The delays between attempts when an endpoint names none: 5 s, 30 s,
+/// 2 min, 10 min, 1 h, 4 h, 12 h, 24 h, 24 h.
+pub const DEFAULT_RETRIES_MS: [u64; 9] =
+    [5_000, 30_000, 120_000, 600_000, 3_600_000, 14_400_000, 43_200_000, 86_400_000, 86_400_000];
+
+/// Deliveries by outcome and what each endpoint has not delivered yet,
+/// for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// (endpoint, outcome) -> attempts.
+    outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// endpoint -> notification id -> its event's `at` (microseconds): the
+    /// notifications taken up and not yet delivered or failed.
+    undelivered: Mutex<HashMap<String, HashMap<String, i64>>>,
+}
+
+impl DeliveryStats {
+    fn outcome(&self, endpoint: &str, outcome: &'static str) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((endpoint.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    fn taken(&self, endpoint: &str, id: &str, at_us: i64) {
+        let mut undelivered = self.undelivered.lock().unwrap_or_else(|e| e.into_inner());
+        undelivered.entry(endpoint.to_string()).or_default().insert(id.to_string(), at_us);
+    }
+
+    fn settled(&self, endpoint: &str, id: &str) {
+        let mut undelivered = self.undelivered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ids) = undelivered.get_mut(endpoint) {
+            ids.remove(id);
+        }
+    }
+
+    /// Attempts by endpoint and outcome (`delivered`, `retrying`, `failed`).
+    pub fn outcomes(&self) -> Vec<(String, &'static str, u64)> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((e, o), n)| (e.clone(), *o, *n))
+            .collect()
+    }
+
+    /// Per endpoint, the age in seconds of the oldest notification it has
+    /// taken up and not delivered (0 when none).
+    pub fn oldest_undelivered(&self, now_us: i64) -> Vec<(String, f64)> {
+        let undelivered = self.undelivered.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, f64)> = undelivered
+            .iter()
+            .map(|(endpoint, ids)| {
+                let oldest = ids.values().min().map_or(0.0, |at| (now_us - at).max(0) as f64 / 1e6);
+                (endpoint.clone(), oldest)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn forget(&self, endpoint: &str) {
+        self.undelivered.lock().unwrap_or_else(|e| e.into_inner()).remove(endpoint);
+    }
+}
+
+/// What every delivery task shares.
+pub struct Delivery {
+    pub store: NotifyStore,
+    pub egress: Egress,
+    pub ledger: Ledger,
+    pub log: AnyLog,
+    pub stats: Arc<DeliveryStats>,
+}
+
+/// What an attempt came to.
+enum Outcome {
+    Delivered,
+    /// Another attempt follows after this delay.
+    Retrying(Duration),
+    Failed,
+}
+
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retrying(_) => "retrying",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Delivery {
+    /// Delivers until the task is aborted: follows the store's endpoints
+    /// (added, rotated, removed) and its requests, every second.
+    pub async fn run(self: Arc<Self>) {
+        if let AnyLog::JetStream(log) = &self.log {
+            tokio::spawn(self.clone().publish_on_nats(log.clone()));
+        }
+        let mut workers: HashMap<String, (Endpoint, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match self.store.endpoints().await {
+                Ok(endpoints) => self.reconcile(&mut workers, endpoints).await,
+                Err(error) => tracing::warn!(%error, "reading the webhook endpoints"),
+            }
+            match self.store.take_requests().await {
+                Ok(requests) => {
+                    for request in requests {
+                        tokio::spawn(self.clone().answer(request));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reading webhook requests"),
+            }
+        }
+    }
+
+    /// Starts a worker per new endpoint, restarts those whose definition
+    /// changed (a rotated secret), stops those removed.
+    async fn reconcile(
+        self: &Arc<Self>,
+        workers: &mut HashMap<String, (Endpoint, tokio::task::JoinHandle<()>)>,
+        endpoints: Vec<Endpoint>,
+    ) {
+        let current: HashSet<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        let gone: Vec<String> = workers.keys().filter(|id| !current.contains(id.as_str())).cloned().collect();
+        for id in gone {
+            if let Some((_, worker)) = workers.remove(&id) {
+                worker.abort();
+            }
+            self.stats.forget(&id);
+            if let AnyLog::JetStream(log) = &self.log {
+                // Every instance tries; one succeeds.
+                let _ = log.stream().delete_consumer(&consumer_name(&id)).await;
+            }
+        }
+        for endpoint in endpoints {
+            let running = workers.get(&endpoint.id).is_some_and(|(e, w)| *e == endpoint && !w.is_finished());
+            if running {
+                continue;
+            }
+            if let Some((_, worker)) = workers.remove(&endpoint.id) {
+                worker.abort();
+            }
+            let worker = tokio::spawn(self.clone().endpoint_worker(endpoint.clone()));
+            workers.insert(endpoint.id.clone(), (endpoint, worker));
+        }
+    }
+
+    async fn endpoint_worker(self: Arc<Self>, endpoint: Endpoint) {
+        let result = match &self.log {
+            AnyLog::JetStream(log) => self.clone().jetstream_worker(&endpoint, log.clone()).await,
+            AnyLog::Embedded(_) => self.clone().embedded_worker(&endpoint).await,
+        };
+        if let Err(error) = result {
+            // The next reconcile (within a second) starts it again.
+            tracing::warn!(endpoint = %endpoint.id, error = %format!("{error:#}"), "webhook delivery stopped");
+        }
+    }
+
+    /// Signs and sends one notification; returns the receiver's status or
+    /// what went wrong.
+    async fn send(&self, endpoint: &Endpoint, notification: &Notification) -> (Option<u16>, Option<String>) {
+        let id = notification.webhook_id(&endpoint.id);
+        let body = bytes::Bytes::from(notification.body().to_string());
+        let target = match egress::resolve(&endpoint.url, &self.egress, endpoint.registered_by_tenant).await {
+            Ok(target) => target,
+            Err(refused) => return (None, Some(refused.message)),
+        };
+        let now = now_us();
+        let timestamp = now / 1_000_000;
+        let signature = match sign::signature_header(endpoint.signing_secrets(now), &id, timestamp, &body) {
+            Ok(signature) => signature,
+            Err(error) => return (None, Some(error.to_string())),
+        };
+        let headers = [
+            ("webhook-id", id),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+        ];
+        match egress::post(&target, &headers, body, ATTEMPT_TIMEOUT).await {
+            Ok(answer) => (Some(answer.status), None),
+            Err(error) => (None, Some(error)),
+        }
+    }
+
+    /// One attempt, its outcome (by the endpoint's delays) and its record.
+    async fn attempt(&self, endpoint: &Endpoint, notification: &Notification, attempt: u32) -> Outcome {
+        let started = std::time::Instant::now();
+        let (status, error) = self.send(endpoint, notification).await;
+        let delivered = status.is_some_and(|s| (200..300).contains(&s));
+        let outcome = if delivered {
+            Outcome::Delivered
+        } else if let Some(delay) = endpoint.retries_ms.get(attempt as usize - 1) {
+            Outcome::Retrying(Duration::from_millis(*delay))
+        } else {
+            Outcome::Failed
+        };
+        let error = error.or_else(|| status.filter(|_| !delivered).map(|s| format!("answered {s}")));
+        self.stats.outcome(&endpoint.id, outcome.name());
+        let record = DeliveryRecord {
+            endpoint: endpoint.id.clone(),
+            webhook_id: notification.webhook_id(&endpoint.id),
+            kind: notification.kind.to_string(),
+            tenant: (!notification.tenant.is_empty()).then(|| notification.tenant.clone()),
+            position: (notification.kind != TEST_KIND).then_some(notification.position),
+            attempt,
+            outcome: outcome.name().to_string(),
+            status,
+            error,
+            at: rfc3339(now_us()),
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(error) = self.store.record(&record).await {
+            tracing::warn!(%error, "recording a webhook delivery");
+        }
+        if !matches!(outcome, Outcome::Retrying(_)) {
+            self.stats.settled(&endpoint.id, &notification.id);
+        }
+        outcome
+    }
+
+    /// The notification the event at `position` made, for `endpoint`, once
+    /// the views include it; `None` when it made none the endpoint wants.
+    async fn notification_at(
+        &self,
+        endpoint: &Endpoint,
+        position: u64,
+    ) -> anyhow::Result<Option<Notification>> {
+        tokio::time::timeout(Duration::from_secs(5), self.ledger.sync_to(position))
+            .await
+            .map_err(|_| anyhow::anyhow!("the views are behind position {position}"))??;
+        let Some(row) = LedgerView::notice_at(self.ledger.views(), position)? else { return Ok(None) };
+        Ok(Some(render(&row)).filter(|n| endpoint.wants(n.kind, &n.tenant)))
+    }
+
+    async fn jetstream_worker(self: Arc<Self>, endpoint: &Endpoint, log: JetStreamLog) -> anyhow::Result<()> {
+        let consumer: consumer::PullConsumer = log
+            .stream()
+            .get_or_create_consumer(&consumer_name(&endpoint.id), consumer_config(endpoint))
+            .await
+            .map_err(|e| anyhow::anyhow!("the endpoint's consumer: {e}"))?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let endpoint = Arc::new(endpoint.clone());
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(IN_FLIGHT)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let (this, endpoint) = (self.clone(), endpoint.clone());
+                tokio::spawn(async move {
+                    this.jetstream_attempt(&endpoint, message).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn jetstream_attempt(&self, endpoint: &Endpoint, message: jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let (position, attempt) = (info.stream_sequence, info.delivered.max(1) as u32);
+        let notification = match self.notification_at(endpoint, position).await {
+            Ok(Some(notification)) => notification,
+            Ok(None) => {
+                let _ = message.ack().await;
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "a notification not derived yet; later");
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+        };
+        self.stats.taken(&endpoint.id, &notification.id, at_us(&notification));
+        // The attempt may take up to 10 s of the 30 s ack wait: say so.
+        let _ = message.ack_with(AckKind::Progress).await;
+        let ack = match self.attempt(endpoint, &notification, attempt).await {
+            Outcome::Delivered => AckKind::Ack,
+            Outcome::Retrying(delay) => AckKind::Nak(Some(delay)),
+            Outcome::Failed => AckKind::Term,
+        };
+        if let Err(error) = message.ack_with(ack).await {
+            // Unacknowledged, it comes back after the ack wait: at least once.
+            tracing::warn!(%error, "acknowledging a webhook delivery");
+        }
+    }
+
+    async fn embedded_worker(self: Arc<Self>, endpoint: &Endpoint) -> anyhow::Result<()> {
+        let AnyLog::Embedded(_) = &self.log else { unreachable!("embedded only") };
+        let NotifyStore::Dir(data) = &self.store else {
+            anyhow::bail!("an embedded ledger keeps endpoints in its data directory")
+        };
+        let path = data.join("notify").join("cursors").join(format!("{}.json", endpoint.id));
+        let mut cursor =
+            read_cursor(&path)?.unwrap_or(Cursor { after: endpoint.after_position, due: BTreeMap::new() });
+        let endpoint = Arc::new(endpoint.clone());
+        let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let (done, mut results) = tokio::sync::mpsc::unbounded_channel::<(u64, u32, Outcome)>();
+        let mut running: HashSet<u64> = HashSet::new();
+        loop {
+            let mut changed = false;
+            // New notifications the views hold.
+            for position in LedgerView::notices_from(self.ledger.views(), cursor.after + 1)? {
+                cursor.after = position;
+                cursor.due.insert(position, Due { attempt: 1, at_us: 0 });
+                changed = true;
+            }
+            // Attempts that came back.
+            while let Ok((position, attempt, outcome)) = results.try_recv() {
+                running.remove(&position);
+                match outcome {
+                    Outcome::Retrying(delay) => {
+                        let at_us = now_us() + delay.as_micros() as i64;
+                        cursor.due.insert(position, Due { attempt: attempt + 1, at_us });
+                    }
+                    Outcome::Delivered | Outcome::Failed => {
+                        cursor.due.remove(&position);
+                    }
+                }
+                changed = true;
+            }
+            if changed {
+                // Saved before the attempts it lists start: a restart
+                // repeats at most what was running (at least once).
+                write_cursor(&path, &cursor)?;
+            }
+            let now = now_us();
+            let due: Vec<(u64, u32)> = cursor
+                .due
+                .iter()
+                .filter(|(p, d)| d.at_us <= now && !running.contains(p))
+                .map(|(p, d)| (*p, d.attempt))
+                .collect();
+            for (position, attempt) in due {
+                let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+                running.insert(position);
+                let (this, endpoint, done) = (self.clone(), endpoint.clone(), done.clone());
+                tokio::spawn(async move {
+                    let outcome = match this.notification_at(&endpoint, position).await {
+                        Ok(Some(notification)) => {
+                            this.stats.taken(&endpoint.id, &notification.id, at_us(&notification));
+                            this.attempt(&endpoint, &notification, attempt).await
+                        }
+                        Ok(None) => Outcome::Delivered,
+                        Err(_) => Outcome::Retrying(Duration::from_secs(1)),
+                    };
+                    let _ = done.send((position, attempt, outcome));
+                    drop(permit);
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `webhooks retry` and `webhooks test`: one attempt each.
+    async fn answer(self: Arc<Self>, request: Request) {
+        let endpoint = match self.store.endpoint(request.endpoint()).await {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "reading an endpoint");
+                return;
+            }
+        };
+        match request {
+            Request::Test { id, .. } => {
+                let notification = Notification {
+                    id: format!("test_{id}"),
+                    kind: TEST_KIND,
+                    tenant: endpoint.tenant.clone().unwrap_or_default(),
+                    timestamp: rfc3339(now_us()),
+                    position: 0,
+                    data: json!({"endpoint": endpoint.id, "message": "a test from ledger webhooks test"}),
+                };
+                // No retries: a test says whether the endpoint answers now.
+                let once = Endpoint { retries_ms: Vec::new(), ..endpoint };
+                self.attempt(&once, &notification, 1).await;
+            }
+            Request::Retry { .. } => {
+                let records = match self.store.deliveries(&endpoint.id).await {
+                    Ok(records) => records,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading deliveries");
+                        return;
+                    }
+                };
+                // The notifications whose last record says failed.
+                let mut last: BTreeMap<&str, &DeliveryRecord> = BTreeMap::new();
+                for record in &records {
+                    last.insert(&record.webhook_id, record);
+                }
+                let once = Endpoint { retries_ms: Vec::new(), ..endpoint.clone() };
+                for record in last.values().filter(|r| r.outcome == "failed") {
+                    let Some(position) = record.position else { continue };
+                    match self.notification_at(&endpoint, position).await {
+                        Ok(Some(notification)) => {
+                            self.attempt(&once, &notification, record.attempt + 1).await;
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "retrying a delivery"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each notification on `ledger.notify.<tenant>.<type>`, plain NATS, at
+    /// most once (one consumer shared by every instance, acknowledged after
+    /// the publish), with its id in a `webhook-id` header.
+    async fn publish_on_nats(self: Arc<Self>, log: JetStreamLog) {
+        loop {
+            if let Err(error) = self.publish_loop(&log).await {
+                tracing::warn!(%error, "publishing notifications on NATS");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn publish_loop(&self, log: &JetStreamLog) -> anyhow::Result<()> {
+        let consumer: consumer::PullConsumer = log
+            .stream()
+            .get_or_create_consumer(
+                NATS_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(NATS_CONSUMER.into()),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    filter_subjects: NOTIFYING
+                        .iter()
+                        .map(|k| format!("{}.*.{}", events::SUBJECT_PREFIX, k.name()))
+                        .collect(),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("the NATS consumer: {e}"))?;
+        let everyone = Endpoint {
+            id: String::new(),
+            url: String::new(),
+            tenant: None,
+            types: None,
+            retries_ms: Vec::new(),
+            secrets: Vec::new(),
+            created: String::new(),
+            after_position: 0,
+            registered_by_tenant: false,
+        };
+        loop {
+            let mut batch =
+                consumer.fetch().max_messages(256).expires(Duration::from_secs(1)).messages().await?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let position = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                if let Some(notification) = self.notification_at(&everyone, position).await? {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("webhook-id", notification.nats_id().as_str());
+                    let subject = format!("ledger.notify.{}.{}", notification.tenant, notification.kind);
+                    log.client()
+                        .publish_with_headers(subject, headers, notification.body().to_string().into())
+                        .await?;
+                }
+                let _ = message.ack().await;
+            }
+        }
+    }
+}
+
+const NATS_CONSUMER: &str = "notify_nats";
+
+fn consumer_name(endpoint: &str) -> String {
+    format!("webhook_{endpoint}")
+}
+
+/// The event kinds that make the notification types an endpoint wants.
+fn kinds_for(types: Option<&[String]>) -> Vec<events::EventKind> {
+    use events::EventKind::*;
+    let Some(types) = types else { return NOTIFYING.to_vec() };
+    let mut kinds: Vec<events::EventKind> = types
+        .iter()
+        .flat_map(|t| match t.as_str() {
+            "invoice.finalized" => vec![PeriodFinalized],
+            "usage.threshold_crossed" => vec![UsageThresholdCrossed],
+            "usage.denied" => vec![TokensDenied, UploadDenied],
+            "addon.payment_pending" | "addon.activated" | "addon.payment_failed" => {
+                vec![AddonPurchased, AddonActivated, PaymentSettled]
+            }
+            "subscription.changed" => vec![Subscribed, SeatsChanged, PlanChanged, SubscriptionCancelled],
+            _ => Vec::new(),
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// The endpoint's durable consumer: its tenant's (or every tenant's)
+/// subjects of the kinds it wants, from just after its registration.
+fn consumer_config(endpoint: &Endpoint) -> consumer::pull::Config {
+    let tenant = endpoint.tenant.as_deref().unwrap_or("*");
+    consumer::pull::Config {
+        durable_name: Some(consumer_name(&endpoint.id)),
+        description: Some(format!("webhook deliveries to {}", endpoint.id)),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: endpoint.after_position + 1,
+        },
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        filter_subjects: kinds_for(endpoint.types.as_deref())
+            .into_iter()
+            .map(|k| format!("{}.{tenant}.{}", events::SUBJECT_PREFIX, k.name()))
+            .collect(),
+        // Retries waiting on their delay count as pending: room for many.
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+fn at_us(notification: &Notification) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&notification.timestamp).map_or(0, |t| t.timestamp_micros())
+}
+
+/// An embedded endpoint's place: notifications up to `after` are taken up;
+/// `due` holds those with an attempt to come (position -> which attempt,
+/// and when).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cursor {
+    after: u64,
+    due: BTreeMap<u64, Due>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Due {
+    attempt: u32,
+    at_us: i64,
+}
+
+fn read_cursor(path: &std::path::Path) -> anyhow::Result<Option<Cursor>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_cursor(path: &std::path::Path, cursor: &Cursor) -> anyhow::Result<()> {
+    super::store::write_json(path, cursor)
+}
