@@ -315,12 +315,13 @@ mod tests {
         for url in
             ["http://127.0.0.1/hook", "http://10.0.0.1/x", "http://[::1]:8080/", "https://169.254.169.254/"]
         {
-            assert_eq!(check(url, &tenant, true).await.unwrap_err().code, REFUSED, "{url}");
+            assert_eq!(check_registration(url, &tenant, true).await.unwrap_err().code, REFUSED, "{url}");
+            assert_eq!(resolve(url, &tenant, true).await.unwrap_err().code, REFUSED, "{url}");
         }
         // The panel may, and so may a tenant where the service allows it.
-        assert!(check("http://127.0.0.1:9/hook", &tenant, false).await.is_ok());
+        assert!(check_registration("http://127.0.0.1:9/hook", &tenant, false).await.is_ok());
         let private = Egress { allow_private: true, ..Egress::default() };
-        let target = check("http://127.0.0.1:9/hook?x=1", &private, true).await.unwrap();
+        let target = resolve("http://127.0.0.1:9/hook?x=1", &private, true).await.unwrap();
         assert_eq!(
             (target.address, target.path_and_query.as_str()),
             ("127.0.0.1:9".parse().unwrap(), "/hook?x=1")
