@@ -3,9 +3,11 @@
 //! answering as printed). `the_readme_walks` runs its shell blocks and its
 //! Python block themselves, in a scratch directory that holds what a clone
 //! holds (`scripts/`, `docs/`, `examples/`), with the built `ledger` on
-//! PATH. Two things are adapted, and only these: the port (a random one,
-//! not 4222, since tests run side by side) and the set-up commands (the
-//! demo runs through the built binary; `scripts/test` is this very suite).
+//! PATH. Three things are adapted, and only these: the port (a random one,
+//! not 4222, since tests run side by side), the set-up commands (the
+//! demo runs through the built binary; `scripts/test` is this very suite),
+//! and `serve` gets `--webhook-allow-hosts 127.0.0.1` (tests reach only
+//! loopback).
 //!
 //! The other tests pin the new-user problems the walk met (issue 11).
 
@@ -120,6 +122,11 @@ fn the_readme_walks() {
             let command = match command.as_str() {
                 "cargo run --release -- demo" => "ledger demo".to_string(),
                 "scripts/test" => continue,
+                // Tests send only to loopback: a serve that could deliver
+                // webhooks is told so (the walk registers none).
+                c if c.contains(" serve") && c.ends_with('&') => {
+                    format!("{} --webhook-allow-hosts 127.0.0.1 &", c.trim_end_matches('&').trim_end())
+                }
                 _ => command,
             };
             // A newline first: output without one (curl's) ends its step.

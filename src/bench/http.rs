@@ -127,7 +127,11 @@ pub async fn serve_http(nats: Option<&str>, decisions: usize) -> anyhow::Result<
     let ring = Arc::new(KeyRing::new(data.path()));
     let options = crate::serve::ServeOptions {
         clock_interval: Duration::from_secs(3600),
-        egress: crate::notify::egress::Egress::default(),
+        // Benchmarks send only to loopback, webhooks included.
+        egress: crate::notify::egress::Egress {
+            allow_hosts: Some(vec!["127.0.0.1".into()]),
+            allow_private: false,
+        },
     };
     let service =
         crate::serve::Server::start_with_http(log.clone(), views, options, Some((listener, ring))).await?;

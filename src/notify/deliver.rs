@@ -417,7 +417,13 @@ impl Delivery {
                     drop(permit);
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The next result (saved at once: a restart then repeats as
+            // little as it can), or a look for new notifications.
+            if let Ok(Some((position, attempt, outcome))) =
+                tokio::time::timeout(Duration::from_millis(50), results.recv()).await
+            {
+                let _ = done.send((position, attempt, outcome));
+            }
         }
     }
 

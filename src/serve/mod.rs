@@ -79,8 +79,13 @@ impl Server {
         http: Option<(tokio::net::TcpListener, Arc<keys::KeyRing>)>,
     ) -> anyhow::Result<Server> {
         let ledger = Ledger::start(log.clone(), views.clone()).await?;
-        let core = Arc::new(Core::new(ledger.clone(), AnyLog::JetStream(log.clone())));
+        let any = AnyLog::JetStream(log.clone());
+        let core = Arc::new(Core::new(ledger.clone(), any.clone()));
         let (service, mut tasks) = nats::start(log.client(), core.clone()).await?;
+        // A JetStream ledger keeps its notification store on the server:
+        // no data directory is needed.
+        let store = crate::notify::open_store(Path::new(""), &any).await?;
+        tasks.push(spawn_delivery(store, &options, &ledger, &any, &core));
         if let Some((listener, keys)) = http {
             tasks.push(tokio::spawn(http::serve(listener, core, keys)));
         }
@@ -97,6 +102,24 @@ impl Server {
         let _ = self.service.stop().await;
         stop(&self.tasks, &self.ledger).await;
     }
+}
+
+/// Webhook deliveries and NATS notifications, beside the front ends.
+fn spawn_delivery(
+    store: crate::notify::store::NotifyStore,
+    options: &ServeOptions,
+    ledger: &Ledger,
+    log: &AnyLog,
+    core: &Core,
+) -> tokio::task::JoinHandle<()> {
+    let delivery = Arc::new(crate::notify::deliver::Delivery {
+        store,
+        egress: options.egress.clone(),
+        ledger: ledger.clone(),
+        log: log.clone(),
+        stats: core.metrics.deliveries(),
+    });
+    tokio::spawn(delivery.run())
 }
 
 async fn stop(tasks: &[tokio::task::JoinHandle<()>], ledger: &Ledger) {
@@ -146,14 +169,7 @@ pub async fn run(
         tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
-    let delivery = Arc::new(crate::notify::deliver::Delivery {
-        store: crate::notify::open_store(data, &log).await?,
-        egress: options.egress.clone(),
-        ledger: ledger.clone(),
-        log: log.clone(),
-        stats: core.metrics.deliveries(),
-    });
-    tasks.push(tokio::spawn(delivery.run()));
+    tasks.push(spawn_delivery(crate::notify::open_store(data, &log).await?, &options, &ledger, &log, &core));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -27,6 +27,8 @@ impl HttpServe {
         }
         let mut child = command
             .args(["serve", "--http", "127.0.0.1:0", "--clock-interval-ms", "3600000"])
+            // Tests send only to loopback, webhooks included.
+            .args(["--webhook-allow-hosts", "127.0.0.1"])
             .env("LEDGER_LOG", "info")
             .env_remove("LEDGER_HTTP")
             .stdout(Stdio::null())

@@ -22,6 +22,8 @@ impl Serve {
             .arg("serve")
             .arg("--clock-interval-ms")
             .arg(clock_interval_ms.to_string())
+            // Tests send only to loopback, webhooks included.
+            .args(["--webhook-allow-hosts", "127.0.0.1"])
             .env("LEDGER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
