@@ -515,3 +515,59 @@ async fn the_readme_python_example_works_with_plain_nats_py() {
     assert!(lines[0].contains("'ok': True") && lines[0].contains("'duplicate': False"), "{stdout}");
     assert!(lines[1].contains("'used': 1200"), "{stdout}");
 }
+
+/// Notifications on NATS: a tenant's credentials subscribe to their own
+/// tenant's (`ledger.notify.<t>.>`), the panel's to all; another tenant's
+/// subscription is a permissions violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_hear_their_own_notifications_and_the_panel_all() {
+    use futures_util::StreamExt;
+    let (_dir, data) = scratch();
+    let (server, _serve, _ledger_url) = secured(&["acme", "beta"], &data.join("a")).await;
+    let connect = |user: &'static str, password: &'static str| {
+        let url = with_credentials(server.url(), user, password);
+        async move {
+            let (errors_tx, errors) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let (address, options) = ledger_client::nats::options(&url, user, Some(&inbox_prefix(user)));
+            let client = options
+                .event_callback(move |event| {
+                    if let async_nats::Event::ServerError(error) = event {
+                        let _ = errors_tx.send(error.to_string());
+                    }
+                    std::future::ready(())
+                })
+                .connect(&address)
+                .await
+                .unwrap();
+            (client, errors)
+        }
+    };
+    let (acme, mut acme_errors) = connect("acme-user", "acme-user-pw").await;
+    let (panel_nats, _) = connect("panel", "panel-pw").await;
+    let mut own = acme.subscribe("ledger.notify.acme.>").await.unwrap();
+    let _other = acme.subscribe("ledger.notify.beta.>").await.unwrap();
+    let mut all = panel_nats.subscribe("ledger.notify.>").await.unwrap();
+    acme.flush().await.unwrap();
+    panel_nats.flush().await.unwrap();
+    // The server refuses the foreign subscription outright.
+    let refused = tokio::time::timeout(Duration::from_secs(10), acme_errors.recv()).await.unwrap().unwrap();
+    assert!(
+        refused.to_lowercase().contains("permissions violation") && refused.contains("ledger.notify.beta"),
+        "{refused}"
+    );
+    let panel =
+        AdminClient::connect(config(&with_credentials(server.url(), "panel", "panel-pw"))).await.unwrap();
+    catalog_and_tenants(&panel, &["acme", "beta"]).await;
+    let mine = tokio::time::timeout(Duration::from_secs(10), own.next()).await.unwrap().unwrap();
+    let body: Value = serde_json::from_slice(&mine.payload).unwrap();
+    assert_eq!(
+        (body["type"].clone(), body["data"]["tenant"].clone()),
+        (json!("subscription.changed"), json!("acme"))
+    );
+    let mut tenants = std::collections::BTreeSet::new();
+    while tenants.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), all.next()).await.unwrap().unwrap();
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        tenants.insert(body["data"]["tenant"].as_str().unwrap().to_string());
+    }
+}

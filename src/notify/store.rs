@@ -148,17 +148,27 @@ impl JetStreamStore {
     /// Opens (creating when needed) the buckets and streams, with the
     /// replicas of the ledger's stream.
     pub async fn open(context: jetstream::Context, replicas: usize) -> anyhow::Result<JetStreamStore> {
-        let webhooks = context
-            .create_or_update_key_value(kv::Config {
-                bucket: WEBHOOKS_BUCKET.into(),
-                description: "the ledger's webhook endpoints".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| store_error("opening the webhook endpoints", e))?;
+        // Created once, never updated: the ledger's credential may not
+        // reconfigure streams (`ledger nats-config` denies it).
+        let config = kv::Config {
+            bucket: WEBHOOKS_BUCKET.into(),
+            description: "the ledger's webhook endpoints".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let webhooks = match context.get_key_value(WEBHOOKS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => match context.create_key_value(config).await {
+                Ok(store) => store,
+                // Another instance created it meanwhile.
+                Err(_) => context
+                    .get_key_value(WEBHOOKS_BUCKET)
+                    .await
+                    .map_err(|e| store_error("opening the webhook endpoints", e))?,
+            },
+        };
         let deliveries = context
             .get_or_create_stream(stream::Config {
                 name: DELIVERIES_STREAM.into(),

@@ -23,9 +23,11 @@ const LEDGER_DENIED: [&str; 4] = [
 /// - `ledger` (the service): everything, and the only user that may publish
 ///   to the `LEDGER` stream's subjects (`ledger.v1.>`) or use JetStream;
 /// - `panel` (the control panel): `ledger.admin.>` and every tenant's views;
+///   it may subscribe to every notification (`ledger.notify.>`);
 /// - per tenant `<t>-admin` and `<t>-user`: their own role's command
 ///   subjects `ledger.cmd.<t>.<role>.>` and their tenant's views
-///   `ledger.query.<t>.>`, nothing else.
+///   `ledger.query.<t>.>`, nothing else; they may subscribe to their own
+///   tenant's notifications (`ledger.notify.<t>.>`).
 ///
 /// Each non-ledger user receives replies only on its own inbox prefix.
 pub fn nats_authorization(
@@ -34,14 +36,15 @@ pub fn nats_authorization(
     tenants: &[TenantCredentials],
 ) -> String {
     let quote = |s: &str| serde_json::to_string(s).expect("strings encode");
-    let user = |name: &str, password: &str, publish: &[String]| {
+    let user = |name: &str, password: &str, publish: &[String], notifications: &str| {
         let publish: Vec<String> = publish.iter().map(|s| quote(s)).collect();
         format!(
-            "    {{ user: {}, password: {}, permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n    }} }}\n",
+            "    {{ user: {}, password: {}, permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}, {}] }}\n    }} }}\n",
             quote(name),
             quote(password),
             publish.join(", "),
-            quote(&format!("{}.>", inbox_prefix(name)))
+            quote(&format!("{}.>", inbox_prefix(name))),
+            quote(notifications)
         )
     };
     let mut out = String::from("authorization {\n  users = [\n");
@@ -52,7 +55,12 @@ pub fn nats_authorization(
         quote(ledger_password),
         LEDGER_DENIED.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
     ));
-    out.push_str(&user("panel", panel_password, &["ledger.admin.>".into(), "ledger.query.>".into()]));
+    out.push_str(&user(
+        "panel",
+        panel_password,
+        &["ledger.admin.>".into(), "ledger.query.>".into()],
+        "ledger.notify.>",
+    ));
     for t in tenants {
         let tenant = &t.tenant;
         assert!(events::valid_tenant_id(tenant), "tenant ids are checked by the caller");
@@ -61,6 +69,7 @@ pub fn nats_authorization(
                 &format!("{tenant}-{role}"),
                 password,
                 &[format!("ledger.cmd.{tenant}.{role}.>"), format!("ledger.query.{tenant}.>")],
+                &format!("ledger.notify.{tenant}.>"),
             ));
         }
     }
