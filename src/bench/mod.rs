@@ -14,6 +14,7 @@ mod ingest;
 pub mod natsd;
 mod replay;
 mod support;
+mod webhooks;
 mod workload;
 
 use clap::Subcommand;
@@ -109,6 +110,16 @@ pub enum BenchCommand {
         #[arg(long)]
         http: bool,
     },
+    /// Webhooks: decisions with three endpoints (one failing) against none,
+    /// and how old notifications are when they arrive at 1,000 decisions/s.
+    Webhooks {
+        /// Decisions per round.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Rounds each way, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()> {
@@ -128,6 +139,10 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
             decide::decide(nats, shape).await
         }
         BenchCommand::Serve { decisions, http: true, .. } => http::serve_http(nats, decisions).await,
+        BenchCommand::Webhooks { decisions, rounds } => {
+            anyhow::ensure!(decisions >= 100 && rounds >= 1, "--decisions at least 100, --rounds at least 1");
+            webhooks::webhooks(nats, decisions, rounds).await
+        }
         BenchCommand::Serve { decisions, clients, tenants, connections, http: false } => {
             let tenants = tenants.unwrap_or(clients);
             anyhow::ensure!(

@@ -128,7 +128,13 @@ pub struct Delivery {
     pub ledger: Ledger,
     pub log: AnyLog,
     pub stats: Arc<DeliveryStats>,
+    /// Where attempts send their records ([`Delivery::write_records`]
+    /// writes them in batches).
+    pub records: tokio::sync::mpsc::UnboundedSender<DeliveryRecord>,
 }
+
+/// How often the records of attempts are written (per endpoint, one write).
+const RECORD_EVERY: Duration = Duration::from_millis(250);
 
 /// What an attempt came to.
 enum Outcome {
@@ -274,9 +280,7 @@ impl Delivery {
             at: rfc3339(now_us()),
             took_ms: started.elapsed().as_millis() as u64,
         };
-        if let Err(error) = self.store.record(&record).await {
-            tracing::warn!(%error, "recording a webhook delivery");
-        }
+        let _ = self.records.send(record);
         if !matches!(outcome, Outcome::Retrying(_)) {
             self.stats.settled(&endpoint.id, &notification.id);
         }
@@ -423,6 +427,33 @@ impl Delivery {
                 tokio::time::timeout(Duration::from_millis(50), results.recv()).await
             {
                 let _ = done.send((position, attempt, outcome));
+            }
+        }
+    }
+
+    /// Writes the records attempts send, every [`RECORD_EVERY`], one write
+    /// per endpoint: a record is for people to read (`webhooks
+    /// deliveries`, `retry`), and at a busy endpoint one durable write per
+    /// attempt would cost the log's own writes their disk.
+    pub async fn write_records(
+        store: NotifyStore,
+        mut records: tokio::sync::mpsc::UnboundedReceiver<DeliveryRecord>,
+    ) {
+        let mut pending: BTreeMap<String, Vec<DeliveryRecord>> = BTreeMap::new();
+        let mut tick = tokio::time::interval(RECORD_EVERY);
+        loop {
+            tokio::select! {
+                record = records.recv() => match record {
+                    Some(record) => pending.entry(record.endpoint.clone()).or_default().push(record),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    for (endpoint, batch) in std::mem::take(&mut pending) {
+                        if let Err(error) = store.record(&endpoint, &batch).await {
+                            tracing::warn!(%error, records = batch.len(), "recording webhook deliveries");
+                        }
+                    }
+                }
             }
         }
     }

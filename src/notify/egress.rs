@@ -203,8 +203,8 @@ pub struct Answer {
 }
 
 /// POSTs `body` with `headers` to the checked `target`, within `timeout`
-/// (connecting, TLS, sending and the answer's status line and headers;
-/// the answer's body is not read). Follows no redirect.
+/// (connecting, TLS, sending, the answer). Follows no redirect. A
+/// connection to the same checked address is kept for the next delivery.
 pub async fn post(
     target: &Target,
     headers: &[(&str, String)],
@@ -217,8 +217,6 @@ pub async fn post(
 }
 
 async fn post_now(target: &Target, headers: &[(&str, String)], body: bytes::Bytes) -> Result<Answer, String> {
-    let stream = tokio::net::TcpStream::connect(target.address).await.map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let host_header = if (target.https && target.port == 443) || (!target.https && target.port == 80) {
         target.host.clone()
     } else if target.host.contains(':') {
@@ -226,34 +224,109 @@ async fn post_now(target: &Target, headers: &[(&str, String)], body: bytes::Byte
     } else {
         format!("{}:{}", target.host, target.port)
     };
-    let mut request = hyper::Request::post(&target.path_and_query)
-        .header(hyper::header::HOST, host_header)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("ledger-webhooks/", env!("CARGO_PKG_VERSION")));
-    for (name, value) in headers {
-        request = request.header(*name, value);
+    let request = || {
+        let mut request = hyper::Request::post(&target.path_and_query)
+            .header(hyper::header::HOST, host_header.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, concat!("ledger-webhooks/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.body(http_body_util::Full::new(body.clone())).map_err(|e| e.to_string())
+    };
+    let key = PoolKey { address: target.address, https: target.https, host: target.host.clone() };
+    // A kept connection the receiver has closed meanwhile fails before
+    // anything is sent: then once more on a new one.
+    let (sender, response) = match idle(&key) {
+        Some(mut sender) => match sender.send_request(request()?).await {
+            Ok(response) => (sender, response),
+            Err(_) => {
+                let mut sender = connect(target).await?;
+                let response = sender.send_request(request()?).await.map_err(|e| format!("HTTP: {e}"))?;
+                (sender, response)
+            }
+        },
+        None => {
+            let mut sender = connect(target).await?;
+            let response = sender.send_request(request()?).await.map_err(|e| format!("HTTP: {e}"))?;
+            (sender, response)
+        }
+    };
+    let status = response.status().as_u16();
+    // The answer's body is read (a little of it at most) so the connection
+    // can carry the next delivery to the same address.
+    use http_body_util::BodyExt;
+    let drained = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await.is_ok();
+    if drained && !sender.is_closed() {
+        keep(key, sender);
     }
-    let request = request.body(http_body_util::Full::new(body)).map_err(|e| e.to_string())?;
-    if target.https {
-        let tls = tls_connector();
-        let name = rustls_pki_types::ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
-        let stream = tls.connect(name, stream).await.map_err(|e| format!("TLS: {e}"))?;
-        send(hyper_util::rt::TokioIo::new(stream), request).await
-    } else {
-        send(hyper_util::rt::TokioIo::new(stream), request).await
+    Ok(Answer { status })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Idle connections by the address they were opened to (the one checked),
+/// and the TLS name: a delivery reuses one only to the very address its
+/// own check gave.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    address: SocketAddr,
+    https: bool,
+    host: String,
+}
+
+/// Most idle connections kept per address.
+const IDLE_PER_ADDRESS: usize = 32;
+
+fn pool() -> &'static std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Sender>>> {
+    static POOL: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Sender>>>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+fn idle(key: &PoolKey) -> Option<Sender> {
+    let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+    let senders = pool.get_mut(key)?;
+    while let Some(sender) = senders.pop() {
+        if !sender.is_closed() && sender.is_ready() {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+fn keep(key: PoolKey, sender: Sender) {
+    let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+    let senders = pool.entry(key).or_default();
+    if senders.len() < IDLE_PER_ADDRESS {
+        senders.push(sender);
     }
 }
 
-async fn send<I>(io: I, request: hyper::Request<http_body_util::Full<bytes::Bytes>>) -> Result<Answer, String>
+/// A new connection to the checked address (TLS to the URL's host name
+/// for https), its driver running on its own task.
+async fn connect(target: &Target) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(target.address).await.map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    if target.https {
+        let name = rustls_pki_types::ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+        let stream = tls_connector().connect(name, stream).await.map_err(|e| format!("TLS: {e}"))?;
+        handshake(hyper_util::rt::TokioIo::new(stream)).await
+    } else {
+        handshake(hyper_util::rt::TokioIo::new(stream)).await
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<Sender, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
-    let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"));
-    driver.abort();
-    Ok(Answer { status: response?.status().as_u16() })
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// The TLS client: the system's trusted roots, built once.

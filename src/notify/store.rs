@@ -6,9 +6,9 @@
 //! allowed JetStream's API) can read them:
 //! - KV bucket `LEDGER_WEBHOOKS`: endpoint id -> [`Endpoint`] (with its
 //!   secrets);
-//! - stream `LEDGER_DELIVERIES`: each attempt's [`DeliveryRecord`] on
-//!   `ledger.deliveries.<endpoint>`, the newest [`RECORDS_KEPT`] per
-//!   endpoint;
+//! - stream `LEDGER_DELIVERIES`: the attempts' [`DeliveryRecord`]s on
+//!   `ledger.deliveries.<endpoint>`, a batch a message (a JSON array), the
+//!   newest [`RECORDS_KEPT`] batches per endpoint;
 //! - stream `LEDGER_WEBHOOK_REQUESTS` (a work queue): `webhooks retry` and
 //!   `webhooks test` on `ledger.webhook.requests.<endpoint>`, taken by
 //!   whichever `serve` pulls first.
@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-/// Delivery records kept per endpoint (the oldest go first).
+/// Batches of delivery records kept per endpoint (the oldest go first).
 pub const RECORDS_KEPT: i64 = 1000;
 const WEBHOOKS_BUCKET: &str = "LEDGER_WEBHOOKS";
 const DELIVERIES_STREAM: &str = "LEDGER_DELIVERIES";
@@ -295,30 +295,36 @@ impl NotifyStore {
         Ok(true)
     }
 
-    /// Records one attempt.
-    pub async fn record(&self, record: &DeliveryRecord) -> anyhow::Result<()> {
+    /// Records attempts at one endpoint's notifications (in one write: a
+    /// busy endpoint's records are written a batch at a time, not an fsync
+    /// each).
+    pub async fn record(&self, endpoint: &str, records: &[DeliveryRecord]) -> anyhow::Result<()> {
+        anyhow::ensure!(valid_endpoint_id(endpoint), "not an endpoint id: {endpoint:?}");
+        if records.is_empty() {
+            return Ok(());
+        }
         match self {
             NotifyStore::Dir(data) => {
                 use std::io::Write;
-                let path = records_file(data, &record.endpoint);
+                let path = records_file(data, endpoint);
                 std::fs::create_dir_all(path.parent().expect("in a folder"))?;
-                let mut line = serde_json::to_vec(record)?;
-                line.push(b'\n');
-                // One write of a whole line to a file opened for appending:
+                let mut lines = Vec::new();
+                for record in records {
+                    lines.extend_from_slice(&serde_json::to_vec(record)?);
+                    lines.push(b'\n');
+                }
+                // One write of whole lines to a file opened for appending:
                 // lines from several writers never interleave.
-                std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(&line)?;
+                std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(&lines)?;
                 Ok(())
             }
             NotifyStore::JetStream(js) => {
                 js.context
-                    .publish(
-                        format!("ledger.deliveries.{}", record.endpoint),
-                        serde_json::to_vec(record)?.into(),
-                    )
+                    .publish(format!("ledger.deliveries.{endpoint}"), serde_json::to_vec(records)?.into())
                     .await
-                    .map_err(|e| store_error("recording a delivery", e))?
+                    .map_err(|e| store_error("recording deliveries", e))?
                     .await
-                    .map_err(|e| store_error("recording a delivery", e))?;
+                    .map_err(|e| store_error("recording deliveries", e))?;
                 Ok(())
             }
         }
@@ -369,8 +375,8 @@ impl NotifyStore {
                     let message = message.map_err(|e| store_error("reading deliveries", e))?;
                     let info = message.info().map_err(|e| store_error("reading deliveries", e))?;
                     let (pending, sequence) = (info.pending, info.stream_sequence);
-                    if let Ok(record) = serde_json::from_slice(&message.payload) {
-                        out.push(record);
+                    if let Ok(batch) = serde_json::from_slice::<Vec<DeliveryRecord>>(&message.payload) {
+                        out.extend(batch);
                     }
                     if pending == 0 || sequence >= last {
                         break;

@@ -112,14 +112,20 @@ fn spawn_delivery(
     log: &AnyLog,
     core: &Core,
 ) -> tokio::task::JoinHandle<()> {
+    let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(crate::notify::deliver::Delivery::write_records(store.clone(), recorded));
     let delivery = Arc::new(crate::notify::deliver::Delivery {
         store,
         egress: options.egress.clone(),
         ledger: ledger.clone(),
         log: log.clone(),
         stats: core.metrics.deliveries(),
+        records,
     });
-    tokio::spawn(delivery.run())
+    tokio::spawn(async move {
+        delivery.run().await;
+        writer.abort();
+    })
 }
 
 async fn stop(tasks: &[tokio::task::JoinHandle<()>], ledger: &Ledger) {
