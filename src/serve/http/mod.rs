@@ -364,12 +364,7 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
 /// asked (within a second), else 503.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let health = state.core.ready().await;
-    let status = match (health.log_head, health.ready()) {
-        (None, _) => "log_unreachable",
-        (Some(_), false) => "catching_up",
-        (Some(_), true) => "ok",
-    };
-    let body = json!({"status": status, "log_head": health.log_head, "views_at": health.views_at});
+    let body = json!({"status": health.status(), "log_head": health.log_head, "views_at": health.views_at});
     let mut response =
         json_response(if health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body);
     if !health.ready() {
