@@ -26,6 +26,12 @@ pub enum Cause {
     /// The ledger's state decides it: an unknown id, a plan's seat range, a
     /// total that would no longer fit, a key used before.
     State,
+    /// The request alone shows it, but only by comparing two of its fields
+    /// (`min_seats` above `max_seats`, an `Idempotency-Key` header naming
+    /// another key than the body): a JSON Schema cannot compare fields, so
+    /// HTTP answers these 409, and a request the OpenAPI document accepts
+    /// still never gets a 400.
+    Combination,
 }
 
 impl Rejection {
@@ -50,6 +56,12 @@ impl Rejection {
     /// The same rejection, caused by the ledger's state.
     pub fn from_state(mut self) -> Rejection {
         self.cause = Cause::State;
+        self
+    }
+
+    /// The same rejection, caused by two of the request's fields together.
+    pub fn from_combination(mut self) -> Rejection {
+        self.cause = Cause::Combination;
         self
     }
 
@@ -230,7 +242,13 @@ pub const COMMAND_NAMES: [&str; 14] = [
 #[serde(untagged)]
 enum OverageJson {
     Word(String),
-    Bill { bill_per_1k: String },
+    Bill(BillJson),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillJson {
+    bill_per_1k: String,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +359,10 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// decimal places.
 pub const MAX_DECIMAL: i64 = 1_000_000_000_000;
 pub const MAX_DECIMAL_PLACES: u32 = 12;
+/// The decimals [`decimal`] accepts, as an ECMA-262 regular expression (the
+/// OpenAPI document's `pattern`): leading zeros, then 10^12 or at most 12
+/// digits, then at most 12 places.
+pub const DECIMAL_PATTERN: &str = r"^0*(1000000000000(\.0{1,12})?|[0-9]{1,12}(\.[0-9]{1,12})?)$";
 
 /// A count as sent: any JSON number, checked by [`count`] so that a count
 /// too large for an `i64` is `invalid_amount`, not a parse error.
@@ -368,36 +390,53 @@ fn count(field: &str, value: &CountJson) -> Result<i64, Rejection> {
         Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_COUNT as f64 => {
             Err(out_of_range(field, n))
         }
+        // `2.0` and `1e3` are integers to JSON Schema (a number with no
+        // fractional part), so the OpenAPI document's `integer` admits
+        // them; within the bound a float holds them exactly.
+        Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(f as i64),
         _ => Err(Rejection::malformed(format!("{field} {n} is not an integer"))),
     }
 }
 
+/// A decimal string (prices, `bill_per_1k`, GB amounts): digits with an
+/// optional fraction, no sign, exponent or whitespace (otherwise
+/// `malformed`); at most [`MAX_DECIMAL_PLACES`] places as written, at most
+/// [`MAX_DECIMAL`], never negative (otherwise `invalid_amount`). Exactly
+/// what [`DECIMAL_PATTERN`] admits, so the OpenAPI document and the parser
+/// agree on every string.
 fn decimal(field: &str, text: &str) -> Result<Decimal, Rejection> {
-    let text = text.trim();
-    let value = match text.parse::<Decimal>() {
-        Ok(value) => value,
-        Err(_) => {
-            let digits = text.trim_start_matches(['-', '+']);
-            let numeric = !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-                && digits.bytes().filter(|b| *b == b'.').count() <= 1;
-            return Err(if numeric {
-                Rejection::new("invalid_amount", format!("{field} {text} is out of range"))
-            } else {
-                Rejection::malformed(format!("{field} {text:?} is not a decimal string"))
-            });
-        }
-    };
-    let value = value.normalize();
-    if value.abs() > Decimal::from(MAX_DECIMAL) || value.scale() > MAX_DECIMAL_PLACES {
-        return Err(Rejection::new(
-            "invalid_amount",
-            format!(
-                "{field} {text} is out of range (at most {MAX_DECIMAL}, {MAX_DECIMAL_PLACES} decimal places)"
-            ),
-        ));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (whole, places) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if !digits(whole) || (unsigned.contains('.') && !digits(places)) {
+        return Err(Rejection::malformed(format!(
+            "{field} {:?} is not a decimal string (digits, optionally a point and more digits)",
+            truncated(text)
+        )));
     }
-    Ok(value)
+    let out_of_range = |why: &str| {
+        Rejection::new("invalid_amount", format!("{field} {} is out of range: {why}", truncated(text)))
+    };
+    if unsigned.len() != text.len() {
+        return Err(out_of_range("amounts are never negative"));
+    }
+    if places.len() > MAX_DECIMAL_PLACES as usize {
+        return Err(out_of_range(&format!("at most {MAX_DECIMAL_PLACES} decimal places")));
+    }
+    let whole = whole.trim_start_matches('0');
+    let too_large = || out_of_range(&format!("at most {MAX_DECIMAL}"));
+    if whole.len() > MAX_DECIMAL.to_string().len() {
+        return Err(too_large());
+    }
+    // At most 13 integer and 12 decimal digits: well within a Decimal.
+    let value = format!("{}.{places}", if whole.is_empty() { "0" } else { whole })
+        .trim_end_matches('.')
+        .parse::<Decimal>()
+        .map_err(|_| too_large())?;
+    if value > Decimal::from(MAX_DECIMAL) {
+        return Err(too_large());
+    }
+    Ok(value.normalize())
 }
 
 /// Ids chosen by callers: 1 to [`MAX_ID_BYTES`] bytes of printable ASCII
@@ -466,6 +505,19 @@ fn currency(value: String) -> Result<String, Rejection> {
     }
 }
 
+/// A count the ledger stores as a `u32` (seats, quantity), kept as the
+/// `i64` the command carries: past `u32::MAX` is the request's fault
+/// whatever the ledger's state, as `code` (below 1 is the decider's to
+/// say).
+fn count_stored_u32(field: &str, value: &CountJson, code: &'static str) -> Result<i64, Rejection> {
+    let value = count(field, value)?;
+    if value > i64::from(u32::MAX) {
+        return Err(Rejection::new(code, format!("{field} {value} is out of range (at most {})", u32::MAX))
+            .from_request());
+    }
+    Ok(value)
+}
+
 fn count_u32(field: &str, value: &CountJson) -> Result<u32, Rejection> {
     let value = count(field, value)?;
     u32::try_from(value)
@@ -486,7 +538,7 @@ fn plan(json: PlanJson) -> Result<Plan, Rejection> {
                 "token_overage {w:?} is neither \"block\" nor {{\"bill_per_1k\": ...}}"
             )))
         }
-        OverageJson::Bill { bill_per_1k } => {
+        OverageJson::Bill(BillJson { bill_per_1k }) => {
             TokenOverage::BillPer1k { price: decimal("bill_per_1k", &bill_per_1k)? }
         }
     };
@@ -542,11 +594,13 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
         WireCommand::DefinePlan { plan: p } => Command::DefinePlan(plan(p)?),
         WireCommand::DefineAddon { addon: a } => Command::DefineAddon(addon(a)?),
         WireCommand::Subscribe { tenant: t, plan, seats } => {
-            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats: count("seats", &seats)? }
+            let seats = count_stored_u32("seats", &seats, "invalid_seats")?;
+            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats }
         }
-        WireCommand::SetSeats { tenant: t, seats } => {
-            Command::SetSeats { tenant: tenant(t)?, seats: count("seats", &seats)? }
-        }
+        WireCommand::SetSeats { tenant: t, seats } => Command::SetSeats {
+            tenant: tenant(t)?,
+            seats: count_stored_u32("seats", &seats, "invalid_seats")?,
+        },
         WireCommand::ChangePlan { tenant: t, plan } => {
             Command::ChangePlan { tenant: tenant(t)?, plan: id("plan", plan)? }
         }
@@ -567,7 +621,7 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
                 tenant: tenant(t)?,
                 addon: id("addon", addon)?,
                 purchase: id("purchase", purchase)?,
-                quantity: quantity.map_or(Ok(1), |q| count("quantity", &q))?,
+                quantity: quantity.map_or(Ok(1), |q| count_stored_u32("quantity", &q, "invalid_amount"))?,
                 payment: match payment.as_str() {
                     "invoice" => Payment::Invoice,
                     "card" => Payment::Card,
@@ -600,14 +654,23 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
     })
 }
 
-/// Parses an RFC 3339 instant into microseconds.
+/// The last year an instant may be written in: a period holding any
+/// instant of it ends before 10000, so every instant the ledger answers
+/// with is still RFC 3339 (four-digit years).
+pub const LAST_YEAR: u32 = 9998;
+
+/// Parses an RFC 3339 instant into microseconds (years up to
+/// [`LAST_YEAR`]).
 pub fn parse_at(text: &str) -> Result<i64, Rejection> {
-    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_micros()).map_err(|_| {
-        Rejection::malformed(format!(
-            "at {:?} is not an RFC 3339 instant with a time zone, such as 2026-03-15T00:00:00Z",
+    let year = text.get(..4).and_then(|y| y.parse::<u32>().ok());
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) if year.is_some_and(|y| y <= LAST_YEAR) => Ok(t.timestamp_micros()),
+        _ => Err(Rejection::malformed(format!(
+            "at {:?} is not an RFC 3339 instant with a time zone up to the year {LAST_YEAR}, such as \
+             2026-03-15T00:00:00Z",
             truncated(text)
-        ))
-    })
+        ))),
+    }
 }
 
 /// Parses one JSON Lines command: `{"at"?, "actor"?, "cmd", ...fields}`.

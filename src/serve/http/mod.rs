@@ -68,7 +68,8 @@ pub fn problem(rejection: &Rejection) -> Response {
 /// `forbidden`, 413 a body too large, 503 `unavailable`; otherwise 400 for
 /// what the request alone shows ([`Cause::Request`]), and for what the
 /// ledger's state decides 404 (`unknown_*`, `not_subscribed`) or 409 (every
-/// other conflict).
+/// other conflict, and what only a comparison of two fields shows,
+/// [`Cause::Combination`], which no schema can say).
 pub fn status_of(rejection: &Rejection) -> StatusCode {
     match rejection.code {
         "unauthorized" => StatusCode::UNAUTHORIZED,
