@@ -106,19 +106,17 @@ impl Submission {
 /// Uploads, token use and add-on purchases carry their own key (`file`,
 /// `request`, `purchase`), so they take none.
 pub fn take_idempotency_key(fields: &mut Map<String, Value>) -> Result<Option<String>, Rejection> {
-    let key = match fields.remove("idempotency_key") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(key)) => id("idempotency_key", key)?,
-        Some(other) => {
-            return Err(Rejection::malformed(format!("idempotency_key must be a string, not {other}")))
-        }
-    };
-    match fields.get("cmd").and_then(Value::as_str) {
-        Some(own @ ("upload" | "consume_tokens" | "purchase_addon")) => Err(Rejection::malformed(format!(
-            "{own} is keyed by its own {}; it takes no idempotency_key",
-            own_key(own).unwrap_or("key")
-        ))),
-        _ => Ok(Some(key)),
+    let Some(value) = fields.remove("idempotency_key") else { return Ok(None) };
+    // Even a null: the field is not one of theirs.
+    if let Some((own, key)) = fields.get("cmd").and_then(Value::as_str).and_then(|c| Some((c, own_key(c)?))) {
+        return Err(Rejection::malformed(format!(
+            "{own} is keyed by its own {key}; it takes no idempotency_key"
+        )));
+    }
+    match value {
+        Value::Null => Ok(None),
+        Value::String(key) => Ok(Some(id("idempotency_key", key)?)),
+        other => Err(Rejection::malformed(format!("idempotency_key must be a string, not {other}"))),
     }
 }
 
@@ -132,18 +130,22 @@ pub fn own_key(command: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a client may admit the command offline (`admitted_offline_at`).
+pub fn offline_admissible(command: &str) -> bool {
+    matches!(command, "upload" | "consume_tokens")
+}
+
 /// Takes the optional `admitted_offline_at` field out of a command's fields.
 pub fn take_admitted_offline(fields: &mut Map<String, Value>) -> Result<Option<i64>, Rejection> {
-    let at_us = match fields.remove("admitted_offline_at") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => parse_at(&s)?,
-        Some(other) => {
-            return Err(Rejection::malformed(format!("admitted_offline_at must be a string, not {other}")))
-        }
-    };
-    match fields.get("cmd").and_then(Value::as_str) {
-        Some("upload" | "consume_tokens") => Ok(Some(at_us)),
-        _ => Err(Rejection::malformed("only upload and consume_tokens can be admitted offline")),
+    let Some(value) = fields.remove("admitted_offline_at") else { return Ok(None) };
+    // Even a null: the field is not one of theirs.
+    if !fields.get("cmd").and_then(Value::as_str).is_some_and(offline_admissible) {
+        return Err(Rejection::malformed("only upload and consume_tokens can be admitted offline"));
+    }
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(parse_at(&s)?)),
+        other => Err(Rejection::malformed(format!("admitted_offline_at must be a string, not {other}"))),
     }
 }
 
@@ -439,6 +441,10 @@ fn decimal(field: &str, text: &str) -> Result<Decimal, Rejection> {
     Ok(value.normalize())
 }
 
+/// [`valid_command_id`] as a regular expression (with `minLength` 1 and
+/// `maxLength` [`MAX_ID_BYTES`] in the OpenAPI document).
+pub const ID_PATTERN: &str = "^[!-~]+$";
+
 /// Ids chosen by callers: 1 to [`MAX_ID_BYTES`] bytes of printable ASCII
 /// without spaces (the spec's Bounds; the persisted schema accepts more, so
 /// older events still decode).
@@ -456,6 +462,11 @@ fn id(field: &str, value: String) -> Result<String, Rejection> {
         )))
     }
 }
+
+/// No control characters (Unicode's `Cc`, what [`char::is_control`]
+/// refuses), as a regular expression; a name's 256 bytes no schema can
+/// count, so the OpenAPI document admits the names that surely fit.
+pub const NAME_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
 
 fn name(field: &str, value: Option<String>) -> Result<Option<String>, Rejection> {
     match value {
@@ -477,6 +488,9 @@ fn truncated(text: &str) -> String {
         None => text.to_string(),
     }
 }
+
+/// [`tenant_id`]'s rule as a regular expression.
+pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
 
 /// A tenant id as the spec allows it, or `malformed` saying what is wrong.
 pub fn tenant_id(value: &str) -> Result<(), Rejection> {
@@ -658,6 +672,9 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
 /// instant of it ends before 10000, so every instant the ledger answers
 /// with is still RFC 3339 (four-digit years).
 pub const LAST_YEAR: u32 = 9998;
+/// An instant's year up to [`LAST_YEAR`], as a regular expression (beside
+/// `format: date-time` in the OpenAPI document).
+pub const INSTANT_PATTERN: &str = "^([0-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-";
 
 /// Parses an RFC 3339 instant into microseconds (years up to
 /// [`LAST_YEAR`]).

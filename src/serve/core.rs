@@ -264,16 +264,13 @@ pub fn submission(
     Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us, idempotency_key })
 }
 
-/// The commands of a `{"commands": [...]}` body, each parsed on its own (a
-/// malformed one is answered and skipped, the rest still run).
-pub fn parse_batch(
-    tenant: Option<&str>,
-    actor: &Actor,
-    body: &[u8],
-) -> Result<Vec<Result<Submission, Rejection>>, Rejection> {
+/// The items of a `{"commands": [...]}` body (nothing else beside them,
+/// at most [`MAX_BATCH_COMMANDS`]), not yet parsed.
+pub fn batch_commands(body: &[u8]) -> Result<Vec<Value>, Rejection> {
     let mut fields = fields(body)?;
-    let Some(Value::Array(commands)) = fields.remove("commands") else {
-        return Err(Rejection::malformed("a batch is {\"commands\": [...]}"));
+    let commands = match fields.remove("commands") {
+        Some(Value::Array(commands)) if fields.is_empty() => commands,
+        _ => return Err(Rejection::malformed("a batch is {\"commands\": [...]} and nothing else")),
     };
     if commands.len() > MAX_BATCH_COMMANDS {
         return Err(Rejection::malformed(format!(
@@ -281,7 +278,17 @@ pub fn parse_batch(
             commands.len()
         )));
     }
-    Ok(commands
+    Ok(commands)
+}
+
+/// The commands of a `{"commands": [...]}` body, each parsed on its own (a
+/// malformed one is answered and skipped, the rest still run).
+pub fn parse_batch(
+    tenant: Option<&str>,
+    actor: &Actor,
+    body: &[u8],
+) -> Result<Vec<Result<Submission, Rejection>>, Rejection> {
+    Ok(batch_commands(body)?
         .into_iter()
         .map(|item| match item {
             Value::Object(mut fields) => match fields.remove("cmd") {
