@@ -7,7 +7,6 @@ Exits non-zero, with the reason, on the first check that fails.
 """
 import json
 import os
-import sys
 
 from playwright.sync_api import expect, sync_playwright
 
