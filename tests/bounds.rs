@@ -269,6 +269,8 @@ fn input_bounds() {
     // A number with no fraction is an integer, as JSON Schema reads it.
     ok(tokens("r", "2.0"));
     ok(tokens("r", "1e3"));
+    // Read exactly (the fast float parser once read this one as ...18.5).
+    ok(tokens("r", "3740547019430118.0"));
     // Seats and quantities are stored as u32: larger is the request's fault.
     let seats = |n: &str| format!(r#"{{"cmd":"set_seats","tenant":"t","seats":{n}}}"#);
     ok(seats("4294967295"));

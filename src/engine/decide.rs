@@ -282,11 +282,8 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
                 let rejection =
                     Rejection::new("invalid_seats", "min_seats must be >= 1 and max_seats >= min_seats");
                 // Below 1 is a bound; above max_seats is a comparison of two fields.
-                return Err(if plan.min_seats < 1 {
-                    rejection.from_request()
-                } else {
-                    rejection.from_combination()
-                });
+                let bound = plan.min_seats < 1 || plan.max_seats == Some(0);
+                return Err(if bound { rejection.from_request() } else { rejection.from_combination() });
             }
             if catalog.plans.contains_key(&plan.id) {
                 return Err(Rejection::new(
