@@ -275,10 +275,13 @@ mod tests {
         }
         // Well-formed attributes with data the ledger cannot use: the event's
         // own answer, not the request's.
-        for (content_type, body) in [(Some("text/plain"), "5"), (None, "{"), (None, "[1]"), (None, "")] {
+        for (content_type, body) in [(Some("text/plain"), "5"), (None, "{"), (None, "[1]")] {
             let e = event(content_type, body).unwrap();
             assert_eq!(e.command.unwrap_err().code, "malformed", "{content_type:?} {body}");
         }
+        // No body is no data: the command says what it lacks.
+        let e = event(None, "").unwrap();
+        assert_eq!(Value::Object(e.command.unwrap().fields), json!({"request": "r%\"-1", "tokens": null}));
         let missing = parse(&headers(&[("ce-specversion", "1.0"), ("ce-id", "r")]), b"{}").unwrap_err();
         assert_eq!(missing.code, "malformed");
         assert!(missing.message.contains("source"), "{}", missing.message);
