@@ -266,18 +266,49 @@ fn input_bounds() {
     check(tokens("r", "18446744073709551615"), "invalid_amount");
     check(tokens("r", "1e300"), "invalid_amount");
     check(tokens("r", "1.5"), "malformed");
+    // A number with no fraction is an integer, as JSON Schema reads it.
+    ok(tokens("r", "2.0"));
+    ok(tokens("r", "1e3"));
+    // Read exactly (the fast float parser once read this one as ...18.5).
+    ok(tokens("r", "3740547019430118.0"));
+    // Seats and quantities are stored as u32: larger is the request's fault.
+    let seats = |n: &str| format!(r#"{{"cmd":"set_seats","tenant":"t","seats":{n}}}"#);
+    ok(seats("4294967295"));
+    check(seats("4294967296"), "invalid_seats");
+    let quantity = |n: &str| {
+        format!(
+            r#"{{"cmd":"purchase_addon","tenant":"t","addon":"a","purchase":"p","quantity":{n},"payment":"card"}}"#
+        )
+    };
+    ok(quantity("4294967295"));
+    check(quantity("4294967296"), "invalid_amount");
+    // Instants up to the year 9998, so every period the ledger answers
+    // with ends in a four-digit year.
+    let at = |at: &str| format!(r#"{{"at":"{at}","cmd":"cancel","tenant":"t"}}"#);
+    ok(at("9998-12-31T23:59:59.999999-23:59"));
+    ok(at("0001-01-01T00:00:00Z"));
+    check(at("9999-01-01T00:00:00Z"), "malformed");
+    check(at("2026-03-15"), "malformed");
     let plan = |price: &str, name: &str| {
         format!(
             r#"{{"cmd":"define_plan","plan":{{"id":"p","name":"{name}","currency":"USD","price":"{price}","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":1,"token_overage":"block","addons":[]}}}}"#
         )
     };
     ok(plan("1000000000000", "n"));
+    ok(plan("1000000000000.000000000000", "n"));
     ok(plan("0.000000000001", "n"));
-    ok(plan("1.500000000000000", "n")); // trailing zeros are not precision
+    ok(plan("000000000000000000007.5", "n")); // leading zeros are not size
+                                              // Places count as written (the OpenAPI document's pattern can only
+                                              // count characters), trailing zeros included.
+    check(plan("1.5000000000000", "n"), "invalid_amount");
     check(plan("1000000000000.01", "n"), "invalid_amount");
     check(plan("0.0000000000001", "n"), "invalid_amount");
     check(plan("99999999999999999999999999999999999999", "n"), "invalid_amount");
-    check(plan("ten", "n"), "malformed");
+    check(plan("-1.00", "n"), "invalid_amount");
+    check(plan("-0", "n"), "invalid_amount");
+    for shape in ["ten", "", ".5", "5.", "+5", "1e3", " 1", "1 ", "1,5", "--1", "0x10", "1.2.3", "\u{661}"] {
+        check(plan(shape, "n"), "malformed");
+    }
     ok(plan("1", &"n".repeat(256)));
     check(plan("1", &"n".repeat(257)), "malformed");
 }

@@ -76,13 +76,33 @@ async fn every_route_answers_the_spec_on_the_embedded_log() {
         .problem(409, "idempotency_conflict");
     http.post("/v1/tenants/acme/consume_tokens", u, &tokens("c", 0)).await.problem(400, "invalid_amount");
     http.post("/v1/tenants/acme/set_seats", u, &json!({"seats": 3})).await.problem(403, "forbidden");
-    http.post("/v1/tenants/acme/define_plan", a, &json!({})).await.problem(403, "forbidden");
+    // The catalog's commands have no tenant path; nor has a command that
+    // does not exist.
+    http.post("/v1/tenants/acme/define_plan", a, &json!({})).await.problem(404, "not_found");
     let bought = json!({"addon": "nope", "purchase": "p1", "payment": "invoice"});
     http.post("/v1/tenants/acme/purchase_addon", a, &bought).await.problem(404, "unknown_addon");
     http.post("/v1/tenants/acme/delete_file", u, &json!({"file": "ghost"}))
         .await
         .problem(404, "unknown_file");
-    http.post("/v1/tenants/acme/no_such_command", u, &json!({})).await.problem(400, "malformed");
+    http.post("/v1/tenants/acme/no_such_command", u, &json!({})).await.problem(404, "not_found");
+    // The route names the command and tenant, the key the actor, the
+    // ledger's clock the time: a body that names them is refused.
+    for field in [json!({"tenant": "acme"}), json!({"at": "2026-01-01T00:00:00Z"}), json!({"actor": "admin"})]
+    {
+        let mut body = tokens("t-1", 1);
+        body.as_object_mut().unwrap().extend(field.as_object().unwrap().clone());
+        http.post("/v1/tenants/acme/consume_tokens", u, &body).await.problem(400, "malformed");
+    }
+    // What only a comparison of two fields shows is a 409: no schema can
+    // compare fields, and a request the document accepts never gets a 400.
+    let inverted = json!({"plan": {"id": "inverted", "currency": "USD", "price": "1", "per_seat": true, "min_seats": 5, "max_seats": 2, "storage_quota_gb": "1", "monthly_token_limit": 1, "token_overage": "block", "addons": []}});
+    http.post("/v1/admin/define_plan", p, &inverted).await.problem(409, "invalid_seats");
+    // Seats below 1 no plan allows; past a plan's range is the plan's say.
+    http.post("/v1/tenants/acme/set_seats", a, &json!({"seats": 0})).await.problem(400, "invalid_seats");
+    let duo = json!({"plan": {"id": "duo", "currency": "USD", "price": "1", "per_seat": true, "max_seats": 2, "storage_quota_gb": "1", "monthly_token_limit": 1, "token_overage": "block", "addons": []}});
+    assert_eq!(http.post("/v1/admin/define_plan", p, &duo).await.status, 200);
+    let three = json!({"tenant": "duo-co", "plan": "duo", "seats": 3});
+    http.post("/v1/admin/subscribe", p, &three).await.problem(409, "invalid_seats");
     let not_json =
         http.send("POST", "/v1/tenants/acme/upload", u, Some("application/json"), b"{".to_vec()).await;
     not_json.problem(400, "malformed");
@@ -109,7 +129,17 @@ async fn every_route_answers_the_spec_on_the_embedded_log() {
     let codes: Vec<Value> =
         results.body["results"].as_array().unwrap().iter().map(|r| r["code"].clone()).collect();
     assert_eq!(codes, [Value::Null, json!("storage_quota_exceeded"), json!("malformed"), Value::Null]);
-    http.post("/v1/tenants/acme/batch", u, &json!({"commands": 3})).await.problem(400, "malformed");
+    // A body that is not a batch is refused whole: no commands array,
+    // anything beside it, or an item that is not an object with a `cmd`.
+    for not_a_batch in [
+        json!({"commands": 3}),
+        json!({"commands": [], "extra": 1}),
+        json!({"commands": [{"cmd": "upload", "file": "f9", "bytes": 1}, [null, null]]}),
+        json!({"commands": [{"file": "f9", "bytes": 1}]}),
+        json!({"commands": [{"cmd": 7}]}),
+    ] {
+        http.post("/v1/tenants/acme/batch", u, &not_a_batch).await.problem(400, "malformed");
+    }
     let panel_batch = json!({"commands": [{"cmd": "set_seats", "tenant": "acme", "seats": 4}]});
     let results = http.post("/v1/admin/batch", p, &panel_batch).await;
     assert_eq!(results.body["results"][0]["ok"], true, "{:?}", results.body);
@@ -138,9 +168,10 @@ async fn every_route_answers_the_spec_on_the_embedded_log() {
         results.body["results"].as_array().unwrap().iter().map(|r| r["ok"].clone()).collect();
     assert_eq!(oks, [json!(true), json!(true), json!(true), json!(false)], "{:?}", results.body);
     assert_eq!(results.body["results"][3]["code"], "malformed");
+    // JSON without ce-* headers is in none of the three content modes.
     http.send("POST", "/v1/events", u, Some("application/json"), b"{}".to_vec())
         .await
-        .problem(400, "malformed");
+        .problem(415, "unsupported_media_type");
 
     // Views: the CLI's objects.
     let usage = http.get("/v1/tenants/acme/usage", u).await;
@@ -160,6 +191,12 @@ async fn every_route_answers_the_spec_on_the_embedded_log() {
     assert_eq!(list.body["invoices"].as_array().unwrap().len(), 1, "{:?}", list.body);
     http.get("/v1/tenants/acme/usage?at=yesterday", u).await.problem(400, "malformed");
     http.get("/v1/tenants/acme/usage?colour=blue", u).await.problem(400, "malformed");
+    http.get("/v1/tenants/acme/usage?explain=true", u).await.problem(400, "malformed");
+    http.get("/v1/tenants/acme/invoices?at=2026-03-15T00:00:00Z", u).await.problem(400, "malformed");
+    // Instants up to the year 9998, so every period answered ends in a
+    // four-digit year.
+    http.get("/v1/tenants/acme/usage?at=9999-01-01T00:00:00Z", u).await.problem(400, "malformed");
+    http.get("/v1/tenants/Acme/usage", p).await.problem(400, "malformed");
     // A well-formed instant before the subscription: the state's answer.
     http.get("/v1/tenants/acme/usage?at=1999-01-01T00:00:00Z", u).await.problem(404, "not_subscribed");
     let ghost_key = add_key(data.path(), &["ghost", "user"]);
@@ -225,7 +262,7 @@ async fn the_openapi_document_matches_the_routes() {
         for (method, operation) in operations.as_object().unwrap() {
             documented.push(format!("{} {path}", method.to_uppercase()));
             assert!(operation["responses"]["200"].is_object(), "{method} {path}");
-            let concrete = path.replace("{tenant}", "acme").replace("{command}", "consume_tokens");
+            let concrete = path.replace("{tenant}", "acme");
             let answer = http
                 .send(
                     &method.to_uppercase(),
@@ -237,17 +274,37 @@ async fn the_openapi_document_matches_the_routes() {
                 .await;
             assert_ne!(answer.status, 405, "{method} {path}");
             assert_ne!(answer.body["code"], "not_found", "{method} {path} is documented but not served");
-            // A documented route refuses the wrong method.
-            let other = if method == "get" { "POST" } else { "GET" };
-            assert_eq!(
-                http.send(other, &concrete, Some(&panel), None, Vec::new()).await.status,
-                405,
-                "{other} {path}"
-            );
+            // A documented path refuses the methods it does not serve, QUERY
+            // and TRACE included: 405 with Allow, as a problem.
+            let served = if method == "get" { "GET,HEAD" } else { "POST" };
+            for other in ["GET", "POST", "PUT", "DELETE", "PATCH", "QUERY", "TRACE"] {
+                if served.split(',').any(|m| m == other) {
+                    continue;
+                }
+                let refused = http.send(other, &concrete, Some(&panel), None, Vec::new()).await;
+                assert_eq!(refused.header("allow"), Some(served), "{other} {path}");
+                refused.problem(405, "method_not_allowed");
+            }
         }
     }
     documented.sort();
-    let expected = [
+    // The spec's contract: each command its own operation on the panel's
+    // path, each tenant command on the tenant's too, the two batches,
+    // CloudEvents, the views and the operations' routes.
+    let tenant_commands = [
+        "subscribe",
+        "set_seats",
+        "change_plan",
+        "cancel",
+        "upload",
+        "delete_file",
+        "consume_tokens",
+        "purchase_addon",
+        "settle_payment",
+        "cancel_addon",
+        "close_period",
+    ];
+    let mut expected: Vec<String> = [
         "GET /",
         "GET /healthz",
         "GET /metrics",
@@ -257,12 +314,33 @@ async fn the_openapi_document_matches_the_routes() {
         "GET /v1/tenants/{tenant}/invoice",
         "GET /v1/tenants/{tenant}/invoices",
         "GET /v1/tenants/{tenant}/usage",
-        "POST /v1/admin/{command}",
         "POST /v1/events",
-        "POST /v1/tenants/{tenant}/{command}",
-    ];
+        "POST /v1/admin/batch",
+        "POST /v1/tenants/{tenant}/batch",
+        "POST /v1/admin/define_plan",
+        "POST /v1/admin/define_addon",
+    ]
+    .map(String::from)
+    .into();
+    for command in tenant_commands {
+        expected.push(format!("POST /v1/admin/{command}"));
+        expected.push(format!("POST /v1/tenants/{{tenant}}/{command}"));
+    }
+    expected.sort();
     assert_eq!(documented, expected);
-    for undocumented in ["/v1/tenants/acme/usage/extra", "/v1/admin", "/v2/events", "/console"] {
+    let operations: std::collections::BTreeSet<&str> = paths
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|o| o["operationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(operations.len(), expected.len(), "each operation its own operationId");
+    for undocumented in [
+        "/v1/tenants/acme/usage/extra",
+        "/v1/admin",
+        "/v2/events",
+        "/console",
+        "/v1/tenants/acme/define_plan",
+    ] {
         http.get(undocumented, Some(&panel)).await.problem(404, "not_found");
     }
 }
@@ -400,4 +478,204 @@ async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(usage.body["tokens"]["used"], 42 + 1 + 8, "each counted once: {:?}", usage.body);
+}
+
+/// CloudEvents in binary mode (what the official SDKs send by default):
+/// the attributes in percent-encoded `ce-*` headers, the body as the data.
+/// A request whose events lack their required attributes is refused whole,
+/// with nothing decided; one in no content mode is a 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_arrive_in_binary_mode_and_non_events_are_refused_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let user = add_key(data.path(), &["acme", "user"]);
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    catalog(&http, &panel, &["acme", "beta"]).await;
+    let u = Some(user.as_str());
+    let binary =
+        |id: &'static str, kind: &'static str, subject: &'static str, content_type: Option<&'static str>| {
+            let mut headers = vec![
+                ("ce-specversion", "1.0"),
+                ("ce-id", id),
+                ("ce-source", "tests%2Fhttp binary"),
+                ("ce-type", kind),
+                ("ce-subject", subject),
+            ];
+            headers.extend(content_type.map(|t| ("content-type", t)));
+            headers
+        };
+    let tokens = binary("bin-1", "ledger.tokens.consumed", "acme", Some("application/json"));
+    let first = http.send_with("POST", "/v1/events", u, &tokens, br#"{"tokens": 40}"#.to_vec()).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(
+        (first.body["results"][0]["ok"].clone(), first.body["results"][0]["duplicate"].clone()),
+        (json!(true), json!(false))
+    );
+    let again = http.send_with("POST", "/v1/events", u, &tokens, br#"{"tokens": 40}"#.to_vec()).await;
+    assert_eq!(again.body["results"][0]["duplicate"], true, "{:?}", again.body);
+    // No Content-Type (the SDK's default without datacontenttype), and an id
+    // that arrives percent-encoded: the file is `bin%2`.
+    let stored = binary("bin%252", "ledger.file.stored", "acme", None);
+    let answer = http.send_with("POST", "/v1/events", u, &stored, br#"{"bytes": 10}"#.to_vec()).await;
+    assert_eq!(answer.body["results"][0]["ok"], true, "{:?}", answer.body);
+    let usage = http.get("/v1/tenants/acme/usage", u).await.body;
+    assert_eq!(
+        (usage["tokens"]["used"].clone(), usage["storage"]["used_bytes"].clone()),
+        (json!(40), json!(10))
+    );
+    let deleted = binary("other-id", "ledger.file.deleted", "acme", Some("application/json"));
+    let answer = http.send_with("POST", "/v1/events", u, &deleted, br#"{"file": "bin%2"}"#.to_vec()).await;
+    assert_eq!(answer.body["results"][0]["ok"], true, "{:?}", answer.body);
+    // Data the ledger cannot use is the event's own answer.
+    let unknown = binary("bin-3", "com.example.other", "acme", Some("application/json"));
+    let answer = http.send_with("POST", "/v1/events", u, &unknown, b"{}".to_vec()).await;
+    assert_eq!((answer.status, answer.body["results"][0]["code"].clone()), (200, json!("malformed")));
+
+    let before = log_head(&http).await;
+    // Attributes missing: the request is no CloudEvent, nothing is decided.
+    let mut no_source = binary("bin-4", "ledger.tokens.consumed", "acme", Some("application/json"));
+    no_source.retain(|(name, _)| *name != "ce-source");
+    http.send_with("POST", "/v1/events", u, &no_source, br#"{"tokens": 1}"#.to_vec())
+        .await
+        .problem(400, "malformed");
+    let foreign = binary("bin-5", "ledger.tokens.consumed", "beta", Some("application/json"));
+    http.send_with("POST", "/v1/events", u, &foreign, br#"{"tokens": 1}"#.to_vec())
+        .await
+        .problem(403, "forbidden");
+    let good = cloudevent("batch-ok", "acme", "ledger.tokens.consumed", json!({"tokens": 1}));
+    for not_events in [
+        json!([[null, null]]),
+        json!([good.clone(), {}]),
+        json!([good.clone(), 5]),
+        json!([good.clone(), {"specversion": "0.3", "id": "x", "source": "s", "type": "t", "subject": "acme"}]),
+        json!([good.clone(), {"specversion": "1.0", "id": "", "source": "s", "type": "t", "subject": "acme"}]),
+        json!([good.clone(), {"specversion": "1.0", "id": "x", "source": "s", "type": "t", "subject": "Not A Tenant"}]),
+        json!({"not": "an array"}),
+    ] {
+        let body = serde_json::to_vec(&not_events).unwrap();
+        http.send("POST", "/v1/events", u, Some(CE_BATCH), body).await.problem(400, "malformed");
+    }
+    let one_without_subject =
+        json!({"specversion": "1.0", "id": "x", "source": "s", "type": "ledger.tokens.consumed"});
+    http.send("POST", "/v1/events", u, Some(CE_ONE), serde_json::to_vec(&one_without_subject).unwrap())
+        .await
+        .problem(400, "malformed");
+    for content_type in [Some("text/plain"), Some("application/json"), None] {
+        let body = serde_json::to_vec(&good).unwrap();
+        http.send("POST", "/v1/events", u, content_type, body).await.problem(415, "unsupported_media_type");
+    }
+    assert_eq!(log_head(&http).await, before, "nothing was decided");
+    assert_eq!(http.get("/v1/tenants/acme/usage", u).await.body["tokens"]["used"], 40);
+}
+
+/// The `Idempotency-Key` header is the body's `idempotency_key`: a resend
+/// answers as the first time, another command under the key is a 409, and
+/// a header and a body naming different keys is a 409 too (two fields
+/// compared). Commands keyed by a field of their own ignore it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_key_header_keys_a_command() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let admin = add_key(data.path(), &["acme", "admin"]);
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    catalog(&http, &panel, &["acme"]).await;
+    let a = Some(admin.as_str());
+    let seats = |n: u32| serde_json::to_vec(&json!({ "seats": n })).unwrap();
+    let keyed = |key: &'static str| [("content-type", "application/json"), ("idempotency-key", key)];
+    let path = "/v1/tenants/acme/set_seats";
+    let first = http.send_with("POST", path, a, &keyed("k-1"), seats(3)).await;
+    assert_eq!((first.status, first.body["duplicate"].clone()), (200, json!(false)), "{:?}", first.body);
+    let again = http.send_with("POST", path, a, &keyed("k-1"), seats(3)).await;
+    assert_eq!(
+        (again.body["duplicate"].clone(), again.body["seq"].clone()),
+        (json!(true), first.body["seq"].clone())
+    );
+    // The same key in the body is the same key.
+    let body = serde_json::to_vec(&json!({"seats": 3, "idempotency_key": "k-1"})).unwrap();
+    let in_body = http.send("POST", path, a, Some("application/json"), body).await;
+    assert_eq!(in_body.body["duplicate"], true, "{:?}", in_body.body);
+    http.send_with("POST", path, a, &keyed("k-1"), seats(4)).await.problem(409, "idempotency_conflict");
+    let both = serde_json::to_vec(&json!({"seats": 4, "idempotency_key": "k-2"})).unwrap();
+    http.send_with("POST", path, a, &keyed("k-3"), both).await.problem(409, "idempotency_conflict");
+    http.send_with("POST", path, a, &keyed("has space"), seats(4)).await.problem(400, "malformed");
+    assert_eq!(http.get("/v1/tenants/acme/usage", a).await.body["seats"], 3);
+    // An upload is keyed by its file: the header changes nothing.
+    let upload = serde_json::to_vec(&json!({"file": "f", "bytes": 5})).unwrap();
+    let path = "/v1/tenants/acme/upload";
+    let first = http.send_with("POST", path, a, &keyed("u-1"), upload.clone()).await;
+    assert_eq!(first.body["duplicate"], false, "{:?}", first.body);
+    let other_key = http.send_with("POST", path, a, &keyed("u-2"), upload).await;
+    assert_eq!(other_key.body["duplicate"], true, "{:?}", other_key.body);
+}
+
+/// Every answer carries the security headers, and the console's
+/// Content-Security-Policy allows exactly the page's inline script and
+/// style, by their hashes, and never `unsafe-inline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers() {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+
+    let data = tempfile::tempdir().unwrap();
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    let page = http.get("/", None).await;
+    let mut answers = vec![("GET /", page.clone())];
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/me"),
+        ("GET", "/nowhere"),
+        ("DELETE", "/healthz"),
+    ] {
+        answers.push((path, http.send(method, path, None, None, Vec::new()).await));
+    }
+    assert_eq!(answers.iter().map(|(_, a)| a.status).collect::<Vec<_>>(), [200, 200, 200, 401, 404, 405]);
+    let policy = page.header("content-security-policy").expect("a policy").to_string();
+    for (what, answer) in &answers {
+        assert_eq!(answer.header("content-security-policy"), Some(policy.as_str()), "{what}");
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{what}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{what}");
+        assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{what}");
+    }
+    let directives: std::collections::BTreeMap<&str, Vec<&str>> = policy
+        .split(';')
+        .map(|d| {
+            let mut words = d.split_whitespace();
+            (words.next().unwrap(), words.collect())
+        })
+        .collect();
+    for (directive, sources) in [
+        ("default-src", vec!["'none'"]),
+        ("connect-src", vec!["'self'"]),
+        ("img-src", vec!["'self'", "data:"]),
+        ("frame-ancestors", vec!["'none'"]),
+        ("base-uri", vec!["'none'"]),
+        ("form-action", vec!["'none'"]),
+    ] {
+        assert_eq!(directives[directive], sources, "{policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+    // The hashes are the page's own inline blocks, every one of them.
+    let html = page.body.as_str().unwrap();
+    for tag in ["script", "style"] {
+        let blocks: Vec<String> = html
+            .split(&format!("<{tag}>"))
+            .skip(1)
+            .map(|rest| rest.split_once(&format!("</{tag}>")).unwrap().0)
+            .map(|block| {
+                format!(
+                    "'sha256-{}'",
+                    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(block))
+                )
+            })
+            .collect();
+        assert!(!blocks.is_empty(), "the page has an inline {tag}");
+        assert_eq!(directives[format!("{tag}-src").as_str()], blocks, "{policy}");
+    }
+    // The page's icon is a data: URL the policy allows, so a browser asks
+    // for no /favicon.ico.
+    assert!(html.contains(r#"<link rel="icon" href="data:image/svg+xml,"#), "{html}");
 }

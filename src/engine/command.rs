@@ -26,6 +26,12 @@ pub enum Cause {
     /// The ledger's state decides it: an unknown id, a plan's seat range, a
     /// total that would no longer fit, a key used before.
     State,
+    /// The request alone shows it, but only by comparing two of its fields
+    /// (`min_seats` above `max_seats`, an `Idempotency-Key` header naming
+    /// another key than the body): a JSON Schema cannot compare fields, so
+    /// HTTP answers these 409, and a request the OpenAPI document accepts
+    /// still never gets a 400.
+    Combination,
 }
 
 impl Rejection {
@@ -50,6 +56,12 @@ impl Rejection {
     /// The same rejection, caused by the ledger's state.
     pub fn from_state(mut self) -> Rejection {
         self.cause = Cause::State;
+        self
+    }
+
+    /// The same rejection, caused by two of the request's fields together.
+    pub fn from_combination(mut self) -> Rejection {
+        self.cause = Cause::Combination;
         self
     }
 
@@ -94,19 +106,17 @@ impl Submission {
 /// Uploads, token use and add-on purchases carry their own key (`file`,
 /// `request`, `purchase`), so they take none.
 pub fn take_idempotency_key(fields: &mut Map<String, Value>) -> Result<Option<String>, Rejection> {
-    let key = match fields.remove("idempotency_key") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(key)) => id("idempotency_key", key)?,
-        Some(other) => {
-            return Err(Rejection::malformed(format!("idempotency_key must be a string, not {other}")))
-        }
-    };
-    match fields.get("cmd").and_then(Value::as_str) {
-        Some(own @ ("upload" | "consume_tokens" | "purchase_addon")) => Err(Rejection::malformed(format!(
-            "{own} is keyed by its own {}; it takes no idempotency_key",
-            own_key(own).unwrap_or("key")
-        ))),
-        _ => Ok(Some(key)),
+    let Some(value) = fields.remove("idempotency_key") else { return Ok(None) };
+    // Even a null: the field is not one of theirs.
+    if let Some((own, key)) = fields.get("cmd").and_then(Value::as_str).and_then(|c| Some((c, own_key(c)?))) {
+        return Err(Rejection::malformed(format!(
+            "{own} is keyed by its own {key}; it takes no idempotency_key"
+        )));
+    }
+    match value {
+        Value::Null => Ok(None),
+        Value::String(key) => Ok(Some(id("idempotency_key", key)?)),
+        other => Err(Rejection::malformed(format!("idempotency_key must be a string, not {other}"))),
     }
 }
 
@@ -120,18 +130,22 @@ pub fn own_key(command: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a client may admit the command offline (`admitted_offline_at`).
+pub fn offline_admissible(command: &str) -> bool {
+    matches!(command, "upload" | "consume_tokens")
+}
+
 /// Takes the optional `admitted_offline_at` field out of a command's fields.
 pub fn take_admitted_offline(fields: &mut Map<String, Value>) -> Result<Option<i64>, Rejection> {
-    let at_us = match fields.remove("admitted_offline_at") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => parse_at(&s)?,
-        Some(other) => {
-            return Err(Rejection::malformed(format!("admitted_offline_at must be a string, not {other}")))
-        }
-    };
-    match fields.get("cmd").and_then(Value::as_str) {
-        Some("upload" | "consume_tokens") => Ok(Some(at_us)),
-        _ => Err(Rejection::malformed("only upload and consume_tokens can be admitted offline")),
+    let Some(value) = fields.remove("admitted_offline_at") else { return Ok(None) };
+    // Even a null: the field is not one of theirs.
+    if !fields.get("cmd").and_then(Value::as_str).is_some_and(offline_admissible) {
+        return Err(Rejection::malformed("only upload and consume_tokens can be admitted offline"));
+    }
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(parse_at(&s)?)),
+        other => Err(Rejection::malformed(format!("admitted_offline_at must be a string, not {other}"))),
     }
 }
 
@@ -278,7 +292,13 @@ pub const COMMAND_NAMES: [&str; 15] = [
 #[serde(untagged)]
 enum OverageJson {
     Word(String),
-    Bill { bill_per_1k: String },
+    Bill(BillJson),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillJson {
+    bill_per_1k: String,
 }
 
 #[derive(Deserialize)]
@@ -394,6 +414,10 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// decimal places.
 pub const MAX_DECIMAL: i64 = 1_000_000_000_000;
 pub const MAX_DECIMAL_PLACES: u32 = 12;
+/// The decimals [`decimal`] accepts, as an ECMA-262 regular expression (the
+/// OpenAPI document's `pattern`): leading zeros, then 10^12 or at most 12
+/// digits, then at most 12 places.
+pub const DECIMAL_PATTERN: &str = r"^0*(1000000000000(\.0{1,12})?|[0-9]{1,12}(\.[0-9]{1,12})?)$";
 
 /// A count as sent: any JSON number, checked by [`count`] so that a count
 /// too large for an `i64` is `invalid_amount`, not a parse error.
@@ -421,37 +445,58 @@ fn count(field: &str, value: &CountJson) -> Result<i64, Rejection> {
         Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_COUNT as f64 => {
             Err(out_of_range(field, n))
         }
+        // `2.0` and `1e3` are integers to JSON Schema (a number with no
+        // fractional part), so the OpenAPI document's `integer` admits
+        // them; within the bound a float holds them exactly.
+        Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(f as i64),
         _ => Err(Rejection::malformed(format!("{field} {n} is not an integer"))),
     }
 }
 
+/// A decimal string (prices, `bill_per_1k`, GB amounts): digits with an
+/// optional fraction, no sign, exponent or whitespace (otherwise
+/// `malformed`); at most [`MAX_DECIMAL_PLACES`] places as written, at most
+/// [`MAX_DECIMAL`], never negative (otherwise `invalid_amount`). Exactly
+/// what [`DECIMAL_PATTERN`] admits, so the OpenAPI document and the parser
+/// agree on every string.
 fn decimal(field: &str, text: &str) -> Result<Decimal, Rejection> {
-    let text = text.trim();
-    let value = match text.parse::<Decimal>() {
-        Ok(value) => value,
-        Err(_) => {
-            let digits = text.trim_start_matches(['-', '+']);
-            let numeric = !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-                && digits.bytes().filter(|b| *b == b'.').count() <= 1;
-            return Err(if numeric {
-                Rejection::new("invalid_amount", format!("{field} {text} is out of range"))
-            } else {
-                Rejection::malformed(format!("{field} {text:?} is not a decimal string"))
-            });
-        }
-    };
-    let value = value.normalize();
-    if value.abs() > Decimal::from(MAX_DECIMAL) || value.scale() > MAX_DECIMAL_PLACES {
-        return Err(Rejection::new(
-            "invalid_amount",
-            format!(
-                "{field} {text} is out of range (at most {MAX_DECIMAL}, {MAX_DECIMAL_PLACES} decimal places)"
-            ),
-        ));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (whole, places) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if !digits(whole) || (unsigned.contains('.') && !digits(places)) {
+        return Err(Rejection::malformed(format!(
+            "{field} {:?} is not a decimal string (digits, optionally a point and more digits)",
+            truncated(text)
+        )));
     }
-    Ok(value)
+    let out_of_range = |why: &str| {
+        Rejection::new("invalid_amount", format!("{field} {} is out of range: {why}", truncated(text)))
+    };
+    if unsigned.len() != text.len() {
+        return Err(out_of_range("amounts are never negative"));
+    }
+    if places.len() > MAX_DECIMAL_PLACES as usize {
+        return Err(out_of_range(&format!("at most {MAX_DECIMAL_PLACES} decimal places")));
+    }
+    let whole = whole.trim_start_matches('0');
+    let too_large = || out_of_range(&format!("at most {MAX_DECIMAL}"));
+    if whole.len() > MAX_DECIMAL.to_string().len() {
+        return Err(too_large());
+    }
+    // At most 13 integer and 12 decimal digits: well within a Decimal.
+    let value = format!("{}.{places}", if whole.is_empty() { "0" } else { whole })
+        .trim_end_matches('.')
+        .parse::<Decimal>()
+        .map_err(|_| too_large())?;
+    if value > Decimal::from(MAX_DECIMAL) {
+        return Err(too_large());
+    }
+    Ok(value.normalize())
 }
+
+/// [`valid_command_id`] as a regular expression (with `minLength` 1 and
+/// `maxLength` [`MAX_ID_BYTES`] in the OpenAPI document).
+pub const ID_PATTERN: &str = "^[!-~]+$";
 
 /// Ids chosen by callers: 1 to [`MAX_ID_BYTES`] bytes of printable ASCII
 /// without spaces (the spec's Bounds; the persisted schema accepts more, so
@@ -470,6 +515,11 @@ fn id(field: &str, value: String) -> Result<String, Rejection> {
         )))
     }
 }
+
+/// No control characters (Unicode's `Cc`, what [`char::is_control`]
+/// refuses), as a regular expression; a name's 256 bytes no schema can
+/// count, so the OpenAPI document admits the names that surely fit.
+pub const NAME_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
 
 fn name(field: &str, value: Option<String>) -> Result<Option<String>, Rejection> {
     match value {
@@ -491,6 +541,9 @@ fn truncated(text: &str) -> String {
         None => text.to_string(),
     }
 }
+
+/// [`tenant_id`]'s rule as a regular expression.
+pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
 
 /// A tenant id as the spec allows it, or `malformed` saying what is wrong.
 pub fn tenant_id(value: &str) -> Result<(), Rejection> {
@@ -519,6 +572,19 @@ fn currency(value: String) -> Result<String, Rejection> {
     }
 }
 
+/// A count the ledger stores as a `u32` (seats, quantity), kept as the
+/// `i64` the command carries: past `u32::MAX` is the request's fault
+/// whatever the ledger's state, as `code` (below 1 is the decider's to
+/// say).
+fn count_stored_u32(field: &str, value: &CountJson, code: &'static str) -> Result<i64, Rejection> {
+    let value = count(field, value)?;
+    if value > i64::from(u32::MAX) {
+        return Err(Rejection::new(code, format!("{field} {value} is out of range (at most {})", u32::MAX))
+            .from_request());
+    }
+    Ok(value)
+}
+
 fn count_u32(field: &str, value: &CountJson) -> Result<u32, Rejection> {
     let value = count(field, value)?;
     u32::try_from(value)
@@ -539,7 +605,7 @@ fn plan(json: PlanJson) -> Result<Plan, Rejection> {
                 "token_overage {w:?} is neither \"block\" nor {{\"bill_per_1k\": ...}}"
             )))
         }
-        OverageJson::Bill { bill_per_1k } => {
+        OverageJson::Bill(BillJson { bill_per_1k }) => {
             TokenOverage::BillPer1k { price: decimal("bill_per_1k", &bill_per_1k)? }
         }
     };
@@ -625,11 +691,13 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
         WireCommand::DefinePlan { plan: p } => Command::DefinePlan(plan(p)?),
         WireCommand::DefineAddon { addon: a } => Command::DefineAddon(addon(a)?),
         WireCommand::Subscribe { tenant: t, plan, seats } => {
-            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats: count("seats", &seats)? }
+            let seats = count_stored_u32("seats", &seats, "invalid_seats")?;
+            Command::Subscribe { tenant: tenant(t)?, plan: id("plan", plan)?, seats }
         }
-        WireCommand::SetSeats { tenant: t, seats } => {
-            Command::SetSeats { tenant: tenant(t)?, seats: count("seats", &seats)? }
-        }
+        WireCommand::SetSeats { tenant: t, seats } => Command::SetSeats {
+            tenant: tenant(t)?,
+            seats: count_stored_u32("seats", &seats, "invalid_seats")?,
+        },
         WireCommand::ChangePlan { tenant: t, plan } => {
             Command::ChangePlan { tenant: tenant(t)?, plan: id("plan", plan)? }
         }
@@ -650,7 +718,7 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
                 tenant: tenant(t)?,
                 addon: id("addon", addon)?,
                 purchase: id("purchase", purchase)?,
-                quantity: quantity.map_or(Ok(1), |q| count("quantity", &q))?,
+                quantity: quantity.map_or(Ok(1), |q| count_stored_u32("quantity", &q, "invalid_amount"))?,
                 payment: match payment.as_str() {
                     "invoice" => Payment::Invoice,
                     "card" => Payment::Card,
@@ -693,14 +761,26 @@ pub fn parse_command(fields: Map<String, Value>) -> Result<Command, Rejection> {
     })
 }
 
-/// Parses an RFC 3339 instant into microseconds.
+/// The last year an instant may be written in: a period holding any
+/// instant of it ends before 10000, so every instant the ledger answers
+/// with is still RFC 3339 (four-digit years).
+pub const LAST_YEAR: u32 = 9998;
+/// An instant's year up to [`LAST_YEAR`], as a regular expression (beside
+/// `format: date-time` in the OpenAPI document).
+pub const INSTANT_PATTERN: &str = "^([0-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-";
+
+/// Parses an RFC 3339 instant into microseconds (years up to
+/// [`LAST_YEAR`]).
 pub fn parse_at(text: &str) -> Result<i64, Rejection> {
-    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_micros()).map_err(|_| {
-        Rejection::malformed(format!(
-            "at {:?} is not an RFC 3339 instant with a time zone, such as 2026-03-15T00:00:00Z",
+    let year = text.get(..4).and_then(|y| y.parse::<u32>().ok());
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) if year.is_some_and(|y| y <= LAST_YEAR) => Ok(t.timestamp_micros()),
+        _ => Err(Rejection::malformed(format!(
+            "at {:?} is not an RFC 3339 instant with a time zone up to the year {LAST_YEAR}, such as \
+             2026-03-15T00:00:00Z",
             truncated(text)
-        ))
-    })
+        ))),
+    }
 }
 
 /// Parses one JSON Lines command: `{"at"?, "actor"?, "cmd", ...fields}`.

@@ -282,11 +282,11 @@ fn decide_command(ctx: &Context<'_>, command: &Command) -> Result<Decision, Reje
                 negative("bill_per_1k", price)?;
             }
             if plan.min_seats < 1 || plan.max_seats.is_some_and(|m| m < plan.min_seats) {
-                return Err(Rejection::new(
-                    "invalid_seats",
-                    "min_seats must be >= 1 and max_seats >= min_seats",
-                )
-                .from_request());
+                let rejection =
+                    Rejection::new("invalid_seats", "min_seats must be >= 1 and max_seats >= min_seats");
+                // Below 1 is a bound; above max_seats is a comparison of two fields.
+                let bound = plan.min_seats < 1 || plan.max_seats == Some(0);
+                return Err(if bound { rejection.from_request() } else { rejection.from_combination() });
             }
             if catalog.plans.contains_key(&plan.id) {
                 return Err(Rejection::new(

@@ -1,13 +1,15 @@
 //! What every front end of `ledger serve` (NATS, HTTP) shares: how a
 //! request's fields become a submission, deciding within a deadline,
-//! batches, the views with read-your-writes, health, and the metrics every
-//! decision feeds. A front end only maps its transport onto these.
+//! batches, the views with read-your-writes, measuring health, and the
+//! metrics every decision feeds. A front end only maps its transport onto
+//! these.
 
 use std::time::Duration;
 
 use events::Actor;
 use serde_json::{json, Map, Value};
 
+use super::health::Health;
 use super::metrics::Metrics;
 use crate::engine::command::{
     parse_command, take_admitted_offline, take_idempotency_key, tenant_id, Command, Rejection, Submission,
@@ -56,28 +58,6 @@ pub struct Core {
     pub ledger: Ledger,
     pub log: AnyLog,
     pub metrics: Metrics,
-}
-
-/// Whether the views have caught up with the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
-    /// The log's last position; `None` when the log did not answer.
-    pub log_head: Option<u64>,
-    /// The lowest position every view includes.
-    pub views_at: u64,
-}
-
-impl Health {
-    /// Serving is healthy once the log answers and every view includes it.
-    pub fn ready(&self) -> bool {
-        self.log_head.is_some_and(|head| self.views_at >= head)
-    }
-
-    /// Events in the log the views do not include yet (0 when the log is
-    /// unreachable: nothing is known to be missing).
-    pub fn lag_events(&self) -> u64 {
-        self.log_head.map_or(0, |head| head.saturating_sub(self.views_at))
-    }
 }
 
 impl Core {
@@ -300,16 +280,13 @@ pub fn submission(
     Ok(Submission { at_us: None, actor: actor.clone(), command, admitted_offline_at_us, idempotency_key })
 }
 
-/// The commands of a `{"commands": [...]}` body, each parsed on its own (a
-/// malformed one is answered and skipped, the rest still run).
-pub fn parse_batch(
-    tenant: Option<&str>,
-    actor: &Actor,
-    body: &[u8],
-) -> Result<Vec<Result<Submission, Rejection>>, Rejection> {
+/// The items of a `{"commands": [...]}` body (nothing else beside them,
+/// at most [`MAX_BATCH_COMMANDS`]), not yet parsed.
+pub fn batch_commands(body: &[u8]) -> Result<Vec<Value>, Rejection> {
     let mut fields = fields(body)?;
-    let Some(Value::Array(commands)) = fields.remove("commands") else {
-        return Err(Rejection::malformed("a batch is {\"commands\": [...]}"));
+    let commands = match fields.remove("commands") {
+        Some(Value::Array(commands)) if fields.is_empty() => commands,
+        _ => return Err(Rejection::malformed("a batch is {\"commands\": [...]} and nothing else")),
     };
     if commands.len() > MAX_BATCH_COMMANDS {
         return Err(Rejection::malformed(format!(
@@ -317,7 +294,17 @@ pub fn parse_batch(
             commands.len()
         )));
     }
-    Ok(commands
+    Ok(commands)
+}
+
+/// The commands of a `{"commands": [...]}` body, each parsed on its own (a
+/// malformed one is answered and skipped, the rest still run).
+pub fn parse_batch(
+    tenant: Option<&str>,
+    actor: &Actor,
+    body: &[u8],
+) -> Result<Vec<Result<Submission, Rejection>>, Rejection> {
+    Ok(batch_commands(body)?
         .into_iter()
         .map(|item| match item {
             Value::Object(mut fields) => match fields.remove("cmd") {
@@ -327,22 +314,4 @@ pub fn parse_batch(
             _ => Err(Rejection::malformed("each batch command is a JSON object")),
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Health;
-
-    #[test]
-    fn healthy_once_the_views_include_the_whole_log() {
-        let check = |log_head, views_at| {
-            let health = Health { log_head, views_at };
-            (health.ready(), health.lag_events())
-        };
-        assert_eq!(check(Some(10), 10), (true, 0));
-        assert_eq!(check(Some(10), 7), (false, 3));
-        assert_eq!(check(Some(0), 0), (true, 0));
-        // An unreachable log is never healthy, and no lag is claimed.
-        assert_eq!(check(None, 7), (false, 0));
-    }
 }

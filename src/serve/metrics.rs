@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::core::Health;
+use super::health::Health;
 use crate::engine::{EngineStats, Reply, BATCH_SIZE_BUCKETS};
 
 type Labels = Vec<(&'static str, &'static str)>;

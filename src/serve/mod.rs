@@ -3,7 +3,9 @@
 //! sharing one engine.
 //!
 //! - `core`: what the front ends share (parsing fields into submissions,
-//!   deadlines, batches, views, health, metrics);
+//!   deadlines, batches, views, measuring health, metrics);
+//! - `health`: where the views stand against the log, which `/healthz`
+//!   answers and `/metrics` reports;
 //! - `nats`: the NATS service endpoints;
 //! - `http`: the HTTP API, CloudEvents ingest, `/metrics`, `/healthz`,
 //!   OpenAPI and the console;
@@ -31,6 +33,7 @@ use projections::ViewStore;
 mod clock;
 mod config;
 pub mod core;
+mod health;
 pub mod http;
 pub mod keys;
 pub mod local;

@@ -108,12 +108,25 @@ impl Http {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Answer {
+        let content_type: Vec<(&str, &str)> = content_type.map(|t| ("content-type", t)).into_iter().collect();
+        self.send_with(method, path, key, &content_type, body).await
+    }
+
+    /// A request with these headers (beside the key's `Authorization`).
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
         let mut request = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
         if let Some(key) = key {
             request = request.header("authorization", format!("Bearer {key}"));
         }
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request.body(Full::new(bytes::Bytes::from(body))).unwrap();
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))

@@ -3,26 +3,28 @@
 //! CloudEvents ingest, `/healthz`, `/metrics`, the OpenAPI document and the
 //! console.
 //!
-//! Every route is one row of [`routes::ROUTES`]: the router and the OpenAPI
+//! Every route is one row of [`routes::routes`]: the router and the OpenAPI
 //! document are both built from that table, so neither can list a route
-//! the other lacks.
+//! the other lacks. Every answer carries the security headers of
+//! [`console::security_headers`].
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use serde_json::{json, Value};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
 
-use super::core::{fields, parse_batch, submission, Core, QueryView};
+use super::core::{batch_commands, fields, submission, Core, QueryView};
 use super::keys::{KeyEntry, KeyRing, Role};
-use crate::engine::command::{own_key, parse_at, tenant_id, Cause, Rejection, Submission};
+use crate::engine::command::{own_key, parse_at, tenant_id, Cause, Rejection};
 use crate::engine::Reply;
 use crate::report::{rejection_json, reply_json};
 
 mod cloudevents;
+mod console;
 pub mod routes;
 
 /// Bodies past this are refused with 413.
@@ -47,7 +49,8 @@ pub async fn serve(listener: tokio::net::TcpListener, core: Arc<Core>, keys: Arc
 }
 
 /// An RFC 9457 problem: `application/problem+json` with the spec's fields
-/// and everything the NATS reply carries for the same rejection.
+/// and everything the NATS reply carries for the same rejection; a 401
+/// names the scheme (`WWW-Authenticate`), a 503 when to retry.
 pub fn problem(rejection: &Rejection) -> Response {
     let status = status_of(rejection);
     let mut body = rejection_json(rejection);
@@ -58,22 +61,32 @@ pub fn problem(rejection: &Rejection) -> Response {
     let mut response = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        _ => {}
     }
     response
 }
 
 /// The spec's status for a rejection: 401 for a missing or unknown key, 403
-/// `forbidden`, 413 a body too large, 503 `unavailable`; otherwise 400 for
-/// what the request alone shows ([`Cause::Request`]), and for what the
-/// ledger's state decides 404 (`unknown_*`, `not_subscribed`) or 409 (every
-/// other conflict).
+/// `forbidden`, 405 a method the path does not serve, 413 a body too
+/// large, 415 a CloudEvents request in no content mode, 503 `unavailable`;
+/// otherwise 400 for what the request alone shows ([`Cause::Request`]), and
+/// for what the ledger's state decides 404 (`unknown_*`, `not_subscribed`)
+/// or 409 (every other conflict, and what only a comparison of two fields
+/// shows, [`Cause::Combination`], which no schema can say).
 pub fn status_of(rejection: &Rejection) -> StatusCode {
     match rejection.code {
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
+        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ if rejection.cause == Cause::Request => StatusCode::BAD_REQUEST,
         "not_subscribed" | "not_found" => StatusCode::NOT_FOUND,
@@ -95,6 +108,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
+/// A handler's answer: what it built, or the problem it met.
+fn answer(result: Result<Response, Rejection>) -> Response {
+    result.unwrap_or_else(|rejection| problem(&rejection))
+}
+
 /// A decision as HTTP: a recorded decision (accepted, duplicate, or a
 /// quota or token denial) is 200 with the `apply` object; a rejection
 /// (nothing recorded) is a problem; an unknown outcome is 503.
@@ -109,12 +127,8 @@ fn decision(reply: &Reply) -> Response {
 }
 
 /// The key a request presents (`Authorization: Bearer <key>`), or 401.
-fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Response> {
-    let unauthorized = |message: &str| {
-        let mut response = problem(&Rejection::new("unauthorized", message));
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
-    };
+fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Rejection> {
+    let unauthorized = |message: &str| Rejection::new("unauthorized", message);
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(unauthorized("no API key: send Authorization: Bearer <key>"));
     };
@@ -127,89 +141,136 @@ fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Response>
 }
 
 /// A key may act on `tenant` when it is that tenant's, or the panel's.
-fn may_reach(key: &KeyEntry, tenant: &str) -> Result<(), Response> {
+fn may_reach(key: &KeyEntry, tenant: &str) -> Result<(), Rejection> {
     match (&key.role, &key.tenant) {
         (Role::Panel, _) => Ok(()),
         (_, Some(own)) if own == tenant => Ok(()),
-        _ => Err(problem(&Rejection::new("forbidden", format!("this key cannot reach tenant {tenant}")))),
+        _ => Err(Rejection::new("forbidden", format!("this key cannot reach tenant {tenant}"))),
     }
 }
 
-fn panel_only(key: &KeyEntry) -> Result<(), Response> {
+fn panel_only(key: &KeyEntry) -> Result<(), Rejection> {
     match key.role {
         Role::Panel => Ok(()),
-        _ => Err(problem(&Rejection::new("forbidden", "this route is for the control panel key only"))),
+        _ => Err(Rejection::new("forbidden", "this route is for the control panel key only")),
     }
+}
+
+/// The tenant of a tenant path, checked: well formed, and reachable with
+/// the request's key.
+fn tenant_of(
+    state: &Http,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(KeyEntry, String), Rejection> {
+    let key = authenticate(state, headers)?;
+    let Path(tenant) = path.map_err(|e| Rejection::malformed(format!("the path: {}", e.body_text())))?;
+    tenant_id(&tenant)?;
+    may_reach(&key, &tenant)?;
+    Ok((key, tenant))
 }
 
 /// The body, or 413 past [`MAX_BODY_BYTES`].
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Rejection> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            problem(&Rejection::new("too_large", format!("the body is over {MAX_BODY_BYTES} bytes")))
+            Rejection::new("too_large", format!("the body is over {MAX_BODY_BYTES} bytes"))
         } else {
-            problem(&Rejection::malformed(format!("could not read the body: {}", e.body_text())))
+            Rejection::malformed(format!("could not read the body: {}", e.body_text()))
         }
     })
 }
 
-fn either(result: Result<Response, Response>) -> Response {
-    result.unwrap_or_else(|response| response)
-}
-
-/// `POST /v1/tenants/{tenant}/{command}` (and `batch`).
+/// `POST /v1/tenants/{tenant}/<command>`, or `/batch` (`command` `None`).
 pub async fn tenant_command(
-    State(state): State<AppState>,
-    Path((tenant, command)): Path<(String, String)>,
+    state: AppState,
+    path: Result<Path<String>, PathRejection>,
+    command: Option<&'static str>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    either(
+    answer(
         async {
-            let key = authenticate(&state, &headers)?;
-            tenant_id(&tenant).map_err(|r| problem(&r))?;
-            may_reach(&key, &tenant)?;
-            decide(&state, &key, Some(&tenant), &command, &headers, body(raw)?).await
+            let (key, tenant) = tenant_of(&state, &headers, path)?;
+            decide(&state, &key, Some(&tenant), command, &headers, body(raw)?).await
         }
         .await,
     )
 }
 
-/// `POST /v1/admin/{command}` (and `batch`): the panel key only.
+/// `POST /v1/admin/<command>`, or `/batch` (`command` `None`): the panel
+/// key only.
 pub async fn admin_command(
-    State(state): State<AppState>,
-    Path(command): Path<String>,
+    state: AppState,
+    command: Option<&'static str>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    either(
+    answer(
         async {
             let key = authenticate(&state, &headers)?;
             panel_only(&key)?;
-            decide(&state, &key, None, &command, &headers, body(raw)?).await
+            decide(&state, &key, None, command, &headers, body(raw)?).await
         }
         .await,
     )
 }
 
-/// A command (or `batch`) of an authorized request, as the key's actor,
-/// about `tenant` (`None`: the body names it).
+/// A command (or, for `None`, a batch) of an authorized request, as the
+/// key's actor, about `tenant` (`None`: the body names it).
 async fn decide(
     state: &Http,
     key: &KeyEntry,
     tenant: Option<&str>,
-    command: &str,
+    command: Option<&'static str>,
     headers: &HeaderMap,
     raw: Bytes,
-) -> Result<Response, Response> {
+) -> Result<Response, Rejection> {
     let actor = key.actor();
-    if command == "batch" {
-        let items = parse_batch(tenant, &actor, &raw).map_err(|r| problem(&r))?;
-        return Ok(json_response(StatusCode::OK, &state.core.batch(items).await));
-    }
-    let fields = fields(&raw).and_then(|f| with_idempotency_header(headers, command, f));
-    let submission = parsed(state, fields.and_then(|f| submission(tenant, &actor, command, f)))?;
+    let Some(command) = command else {
+        let items = batch_commands(&raw)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                // The document types an item as an object with a `cmd`
+                // string: anything else makes the body no batch at all.
+                Value::Object(mut fields) => match fields.remove("cmd") {
+                    Some(Value::String(name)) => Ok((name, fields)),
+                    _ => Err(Rejection::malformed(format!("command {i} needs a \"cmd\" string"))),
+                },
+                _ => Err(Rejection::malformed(format!("command {i} is not a JSON object"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let submissions = items
+            .into_iter()
+            .map(|(name, fields)| {
+                only_command_fields(tenant, &fields).and_then(|()| submission(tenant, &actor, &name, fields))
+            })
+            .collect();
+        return Ok(json_response(StatusCode::OK, &state.core.batch(submissions).await));
+    };
+    let parsed = fields(&raw)
+        .and_then(|fields| only_command_fields(tenant, &fields).map(|()| fields))
+        .and_then(|fields| with_idempotency_header(headers, command, fields))
+        .and_then(|fields| submission(tenant, &actor, command, fields));
+    let submission = parsed.inspect_err(|_| state.core.metrics.malformed())?;
     Ok(decision(&state.core.command(submission).await))
+}
+
+/// Over HTTP a body carries only the command's own fields: the route names
+/// the command (and on a tenant's path the tenant), the key the actor, and
+/// the ledger's clock the time. The document says so
+/// (`additionalProperties: false`), so the server refuses them rather than
+/// ignoring them.
+fn only_command_fields(tenant: Option<&str>, fields: &Map<String, Value>) -> Result<(), Rejection> {
+    let transport = ["cmd", "actor", "at"].into_iter().chain(tenant.map(|_| "tenant"));
+    match transport.into_iter().find(|name| fields.contains_key(*name)) {
+        Some(name) => Err(Rejection::malformed(format!(
+            "\"{name}\" is not a field of the body: the route names the command and tenant, the key the actor, \
+             and the ledger's clock the time"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The `Idempotency-Key` header as the command's `idempotency_key` field.
@@ -218,8 +279,8 @@ async fn decide(
 fn with_idempotency_header(
     headers: &HeaderMap,
     command: &str,
-    mut fields: serde_json::Map<String, Value>,
-) -> Result<serde_json::Map<String, Value>, Rejection> {
+    mut fields: Map<String, Value>,
+) -> Result<Map<String, Value>, Rejection> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(fields) };
     if own_key(command).is_some() {
         return Ok(fields);
@@ -229,43 +290,38 @@ fn with_idempotency_header(
         .map_err(|_| Rejection::malformed("the Idempotency-Key header must be printable ASCII"))?
         .to_string();
     match fields.get("idempotency_key") {
-        Some(Value::String(body)) if *body != key => {
-            Err(Rejection::malformed("the Idempotency-Key header and the body's idempotency_key differ"))
-        }
-        _ => {
+        None | Some(Value::Null) => {
             fields.insert("idempotency_key".into(), Value::String(key));
             Ok(fields)
         }
+        Some(Value::String(body)) if *body != key => Err(Rejection::new(
+            "idempotency_conflict",
+            "the Idempotency-Key header and the body's idempotency_key name different keys",
+        )
+        .from_combination()),
+        // The same key, or a body value the parser refuses.
+        Some(_) => Ok(fields),
     }
 }
 
-fn parsed(state: &Http, submission: Result<Submission, Rejection>) -> Result<Submission, Response> {
-    submission.map_err(|rejection| {
-        state.core.metrics.malformed();
-        problem(&rejection)
-    })
-}
-
-/// `POST /v1/events`: CloudEvents, one or a batch.
+/// `POST /v1/events`: CloudEvents, in any of the three content modes.
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    either(
+    answer(
         async {
             let key = authenticate(&state, &headers)?;
-            let raw = body(raw)?;
-            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let parsed = cloudevents::parse(content_type, &raw).map_err(|r| problem(&r))?;
+            let events = cloudevents::parse(&headers, &body(raw)?)?;
             // Every event must be about a tenant the key reaches, or nothing runs.
-            for tenant in parsed.iter().filter_map(|e| e.as_ref().ok()).map(|e| e.tenant.as_str()) {
-                may_reach(&key, tenant)?;
+            for event in &events {
+                may_reach(&key, &event.tenant)?;
             }
             let actor = key.actor();
-            let items = parsed
+            let items = events
                 .into_iter()
-                .map(|event| event.and_then(|e| submission(Some(&e.tenant), &actor, e.command, e.fields)))
+                .map(|e| e.command.and_then(|m| submission(Some(&e.tenant), &actor, m.command, m.fields)))
                 .collect();
             Ok(json_response(StatusCode::OK, &state.core.batch(items).await))
         }
@@ -273,73 +329,97 @@ pub async fn events(
     )
 }
 
-/// The `?at=` and `?explain=` of a view.
+/// `?at=` of the usage view.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ViewParams {
+pub struct UsageParams {
+    at: Option<String>,
+}
+
+/// `?at=` and `?explain=` of the invoice view.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceParams {
     at: Option<String>,
     explain: Option<bool>,
 }
 
-async fn view(
-    state: AppState,
-    headers: HeaderMap,
-    tenant: String,
-    params: Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>,
-    view: impl FnOnce(bool) -> QueryView,
-) -> Response {
-    either(
-        async {
-            let key = authenticate(&state, &headers)?;
-            tenant_id(&tenant).map_err(|r| problem(&r))?;
-            may_reach(&key, &tenant)?;
-            let Query(params) =
-                params.map_err(|e| problem(&Rejection::malformed(format!("query: {}", e.body_text()))))?;
-            let at_us = params.at.as_deref().map(parse_at).transpose().map_err(|r| problem(&r))?;
-            let answer = state.core.query(&tenant, view(params.explain.unwrap_or(false)), at_us).await;
-            answer.map(|v| json_response(StatusCode::OK, &v)).map_err(|r| problem(&r))
-        }
-        .await,
-    )
+/// The invoices view takes no parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+type ViewPath = Result<Path<String>, PathRejection>;
+
+fn params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, Rejection> {
+    params.map(|Query(p)| p).map_err(|e| Rejection::malformed(format!("query: {}", e.body_text())))
+}
+
+async fn view(state: &Http, tenant: &str, view: QueryView, at: Option<&str>) -> Result<Response, Rejection> {
+    let at_us = at.map(parse_at).transpose()?;
+    let answer = state.core.query(tenant, view, at_us).await?;
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `GET /v1/tenants/{tenant}/usage[?at=]`.
 pub async fn usage(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    path: ViewPath,
     headers: HeaderMap,
-    params: Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<UsageParams>, QueryRejection>,
 ) -> Response {
-    view(state, headers, tenant, params, |_| QueryView::Usage).await
+    answer(
+        async {
+            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            let query = params(query)?;
+            view(&state, &tenant, QueryView::Usage, query.at.as_deref()).await
+        }
+        .await,
+    )
 }
 
 /// `GET /v1/tenants/{tenant}/invoice[?at=][&explain=true]`.
 pub async fn invoice(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    path: ViewPath,
     headers: HeaderMap,
-    params: Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<InvoiceParams>, QueryRejection>,
 ) -> Response {
-    view(state, headers, tenant, params, |explain| QueryView::Invoice { explain }).await
+    answer(
+        async {
+            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            let query = params(query)?;
+            let explain = query.explain.unwrap_or(false);
+            view(&state, &tenant, QueryView::Invoice { explain }, query.at.as_deref()).await
+        }
+        .await,
+    )
 }
 
 /// `GET /v1/tenants/{tenant}/invoices`.
 pub async fn invoices(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    path: ViewPath,
     headers: HeaderMap,
-    params: Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<NoParams>, QueryRejection>,
 ) -> Response {
-    view(state, headers, tenant, params, |_| QueryView::Invoices).await
+    answer(
+        async {
+            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            params(query)?;
+            view(&state, &tenant, QueryView::Invoices, None).await
+        }
+        .await,
+    )
 }
 
 /// `GET /v1/tenants`: every tenant with plan, status, seats and usage (the
 /// panel key only).
 pub async fn tenants(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    either(
+    answer(
         async {
             panel_only(&authenticate(&state, &headers)?)?;
-            let tenants = state.core.tenants().await.map_err(|r| problem(&r))?;
+            let tenants = state.core.tenants().await?;
             Ok(json_response(StatusCode::OK, &json!({ "tenants": tenants })))
         }
         .await,
@@ -348,28 +428,17 @@ pub async fn tenants(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// `GET /v1/me`: whom the key speaks for (the console asks this first).
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    either(
-        async {
-            let key = authenticate(&state, &headers)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"id": key.id, "tenant": key.tenant, "role": key.role, "actor": key.actor().label()}),
-            ))
-        }
-        .await,
-    )
+    answer(authenticate(&state, &headers).map(|key| {
+        let me = json!({"id": key.id, "tenant": key.tenant, "role": key.role, "actor": key.actor().label()});
+        json_response(StatusCode::OK, &me)
+    }))
 }
 
 /// `GET /healthz`: 200 when the views include the log as it stood when
 /// asked (within a second), else 503.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let health = state.core.ready().await;
-    let status = match (health.log_head, health.ready()) {
-        (None, _) => "log_unreachable",
-        (Some(_), false) => "catching_up",
-        (Some(_), true) => "ok",
-    };
-    let body = json!({"status": status, "log_head": health.log_head, "views_at": health.views_at});
+    let body = json!({"status": health.status(), "log_head": health.log_head, "views_at": health.views_at});
     let mut response =
         json_response(if health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body);
     if !health.ready() {
@@ -395,12 +464,15 @@ pub async fn openapi() -> Response {
     json_response(StatusCode::OK, &routes::openapi())
 }
 
-/// `GET /`: the console, shipped inside the binary.
-pub async fn console() -> Html<&'static str> {
-    Html(include_str!("console.html"))
-}
-
 /// Any other path: a problem, like every other error.
 pub async fn not_found() -> Response {
     problem(&Rejection::new("not_found", "no such route; see /v1/openapi.json"))
+}
+
+/// A method the path does not serve (axum adds `Allow`).
+pub async fn method_not_allowed() -> Response {
+    problem(&Rejection::new(
+        "method_not_allowed",
+        "this path does not serve that method; see the Allow header",
+    ))
 }
