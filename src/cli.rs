@@ -276,7 +276,8 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Webhooks(command) = &cli.command {
-        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command).await;
+        let head = log_head(&cli.data, cli.nats.as_deref());
+        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command, head).await;
     }
     if let Command::Serve { clock_interval_ms, http, webhook_allow_hosts, webhook_allow_private } =
         cli.command
@@ -446,6 +447,21 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log's last position: from the serve that holds an embedded data
+/// directory (its socket), or from the log itself.
+async fn log_head(data: &Path, nats: Option<&str>) -> anyhow::Result<u64> {
+    if nats.is_none() {
+        if let Some(stream) = crate::serve::local::connect(data).await {
+            let answer = crate::serve::local::ask(stream, &crate::serve::local::LocalQuery::Head).await?;
+            return answer
+                .first()
+                .and_then(|a| a["head"].as_u64())
+                .ok_or_else(|| anyhow::anyhow!("serve did not say the log's head"));
+        }
+    }
+    Ok(open_existing_log(data, nats, 1).await?.head().await?)
 }
 
 /// The subcommand's name as typed, for messages.

@@ -13,7 +13,6 @@ use serde_json::json;
 use super::deliver::DEFAULT_RETRIES_MS;
 use super::store::{DeliveryRecord, Endpoint, NotifyStore, Request, Secret};
 use super::{egress, sign, KINDS};
-use crate::log::{AnyLog, Source};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WebhooksCommand {
@@ -160,35 +159,22 @@ pub fn failed(records: &[DeliveryRecord]) -> Vec<&DeliveryRecord> {
     last.into_values().filter(|r| r.outcome == "failed").collect()
 }
 
-async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<(NotifyStore, Option<AnyLog>)> {
+async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<NotifyStore> {
     match nats {
-        Some(_) => {
-            let log = crate::store::open_existing_log(data, nats, 1).await?;
-            Ok((super::open_store(data, &log).await?, Some(log)))
-        }
-        None => Ok((NotifyStore::Dir(data.to_path_buf()), None)),
+        Some(_) => super::open_store(data, &crate::store::open_existing_log(data, nats, 1).await?).await,
+        None => Ok(NotifyStore::Dir(data.to_path_buf())),
     }
 }
 
-/// The log's head: on JetStream from the stream; on the embedded log from
-/// the serve that holds the directory, or the log itself.
-async fn head(data: &Path, log: Option<&AnyLog>) -> anyhow::Result<u64> {
-    if let Some(log) = log {
-        return Ok(log.head().await?);
-    }
-    if let Some(stream) = crate::serve::local::connect(data).await {
-        let answer = crate::serve::local::ask(stream, &crate::serve::local::LocalQuery::Head).await?;
-        return answer
-            .first()
-            .and_then(|a| a["head"].as_u64())
-            .ok_or_else(|| anyhow::anyhow!("serve did not say its head"));
-    }
-    let log = crate::store::open_existing_log(data, None, 1).await?;
-    Ok(log.head().await?)
-}
-
-pub async fn run(data: &Path, nats: Option<&str>, command: &WebhooksCommand) -> anyhow::Result<ExitCode> {
-    let (store, log) = open(data, nats).await?;
+/// Runs a `webhooks` command. `head` is the log's last position, asked
+/// for only by `add` (an endpoint receives what is recorded after it).
+pub async fn run(
+    data: &Path,
+    nats: Option<&str>,
+    command: &WebhooksCommand,
+    head: impl std::future::Future<Output = anyhow::Result<u64>>,
+) -> anyhow::Result<ExitCode> {
+    let store = open(data, nats).await?;
     let existing = |id: &str| {
         let store = store.clone();
         let id = id.to_string();
@@ -209,8 +195,7 @@ pub async fn run(data: &Path, nats: Option<&str>, command: &WebhooksCommand) -> 
             }
             let types = types(wanted.as_deref()).map_err(anyhow::Error::msg)?;
             let retries_ms = retries(delays.as_deref()).map_err(anyhow::Error::msg)?;
-            let endpoint =
-                new_endpoint(url, tenant.clone(), types, retries_ms, head(data, log.as_ref()).await?, false)?;
+            let endpoint = new_endpoint(url, tenant.clone(), types, retries_ms, head.await?, false)?;
             store.put_endpoint(&endpoint).await?;
             println!("{}", json!({"id": endpoint.id, "secret": endpoint.secrets[0].secret}));
         }
