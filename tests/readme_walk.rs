@@ -369,4 +369,20 @@ fn errors_and_output_speak_to_a_user() {
     for name in ledger::command::COMMAND_NAMES.iter().filter(|n| **n != "batch") {
         assert!(commands.contains(&format!("### `{name}`")), "docs/commands.md lacks {name}");
     }
+    // `apply`'s one argument says what it is.
+    assert!(help.contains("<FILE>") && help.contains("`-` for stdin"), "{help}");
+
+    // A data directory of the embedded log, with LEDGER_NATS still exported
+    // from the serve walk-through: the error names the variable.
+    let server = ledger::bench::natsd::NatsServer::start().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["--data", "d", "usage", "acme"])
+        .current_dir(dir.path())
+        .env("LEDGER_NATS", server.url())
+        .env("LEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("LEDGER_NATS") && err.contains("embedded"), "{err}");
 }

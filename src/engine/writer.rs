@@ -73,6 +73,14 @@ enum Outcome {
 /// because the tenant or the catalog moved on the log meanwhile.
 const MAX_FRESHNESS_ROUNDS: usize = 16;
 
+/// How many of a decision's events are the command's own: the usage alert
+/// crossings a use records come after them. A command's `seq` (and its
+/// idempotency key) is its own last event's, so a duplicate of a use that
+/// crossed a threshold answers the same `seq` as the first time.
+fn own_events<'e>(events: impl IntoIterator<Item = &'e Event>) -> usize {
+    events.into_iter().filter(|e| !matches!(e, Event::UsageThresholdCrossed { .. })).count()
+}
+
 /// A decided command waiting for its batch to commit.
 struct Staged {
     job: Job,
@@ -506,7 +514,7 @@ impl<L: EventLog> Engine<L> {
         };
         let mut prev_hash = overlay.map_or_else(|| loaded.hash(catalog), |o| o.state.chain.last_hash);
         let mut envelopes = Vec::with_capacity(events.len());
-        let last = events.len().saturating_sub(1);
+        let last = own_events(&events).saturating_sub(1);
         for (i, payload) in events.into_iter().enumerate() {
             let envelope = Envelope {
                 event_id: uuid::Uuid::now_v7().as_u128(),
@@ -618,7 +626,8 @@ impl<L: EventLog> Engine<L> {
         for s in staged {
             self.busy.remove(&s.tenant);
             let catalog = s.tenant == CATALOG_TENANT;
-            let seq = first + (s.offset + s.envelopes.len()) as u64 - 1;
+            let own = own_events(s.envelopes.iter().map(|(e, _)| &e.payload));
+            let seq = first + (s.offset + own) as u64 - 1;
             // A tenant no longer in memory reloads from the log when next
             // needed, which then includes this batch.
             let loaded = if catalog { Some(&mut self.catalog) } else { self.tenants.get_mut(&s.tenant) };
@@ -631,7 +640,8 @@ impl<L: EventLog> Engine<L> {
                     self.tenants.remove(&s.tenant);
                 }
             }
-            last = last.max(seq);
+            // Everything this batch appended, crossings included.
+            last = last.max(first + (s.offset + s.envelopes.len()) as u64 - 1);
             let reply = match s.denial {
                 None => Reply::Ok { seq, duplicate: false },
                 Some(rejection) => Reply::Rejected { rejection, seq: Some(seq) },

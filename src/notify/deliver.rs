@@ -162,10 +162,12 @@ impl Delivery {
     /// Delivers until the task is aborted: follows the store's endpoints
     /// (added, rotated, removed) and its requests, every second.
     pub async fn run(self: Arc<Self>) {
-        if let AnyLog::JetStream(log) = &self.log {
-            tokio::spawn(self.clone().publish_on_nats(log.clone()));
-        }
-        let mut workers: HashMap<String, (Endpoint, tokio::task::JoinHandle<()>)> = HashMap::new();
+        // Everything this spawns stops with it (a `serve` stopping aborts it).
+        let _nats = match &self.log {
+            AnyLog::JetStream(log) => Some(Task(tokio::spawn(self.clone().publish_on_nats(log.clone())))),
+            AnyLog::Embedded(_) => None,
+        };
+        let mut workers: HashMap<String, (Endpoint, Task)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -188,15 +190,13 @@ impl Delivery {
     /// changed (a rotated secret), stops those removed.
     async fn reconcile(
         self: &Arc<Self>,
-        workers: &mut HashMap<String, (Endpoint, tokio::task::JoinHandle<()>)>,
+        workers: &mut HashMap<String, (Endpoint, Task)>,
         endpoints: Vec<Endpoint>,
     ) {
         let current: HashSet<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
         let gone: Vec<String> = workers.keys().filter(|id| !current.contains(id.as_str())).cloned().collect();
         for id in gone {
-            if let Some((_, worker)) = workers.remove(&id) {
-                worker.abort();
-            }
+            workers.remove(&id);
             self.stats.forget(&id);
             if let AnyLog::JetStream(log) = &self.log {
                 // Every instance tries; one succeeds.
@@ -204,14 +204,13 @@ impl Delivery {
             }
         }
         for endpoint in endpoints {
-            let running = workers.get(&endpoint.id).is_some_and(|(e, w)| *e == endpoint && !w.is_finished());
+            let running =
+                workers.get(&endpoint.id).is_some_and(|(e, w)| *e == endpoint && !w.0.is_finished());
             if running {
                 continue;
             }
-            if let Some((_, worker)) = workers.remove(&endpoint.id) {
-                worker.abort();
-            }
-            let worker = tokio::spawn(self.clone().endpoint_worker(endpoint.clone()));
+            // Replacing an entry drops (and so aborts) the old worker.
+            let worker = Task(tokio::spawn(self.clone().endpoint_worker(endpoint.clone())));
             workers.insert(endpoint.id.clone(), (endpoint, worker));
         }
     }
@@ -574,6 +573,15 @@ impl Delivery {
 }
 
 const NATS_CONSUMER: &str = "notify_nats";
+
+/// A spawned task that is aborted when dropped.
+pub struct Task(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 fn consumer_name(endpoint: &str) -> String {
     format!("webhook_{endpoint}")

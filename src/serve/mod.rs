@@ -87,8 +87,7 @@ impl Server {
         let (service, mut tasks) = nats::start(log.client(), core.clone()).await?;
         // A JetStream ledger keeps its notification store on the server:
         // no data directory is needed.
-        let store = crate::notify::open_store(Path::new(""), &any).await?;
-        tasks.push(spawn_delivery(store, &options, &ledger, &any, &core));
+        tasks.push(spawn_delivery(Path::new(""), &options, &ledger, &any, &core));
         if let Some((listener, keys)) = http {
             tasks.push(tokio::spawn(http::serve(listener, core, keys)));
         }
@@ -107,27 +106,37 @@ impl Server {
     }
 }
 
-/// Webhook deliveries and NATS notifications, beside the front ends.
+/// Webhook deliveries and NATS notifications, beside the front ends, once
+/// the notification store opens: a cluster in the middle of a leader
+/// change may take a while to create its buckets, and serving commands
+/// does not wait for that (notifications are derived from the log, so none
+/// is missed meanwhile).
 fn spawn_delivery(
-    store: crate::notify::store::NotifyStore,
+    data: &Path,
     options: &ServeOptions,
     ledger: &Ledger,
     log: &AnyLog,
     core: &Core,
 ) -> tokio::task::JoinHandle<()> {
-    let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
-    let writer = tokio::spawn(crate::notify::deliver::Delivery::write_records(store.clone(), recorded));
-    let delivery = Arc::new(crate::notify::deliver::Delivery {
-        store,
-        egress: options.egress.clone(),
-        ledger: ledger.clone(),
-        log: log.clone(),
-        stats: core.metrics.deliveries(),
-        records,
-    });
+    let (data, egress, ledger, log, stats) =
+        (data.to_path_buf(), options.egress.clone(), ledger.clone(), log.clone(), core.metrics.deliveries());
     tokio::spawn(async move {
+        let store = loop {
+            match crate::notify::open_store(&data, &log).await {
+                Ok(store) => break store,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "opening the notification store; trying again");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
+        let _writer = crate::notify::deliver::Task(tokio::spawn(
+            crate::notify::deliver::Delivery::write_records(store.clone(), recorded),
+        ));
+        let delivery =
+            Arc::new(crate::notify::deliver::Delivery { store, egress, ledger, log, stats, records });
         delivery.run().await;
-        writer.abort();
     })
 }
 
@@ -178,7 +187,7 @@ pub async fn run(
         tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
-    tasks.push(spawn_delivery(crate::notify::open_store(data, &log).await?, &options, &ledger, &log, &core));
+    tasks.push(spawn_delivery(data, &options, &ledger, &log, &core));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
