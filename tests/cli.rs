@@ -133,13 +133,15 @@ fn a_served_data_directory_answers_queries_through_serve() {
     let data = dir.path().join("d");
     let (ok, _, err) = ledger(&data, None, &["demo"]);
     assert!(ok, "{err}");
-    let queries: [&[&str]; 7] = [
-        &["usage", "acme", "--json"],
-        &["usage", "demo", "--explain", "--json"],
+    // Instants in the past, and the log's events up to a position: serve's
+    // billing clock may be closing the demo's ended periods meanwhile, and
+    // what already happened answers the same whoever is asked.
+    let queries: [&[&str]; 6] = [
+        &["usage", "acme", "--at", "2026-03-20T00:00:00Z", "--json"],
+        &["usage", "demo", "--at", "2026-03-20T00:00:00Z", "--explain", "--json"],
         &["invoice", "acme", "--at", "2026-03-15T00:00:00Z", "--json"],
         &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--explain"],
         &["tenants", "--json"],
-        &["activity", "--json"],
         &["events", "--tenant", "demo"],
     ];
     let mut serve = HttpServe::spawn(&data, None);
@@ -152,6 +154,8 @@ fn a_served_data_directory_answers_queries_through_serve() {
             out
         })
         .collect();
+    let (ok, activity, err) = ledger(&data, None, &["activity", "demo", "--json"]);
+    assert!(ok && activity.contains(r#""tenant":"demo""#), "activity through serve: {err}");
     let started = std::time::Instant::now();
     let (ok, _, err) = ledger(&data, None, &["audit", "verify"]);
     assert!(!ok);
@@ -166,6 +170,12 @@ fn a_served_data_directory_answers_queries_through_serve() {
     for (args, served) in queries.iter().zip(&through_serve) {
         let (ok, out, err) = ledger(&data, None, args);
         assert!(ok, "{args:?}: {err}");
-        assert_eq!(&out, served, "{args:?}");
+        if args[0] == "events" {
+            // The log may have grown since (the clock's closes): the same
+            // records up to where serve's answer ended.
+            assert!(out.starts_with(served.as_str()), "{args:?}:\n{served}\n---\n{out}");
+        } else {
+            assert_eq!(&out, served, "{args:?}");
+        }
     }
 }

@@ -303,6 +303,7 @@ async fn the_openapi_document_matches_the_routes() {
         "settle_payment",
         "cancel_addon",
         "close_period",
+        "set_usage_alerts",
     ];
     let mut expected: Vec<String> = [
         "GET /",

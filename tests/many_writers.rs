@@ -410,7 +410,17 @@ async fn randomized_writers_answer_as_one_writer_replaying_the_log() {
                     }
                     let payloads: Vec<_> = recorded.iter().map(|e| e.payload.clone()).collect();
                     match history.decide(&submission, first - 1, last.at_us) {
-                        Ok(Decision::Accept(events)) => events == payloads,
+                        // A use's alert crossings follow its own events
+                        // (which `seq` ends), in the same append.
+                        Ok(Decision::Accept(events)) => {
+                            let (own, crossings): (Vec<_>, Vec<_>) = events
+                                .into_iter()
+                                .partition(|e| !matches!(e, events::Event::UsageThresholdCrossed { .. }));
+                            let after: Vec<_> = (seq + 1..=seq + crossings.len() as u64)
+                                .filter_map(|p| history.events.get(&p).map(|e| e.payload.clone()))
+                                .collect();
+                            own == payloads && after == crossings
+                        }
                         Ok(Decision::Deny { event, rejection }) => {
                             payloads == [event]
                                 && matches!(&a.reply, Reply::Rejected { rejection: r, .. } if r.code == rejection.code)

@@ -212,6 +212,26 @@ fn deliveries(data: &Path, nats: Option<&str>, id: &str, failed: bool) -> Vec<Va
     out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// Waits until the endpoint's records satisfy `done` (they are written a
+/// batch at a time, a moment after the attempts), and returns them.
+async fn deliveries_until(
+    data: &Path,
+    nats: Option<&str>,
+    id: &str,
+    failed: bool,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = deliveries(data, nats, id, failed);
+        if done(&records) {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "{records:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_notification_arrives_signed_and_on_nats() {
     let js = JetStream::new();
@@ -267,8 +287,10 @@ async fn every_notification_arrives_signed_and_on_nats() {
     }
     assert_eq!(seen.iter().filter(|(_, k)| k == "usage.threshold_crossed").count(), 1);
     // Every delivery is on record.
-    let records = deliveries(&serve_data, Some(&url), &id, false);
-    assert_eq!(records.iter().filter(|r| r["outcome"] == "delivered").count(), 13, "{records:?}");
+    deliveries_until(&serve_data, Some(&url), &id, false, |records| {
+        records.iter().filter(|r| r["outcome"] == "delivered").count() == 13
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -301,15 +323,16 @@ async fn failing_and_hanging_receivers_get_every_notification_and_delay_no_other
         receiver.assert_signed();
         assert!(receiver.ids().values().all(|n| *n == 1), "each delivered once: {:?}", receiver.ids());
     }
-    let records = deliveries(&serve_data, Some(&url), &hanging_id, false);
-    assert!(
+    deliveries_until(&serve_data, Some(&url), &hanging_id, false, |records| {
         records
             .iter()
-            .any(|r| r["outcome"] == "retrying" && r["error"].as_str().unwrap_or("").contains("10 s")),
-        "{records:?}"
-    );
-    let records = deliveries(&serve_data, Some(&url), &flaky_id, false);
-    assert_eq!(records.iter().filter(|r| r["status"] == 500).count(), 10, "{records:?}");
+            .any(|r| r["outcome"] == "retrying" && r["error"].as_str().unwrap_or("").contains("10 s"))
+    })
+    .await;
+    deliveries_until(&serve_data, Some(&url), &flaky_id, false, |records| {
+        records.iter().filter(|r| r["status"] == 500).count() == 10
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -350,7 +373,8 @@ async fn a_notification_past_its_retries_is_marked_failed_and_sent_again_on_requ
         }
     }
     broken.wait_for(2, Duration::from_secs(20)).await;
-    assert!(deliveries(&serve_data, Some(&url), &id, true).is_empty(), "nothing failed any more");
+    // Nothing failed any more, once the last attempts are on record.
+    deliveries_until(&serve_data, Some(&url), &id, true, <[Value]>::is_empty).await;
     // A test notification: one attempt, signed, on record (this receiver
     // fails every notification's first three attempts).
     let (ok, _, err) = ledger(&serve_data, Some(&url), &["webhooks", "test", &id], None);

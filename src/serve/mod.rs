@@ -166,6 +166,11 @@ pub async fn run(
     let ledger = Ledger::start(log.clone(), views).await?;
     let core = Arc::new(Core::new(ledger.clone(), log.clone()));
     let mut tasks = Vec::new();
+    // The command line's socket before the front ends: once a "serving
+    // ledger" line is logged, queries of the directory answer too.
+    if let Some(listener) = local::bind(data)? {
+        tasks.push(tokio::spawn(local::serve(listener, core.clone())));
+    }
     // HTTP first: once any "serving ledger" line is logged, every front end
     // asked for takes requests.
     if let Some(address) = http {
@@ -182,9 +187,6 @@ pub async fn run(
         let (started, endpoints) = nats::start(log.client(), core.clone()).await?;
         service = Some(started);
         tasks.extend(endpoints);
-    }
-    if let Some(listener) = local::bind(data)? {
-        tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
     tasks.push(spawn_delivery(data, &options, &ledger, &log, &core));
