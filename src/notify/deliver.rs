@@ -309,8 +309,11 @@ impl Delivery {
         let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let endpoint = Arc::new(endpoint.clone());
         loop {
+            // A waiting pull (not `fetch`, which asks again at once when
+            // nothing is there): messages stream in as they are appended,
+            // and an idle endpoint costs the server one request a second.
             let mut batch = consumer
-                .fetch()
+                .batch()
                 .max_messages(IN_FLIGHT)
                 .expires(Duration::from_secs(1))
                 .messages()
@@ -554,7 +557,7 @@ impl Delivery {
         };
         loop {
             let mut batch =
-                consumer.fetch().max_messages(256).expires(Duration::from_secs(1)).messages().await?;
+                consumer.batch().max_messages(256).expires(Duration::from_secs(1)).messages().await?;
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
                 let position = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
