@@ -485,33 +485,23 @@ async fn the_embedded_log_delivers_too_and_resumes_after_a_restart() {
     let receiver = Receiver::start(Behaviour::FailFirst(1)).await;
     add_endpoint(&data, None, &receiver, &["--retries", "300ms"]);
     let panel = add_key(&data, &["--panel"]);
+    let subscribe = |http: Http, tenants: std::ops::Range<usize>| {
+        let panel = panel.clone();
+        async move {
+            for i in tenants {
+                let body = json!({"tenant": format!("e{i}"), "plan": "basic", "seats": 1});
+                let answer = http.post("/v1/admin/subscribe", Some(&panel), &body).await;
+                assert_eq!(answer.status, 200, "{:?}", answer.body);
+            }
+        }
+    };
     let mut serve = HttpServe::spawn(&data, None);
-    let http = Http::new(&serve.base);
-    for i in 0..5 {
-        let answer = http
-            .post(
-                "/v1/admin/subscribe",
-                Some(&panel),
-                &json!({"tenant": format!("e{i}"), "plan": "basic", "seats": 1}),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{:?}", answer.body);
-    }
+    subscribe(Http::new(&serve.base), 0..5).await;
     receiver.wait_for(5, Duration::from_secs(20)).await;
     let before: Vec<String> = receiver.ids().into_keys().collect();
     serve.kill();
     let serve = HttpServe::spawn(&data, None);
-    let http = Http::new(&serve.base);
-    for i in 5..8 {
-        let answer = http
-            .post(
-                "/v1/admin/subscribe",
-                Some(&panel),
-                &json!({"tenant": format!("e{i}"), "plan": "basic", "seats": 1}),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{:?}", answer.body);
-    }
+    subscribe(Http::new(&serve.base), 5..8).await;
     receiver.wait_for(8, Duration::from_secs(20)).await;
     receiver.assert_signed();
     tokio::time::sleep(Duration::from_secs(1)).await;

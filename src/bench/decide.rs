@@ -122,20 +122,12 @@ pub(super) fn print_rate(label: &str, rate: f64, sorted: &[Duration]) {
 
 /// `ledger serve` in this process on fresh views (the billing clock idle),
 /// with the bench plan defined. The directory lives as long as the guard.
-async fn start_service(
+pub(super) async fn start_service(
     log: &JetStreamLog,
 ) -> anyhow::Result<(crate::serve::Server, Ledger, tempfile::TempDir)> {
     let views_dir = tempfile::tempdir()?;
     let views = ViewStore::open(views_dir.path())?;
-    let options = crate::serve::ServeOptions {
-        clock_interval: Duration::from_secs(3600),
-        // Benchmarks send only to loopback, webhooks included.
-        egress: crate::notify::egress::Egress {
-            allow_hosts: Some(vec!["127.0.0.1".into()]),
-            allow_private: false,
-        },
-    };
-    let service = crate::serve::Server::start(log.clone(), views, options).await?;
+    let service = crate::serve::Server::start(log.clone(), views, super::support::serve_options()).await?;
     let ledger = service.ledger().clone();
     define_bench_plan(&ledger).await?;
     Ok((service, ledger, views_dir))

@@ -125,14 +125,7 @@ pub async fn serve_http(nats: Option<&str>, decisions: usize) -> anyhow::Result<
         tenant_keys.push(keys::add(data.path(), Some(&tenant_name("web", c)), Role::User)?);
     }
     let ring = Arc::new(KeyRing::new(data.path()));
-    let options = crate::serve::ServeOptions {
-        clock_interval: Duration::from_secs(3600),
-        // Benchmarks send only to loopback, webhooks included.
-        egress: crate::notify::egress::Egress {
-            allow_hosts: Some(vec!["127.0.0.1".into()]),
-            allow_private: false,
-        },
-    };
+    let options = super::support::serve_options();
     let service =
         crate::serve::Server::start_with_http(log.clone(), views, options, Some((listener, ring))).await?;
     let ledger = service.ledger().clone();

@@ -123,3 +123,15 @@ pub(crate) fn print_targets(targets: &[(&str, f64, f64, bool)]) {
     }
     println!("targets met: {met} of {}", targets.len());
 }
+
+/// How the benchmarks run `serve`: the billing clock idle, and webhooks
+/// (like every bench's traffic) reaching loopback only.
+pub(crate) fn serve_options() -> crate::serve::ServeOptions {
+    crate::serve::ServeOptions {
+        clock_interval: Duration::from_secs(3600),
+        egress: crate::notify::egress::Egress {
+            allow_hosts: Some(vec!["127.0.0.1".into()]),
+            allow_private: false,
+        },
+    }
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use events::Actor;
 
-use super::decide::{define_bench_plan, tenant_name};
+use super::decide::tenant_name;
 use super::support::{connect, machine, print_targets, rate};
 use crate::engine::command::{Command, Submission};
 use crate::engine::{Ledger, Reply};
@@ -131,19 +131,7 @@ pub async fn webhooks(nats: Option<&str>, decisions: usize, rounds: usize) -> an
         machine(),
         log.client().server_info().version
     );
-    let views_dir = tempfile::tempdir()?;
-    let views = projections::ViewStore::open(views_dir.path())?;
-    let options = crate::serve::ServeOptions {
-        clock_interval: Duration::from_secs(3600),
-        // Benchmarks send only to loopback, webhooks included.
-        egress: crate::notify::egress::Egress {
-            allow_hosts: Some(vec!["127.0.0.1".into()]),
-            allow_private: false,
-        },
-    };
-    let service = crate::serve::Server::start(log.clone(), views, options).await?;
-    let ledger = service.ledger().clone();
-    define_bench_plan(&ledger).await?;
+    let (service, ledger, _views) = super::decide::start_service(&log).await?;
     let clients = 100;
     for c in 0..clients {
         let subscribe = Command::Subscribe { tenant: tenant_name("hook", c), plan: "bench".into(), seats: 1 };
