@@ -503,6 +503,26 @@ async fn the_embedded_log_delivers_too_and_resumes_after_a_restart() {
     let serve = HttpServe::spawn(&data, None);
     subscribe(Http::new(&serve.base), 5..8).await;
     receiver.wait_for(8, Duration::from_secs(20)).await;
+    // The deliveries are counted, by outcome, in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = Http::new(&serve.base).get("/metrics", None).await.body;
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        let counted = |outcome: &str| {
+            text.lines().any(|l| {
+                l.starts_with("ledger_webhook_deliveries_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+        };
+        if counted("delivered")
+            && counted("retrying")
+            && text.contains("ledger_webhook_oldest_undelivered_seconds{")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     receiver.assert_signed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Killed right after a delivery, serve may not have saved it: that one
