@@ -81,6 +81,8 @@ _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _UNAVAILABLE_STATUSES = (502, 503, 504)
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
+# No attempt is started with less time than this left (it could only time out).
+_SHORTEST_ATTEMPT = 0.1
 
 
 def _backoff(attempt: int) -> float:
@@ -135,10 +137,10 @@ def request(send: Send, *, timeout: float, retry: Retry) -> Op[httpx.Response]:
             problem = _problem(response)
             detail = str(problem.get("detail") or f"HTTP {status} {response.reason_phrase}")
             after = _retry_after(response)
-            wait = after if after is not None else _backoff(attempt)
+            wait = max(after, _backoff(attempt)) if after is not None else _backoff(attempt)
             again = retry is Retry.KEYED
         attempt += 1
-        if not again or time.monotonic() + wait >= deadline:
+        if not again or deadline - (time.monotonic() + wait) < min(_SHORTEST_ATTEMPT, timeout / 4):
             code = problem.get("code") if isinstance(problem.get("code"), str) else "unavailable"
             tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
             raise LedgerUnavailable(
