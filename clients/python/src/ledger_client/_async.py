@@ -184,9 +184,9 @@ class AsyncAdmin:
         """A new API key: ``{"id", "key", "tenant", "role"}``."""
         return await self._runner.run(self._ops.add_key(role, tenant))
 
-    async def keys(self) -> list[dict[str, Any]]:
+    async def list_keys(self) -> list[dict[str, Any]]:
         """Every key (never the key itself)."""
-        return await self._runner.run(self._ops.keys())
+        return await self._runner.run(self._ops.list_keys())
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         """Revokes a key by id."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -127,6 +128,35 @@ class Queued:
     body: dict[str, Any]
 
 
+# How long a write waits for the others at most.
+_WRITE_WAIT = 30.0
+
+
+def _begin_immediate(db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the other writers in short random sleeps.
+
+    SQLite's own busy handler sleeps longer and longer (up to 100 ms) while
+    others keep taking the lock: under contention one process could wait a
+    long time for a sub-millisecond transaction. Short sleeps share it fairly.
+    """
+    deadline = time.monotonic() + _WRITE_WAIT
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        tries = 0
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                busy = "locked" in str(error) or "busy" in str(error)
+                if not busy or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.0, 0.0005 * (1 << min(tries, 3))))
+            tries += 1
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(_WRITE_WAIT * 1000)}")
+
+
 class DeliveryLock:
     """Whoever holds it delivers the outbox (one holder across processes and threads).
 
@@ -193,7 +223,9 @@ class Cache:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
-            db = sqlite3.connect(str(self._path), timeout=30, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                str(self._path), timeout=_WRITE_WAIT, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -218,7 +250,7 @@ class Cache:
             if durable:
                 db.execute("PRAGMA synchronous=FULL")
             try:
-                db.execute("BEGIN IMMEDIATE")
+                _begin_immediate(db)
                 try:
                     yield db
                 except BaseException:
@@ -476,6 +508,11 @@ class Cache:
                 (key, key),
             ).fetchall()
         return [{"tenant": t, "cmd": c, **json.loads(b)} for t, c, b in rows]
+
+    def count_queued(self, key: str) -> int:
+        """How many uses this key has to deliver."""
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM outbox WHERE key_hash = ?", (key,)).fetchone()[0])
 
     def pending(self, key: str) -> bool:
         """Whether this key has uses to deliver."""

@@ -127,20 +127,28 @@ class Session:
         """Delivers this key's outbox in order, with the original keys; how many.
 
         Holds the delivery lock (one deliverer across the processes sharing
-        the cache); ``wait``: for another deliverer to finish (up to
-        ``timeout``), else give up at once (``-1``). One attempt per entry:
+        the cache); ``wait``: for another deliverer to finish (as long as it
+        delivers something every ``timeout``), else give up at once (``-1``). One attempt per entry:
         an entry not answered stays, and :class:`LedgerUnavailable` is raised.
         An entry the ledger refuses goes to the refused list.
         """
         cache = self.cache
         if cache is None:
             return 0
-        deadline = time.monotonic() + self.timeout
+        deadline, left = time.monotonic() + self.timeout, -1
         while not cache.delivery.try_acquire():
             if not wait:
                 return -1
+            # Another process is delivering: wait while it makes progress.
+            now_left = cache.count_queued(self.key_hash)
+            if now_left == 0:
+                return 0
+            if now_left != left:
+                deadline, left = time.monotonic() + self.timeout, now_left
             if time.monotonic() >= deadline:
-                raise LedgerUnavailable("unavailable", "another process is still delivering the outbox")
+                raise LedgerUnavailable(
+                    "unavailable", "another process is delivering the outbox, without progress"
+                )
             yield Sleep(_DELIVERY_POLL)
         try:
             delivered = 0
@@ -403,7 +411,7 @@ class AdminOps:
         answer = yield from self.session.call("POST", "/v1/keys", json=body, retry=Retry.UNSENT)
         return p.expect_object(answer, "the new key")
 
-    def keys(self) -> Op[list[dict[str, Any]]]:
+    def list_keys(self) -> Op[list[dict[str, Any]]]:
         """Every key's id, tenant, role and creation (never a key)."""
         body = p.expect_object((yield from self.session.call("GET", "/v1/keys")), "/v1/keys")
         return list(body.get("keys", []))

@@ -210,9 +210,9 @@ class Admin:
         """A new API key (``role``: ``user``, ``admin`` or ``panel``): ``{"id", "key", "tenant", "role"}``."""
         return self._runner.run(self._ops.add_key(role, tenant))
 
-    def keys(self) -> list[dict[str, Any]]:
+    def list_keys(self) -> list[dict[str, Any]]:
         """Every key: ``{"id", "tenant", "role", "created"}`` (never the key itself)."""
-        return self._runner.run(self._ops.keys())
+        return self._runner.run(self._ops.list_keys())
 
     def revoke_key(self, key_id: str) -> dict[str, Any]:
         """Revokes a key by id: ``{"id", "revoked": True}``."""
