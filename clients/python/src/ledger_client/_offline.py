@@ -324,10 +324,13 @@ class Cache:
         with self._write() as db:
             db.execute("UPDATE circuit SET offline_until = 0 WHERE offline_until != 0")
 
-    def is_offline(self) -> bool:
-        """Whether the circuit is open (the ledger failed to answer lately)."""
-        with self._read() as db:
-            return bool(db.execute("SELECT offline_until FROM circuit").fetchone()[0])
+    def give_up_probe(self) -> None:
+        """Lets the next caller probe at once (a prober that could not probe)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE circuit SET offline_until = min(offline_until, ?) WHERE offline_until != 0",
+                (time.time(),),
+            )
 
     # -- readings -------------------------------------------------------
 
@@ -396,16 +399,6 @@ class Cache:
                 f" online_{column} = online_{column} + excluded.online_{column}",
                 (tenant, amount),
             )
-
-    def reading(self, tenant: str) -> dict[str, Any] | None:
-        """The stored reading of a tenant and what was admitted offline against it."""
-        with self._read() as db:
-            db.row_factory = sqlite3.Row
-            try:
-                row = db.execute("SELECT * FROM reading WHERE tenant = ?", (tenant,)).fetchone()
-            finally:
-                db.row_factory = None
-        return dict(row) if row and row["read_at"] is not None else None
 
     # -- deciding offline -----------------------------------------------
 

@@ -188,7 +188,10 @@ class Session:
             delivered = yield from self.deliver(wait=False)
         except LedgerError:
             return True
-        if delivered >= 0 and state.offline_until:
+        if delivered < 0:
+            # Another process is delivering: leave the probe to the next caller.
+            cache.give_up_probe()
+        elif state.offline_until:
             cache.came_back()
         return cache.pending(self.key_hash)
 
@@ -252,6 +255,10 @@ class TenantOps:
             except LedgerUnavailable as error:
                 cache.went_offline()
                 reason = f"the ledger did not answer ({error.detail})"
+            except LedgerError:
+                if probing:  # a rejection is an answer: the ledger is back
+                    cache.came_back()
+                raise
             else:
                 if decision.ok and not decision.duplicate:
                     cache.count_online(tenant, command, int(body[METERED[command][1]]))
@@ -348,7 +355,13 @@ class TenantOps:
         if cache.pending(self.session.key_hash):
             yield from self.session.deliver(wait=True)
         base = cache.base(tenant)
-        usage = p.expect_object((yield from self.session.call("GET", self._path(tenant, "usage"))), "usage")
+        try:
+            usage = p.expect_object(
+                (yield from self.session.call("GET", self._path(tenant, "usage"))), "usage"
+            )
+        except LedgerUnavailable:
+            cache.went_offline()
+            raise
         cache.remember(tenant, usage, base)
         return usage
 
