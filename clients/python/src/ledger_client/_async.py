@@ -314,6 +314,9 @@ class AsyncClient(AsyncTenant):
             self._session.cache.close()
 
     async def __aenter__(self) -> AsyncClient:
+        cache = self._session.cache
+        if cache is not None and cache.pending(self._session.key_hash):
+            self._wake_courier()  # a previous client left uses to deliver
         return self
 
     async def __aexit__(

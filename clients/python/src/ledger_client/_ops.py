@@ -8,6 +8,7 @@ classes in ``_sync`` and ``_async`` only run these generators.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from ._errors import LedgerError, LedgerUnavailable
 from ._offline import METERED, Cache, key_hash
 from ._protocol import Blocking, Instant, Op, Retry, Send, Sleep
 from ._version import __version__
+
+log = logging.getLogger("ledger_client")
 
 # Commands whose own field is their idempotency key (they ignore the header).
 OWN_KEY = {"upload": "file", "consume_tokens": "request", "purchase_addon": "purchase"}
@@ -171,6 +174,8 @@ class Session:
                     }
                 else:
                     refusal = None if decision.ok else dict(decision.raw)
+                if refusal is not None:
+                    log.warning("the ledger refused a use admitted offline: %s %s", entry.command, refusal)
                 yield Blocking(partial(cache.delivered, entry, refusal))
                 delivered += 1
         finally:
