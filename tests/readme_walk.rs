@@ -1,10 +1,13 @@
 //! The README is one walk that works when typed in order on a fresh clone:
-//! set up (the demo), use, audit, serve (seeded, with the Python example
-//! answering as printed). `the_readme_walks` runs its shell blocks and its
-//! Python block themselves, in a scratch directory that holds what a clone
-//! holds (`scripts/`, `docs/`, `examples/`), with the built `ledger` on
-//! PATH. Three things are adapted, and only these: the port (a random one,
-//! not 4222, since tests run side by side), the set-up commands (the
+//! set up (the demo), use, audit, serve (seeded, with the Python examples
+//! answering as printed: NATS, and the Python client over HTTP).
+//! `the_readme_walks` runs its shell blocks and its Python blocks
+//! themselves, in a scratch directory that holds what a clone holds
+//! (`scripts/`, `docs/`, `examples/`), with the built `ledger` on PATH and
+//! the Python of `scripts/python-client` (which installed
+//! `clients/python`, as the README's `pip install ./clients/python` does).
+//! Three things are adapted, and only these: the ports (random ones, not
+//! 4222 and 8080, since tests run side by side), the set-up commands (the
 //! demo runs through the built binary; `scripts/test` is this very suite),
 //! and `serve` gets `--webhook-allow-hosts 127.0.0.1` (tests reach only
 //! loopback).
@@ -61,6 +64,19 @@ fn python_path() -> String {
         .unwrap_or_else(|_| repo().join(".tools/pylib").to_string_lossy().into_owned())
 }
 
+/// The Python that runs the README's Python blocks: the Python client's
+/// environment (`scripts/python-client`: `ledger_client`, installed from
+/// `clients/python`, and nats-py), as a reader who ran `pip install
+/// ./clients/python` has.
+fn python() -> String {
+    let tools = std::env::var("LEDGER_PYTHON_CLIENT_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".tools/python-client/bin"));
+    let python = tools.join("python");
+    assert!(python.exists(), "no {}: run scripts/test (or scripts/python-client)", python.display());
+    python.to_string_lossy().into_owned()
+}
+
 /// `dir/bin/nats-server` and `dir/bin/ledger`, so the walk's commands find
 /// what `scripts/test` provides.
 fn bin_dir(dir: &Path) -> PathBuf {
@@ -101,14 +117,21 @@ fn the_readme_walks() {
     let mut script = String::from(
         "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\nwait_for() { for _ in $(seq 600); do if eval \"$1\"; then return 0; fi; sleep 0.1; done; echo \"gave up waiting for $1\" >&2; return 1; }\n",
     );
-    let mut python = None;
+    let mut pythons = Vec::new();
     let mut background = 0;
     for (language, text) in blocks(&readme) {
         match language.as_str() {
             "sh" => {}
             "python" => {
-                python = Some(text.replace(":4222", &format!(":{port}")));
-                script.push_str("echo '### python'\npython3 walk.py\n");
+                pythons.push(
+                    text.replace(":4222", &format!(":{port}")).replace(":8080", &format!(":{http_port}")),
+                );
+                // The first is "python", the next "python 2", ... (walk.py, walk-2.py, ...).
+                let (step, file) = match pythons.len() {
+                    1 => ("python".to_string(), "walk.py".to_string()),
+                    n => (format!("python {n}"), format!("walk-{n}.py")),
+                };
+                script.push_str(&format!("echo '### {step}'\n\"$LEDGER_WALK_PYTHON\" {file}\n"));
                 continue;
             }
             _ => continue, // the Rust example is a fragment, not a program
@@ -147,7 +170,11 @@ fn the_readme_walks() {
         }
     }
     std::fs::write(dir.join("walk.sh"), &script).unwrap();
-    std::fs::write(dir.join("walk.py"), python.expect("the README has a Python example")).unwrap();
+    assert!(pythons.len() >= 2, "the README has a NATS example and a client example in Python");
+    for (i, text) in pythons.iter().enumerate() {
+        let file = if i == 0 { "walk.py".to_string() } else { format!("walk-{}.py", i + 1) };
+        std::fs::write(dir.join(file), text).unwrap();
+    }
     let path = format!(
         "{}:{}:{}",
         bin.display(),
@@ -159,6 +186,7 @@ fn the_readme_walks() {
         .current_dir(dir)
         .env("PATH", path)
         .env("PYTHONPATH", python_path())
+        .env("LEDGER_WALK_PYTHON", python())
         .env("LEDGER_NATS_SERVER", &nats_server)
         .env_remove("LEDGER_NATS")
         .env_remove("LEDGER_DATA")
@@ -231,6 +259,13 @@ fn the_readme_walks() {
     let first = lines.next().unwrap_or_default();
     assert!(first.contains("'ok': True") && first.contains("'duplicate': False"), "{python}");
     assert!(lines.next().unwrap_or_default().contains("'used': 1200"), "{python}");
+    // The Python client over HTTP, after the NATS example's 1,200 and the
+    // HTTP walk's 800: a decision, a recorded denial, the usage.
+    let client = step("python 2");
+    let mut lines = client.lines();
+    assert_eq!(lines.next(), Some("True False False"), "{client}");
+    assert_eq!(lines.next(), Some("False storage_quota_exceeded"), "{client}");
+    assert!(lines.next().unwrap_or_default().contains("'used': 2700"), "{client}");
     // HTTP beside NATS, on the same stream: a command, a CloudEvent, the
     // usage that counts both after the Python example's 1,200.
     let curl = |what: &str| {
@@ -256,6 +291,7 @@ fn the_readme_walks() {
         "ledger-http",
         "rebuilt",
         "ledger-data",
+        "ledger-cache",
     ] {
         assert!(dir.join(written).exists(), "the walk did not write {written}");
         assert!(ignored.lines().any(|l| l.trim_start_matches('/') == written), ".gitignore lacks {written}");

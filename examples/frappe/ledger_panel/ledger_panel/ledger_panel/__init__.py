@@ -1,0 +1,1 @@
+"""The Ledger Panel module."""

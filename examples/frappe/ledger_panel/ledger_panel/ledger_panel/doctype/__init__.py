@@ -1,0 +1,1 @@
+"""DocTypes of the Ledger Panel module."""

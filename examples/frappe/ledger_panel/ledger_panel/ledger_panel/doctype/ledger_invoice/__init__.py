@@ -1,0 +1,1 @@
+"""The Ledger Invoice DocType."""

@@ -1,0 +1,1 @@
+"""``frappe.model`` (stand-in)."""
