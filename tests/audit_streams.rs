@@ -169,6 +169,24 @@ fn stream(seed: u64) -> Vec<Vec<String>> {
         line["at"] = json!(at(t));
         lines.push(line.to_string());
     }
+    // A tail that meets what every stream must: for each tenant a user's
+    // admin command (forbidden), a file stored and sent again (a
+    // duplicate), and uses past any quota or limit (recorded denials).
+    t += 3600;
+    for tenant in TENANTS {
+        let user = format!("{tenant}:user");
+        for tail in [
+            json!({"cmd": "set_seats", "tenant": tenant, "seats": 3, "actor": user}),
+            json!({"cmd": "upload", "tenant": tenant, "file": "tail", "bytes": 1, "actor": user}),
+            json!({"cmd": "upload", "tenant": tenant, "file": "tail", "bytes": 1, "actor": user}),
+            json!({"cmd": "upload", "tenant": tenant, "file": "huge", "bytes": 1u64 << 40, "actor": user}),
+            json!({"cmd": "consume_tokens", "tenant": tenant, "request": "tail", "tokens": 1_000_000, "actor": user}),
+        ] {
+            let mut line = tail;
+            line["at"] = json!(at(t));
+            lines.push(line.to_string());
+        }
+    }
     // Runs of 1 to 40 lines: one `ledger apply` each.
     let mut runs = Vec::new();
     let mut rest = &lines[..];
