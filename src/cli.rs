@@ -276,7 +276,15 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Webhooks(command) = &cli.command {
-        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command).await;
+        // A new endpoint starts after the log's head, which on a served
+        // embedded ledger only its serve can read (sled admits one process).
+        let served_head = match (command, &cli.nats) {
+            (crate::notify::admin::WebhooksCommand::Add { .. }, None) => {
+                crate::serve::local::head(&cli.data).await?
+            }
+            _ => None,
+        };
+        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command, served_head).await;
     }
     if let Command::Serve { clock_interval_ms, http, webhook_allow_hosts, webhook_allow_private } =
         cli.command

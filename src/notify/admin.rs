@@ -170,24 +170,30 @@ async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<(NotifyStore, O
     }
 }
 
-/// The log's head: on JetStream from the stream; on the embedded log from
-/// the serve that holds the directory, or the log itself.
-async fn head(data: &Path, log: Option<&AnyLog>) -> anyhow::Result<u64> {
+/// The log's head: on JetStream from the stream; on the embedded log what
+/// the serve that holds the directory said (`served_head`), or the log
+/// itself.
+async fn head(data: &Path, log: Option<&AnyLog>, served_head: Option<u64>) -> anyhow::Result<u64> {
     if let Some(log) = log {
         return Ok(log.head().await?);
     }
-    if let Some(stream) = crate::serve::local::connect(data).await {
-        let answer = crate::serve::local::ask(stream, &crate::serve::local::LocalQuery::Head).await?;
-        return answer
-            .first()
-            .and_then(|a| a["head"].as_u64())
-            .ok_or_else(|| anyhow::anyhow!("serve did not say its head"));
+    if let Some(head) = served_head {
+        return Ok(head);
     }
     let log = crate::store::open_existing_log(data, None, 1).await?;
     Ok(log.head().await?)
 }
 
-pub async fn run(data: &Path, nats: Option<&str>, command: &WebhooksCommand) -> anyhow::Result<ExitCode> {
+/// `served_head`: the head of an embedded log as the `serve` holding the
+/// data directory answers it (sled admits one process, so only it can read
+/// the log then); the command line asks it, as this module may not import
+/// `serve`, which imports this one.
+pub async fn run(
+    data: &Path,
+    nats: Option<&str>,
+    command: &WebhooksCommand,
+    served_head: Option<u64>,
+) -> anyhow::Result<ExitCode> {
     let (store, log) = open(data, nats).await?;
     let existing = |id: &str| {
         let store = store.clone();
@@ -209,8 +215,14 @@ pub async fn run(data: &Path, nats: Option<&str>, command: &WebhooksCommand) -> 
             }
             let types = types(wanted.as_deref()).map_err(anyhow::Error::msg)?;
             let retries_ms = retries(delays.as_deref()).map_err(anyhow::Error::msg)?;
-            let endpoint =
-                new_endpoint(url, tenant.clone(), types, retries_ms, head(data, log.as_ref()).await?, false)?;
+            let endpoint = new_endpoint(
+                url,
+                tenant.clone(),
+                types,
+                retries_ms,
+                head(data, log.as_ref(), served_head).await?,
+                false,
+            )?;
             store.put_endpoint(&endpoint).await?;
             println!("{}", json!({"id": endpoint.id, "secret": endpoint.secrets[0].secret}));
         }

@@ -555,12 +555,16 @@ fn command_body(command: &Command, with_tenant: bool) -> Value {
         "cancel_addon" => vec![("purchase", id("The active recurring purchase to stop"), true)],
         "set_usage_alerts" => {
             let thresholds = |meter: &str| {
-                let percent = count(1, i64::from(events::MAX_ALERT_PERCENT), "A threshold: percent of the limit");
+                let percent =
+                    count(1, i64::from(events::MAX_ALERT_PERCENT), "A threshold: percent of the limit");
                 let list = json!({"type": "array", "items": percent, "maxItems": events::MAX_ALERTS,
                     "description": format!("The {meter} thresholds, replacing the tenant's (an empty list silences the meter)")});
                 nullable(list)
             };
-            vec![("tokens", thresholds("token limit"), false), ("storage", thresholds("storage quota"), false)]
+            vec![
+                ("tokens", thresholds("token limit"), false),
+                ("storage", thresholds("storage quota"), false),
+            ]
         }
         _ => Vec::new(),
     };
