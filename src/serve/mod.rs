@@ -9,7 +9,7 @@
 //! - `nats`: the NATS service endpoints;
 //! - `http`: the HTTP API, CloudEvents ingest, `/metrics`, `/healthz`,
 //!   OpenAPI and the console;
-//! - `keys`: the HTTP API keys;
+//! - `keys`: the HTTP API keys, stored with the ledger;
 //! - `local`: the data directory's socket, which answers the command
 //!   line's queries while `serve` holds the directory;
 //! - `clock`: the billing clock, a task of every instance.
@@ -88,9 +88,10 @@ impl Server {
         // A JetStream ledger keeps its notification store on the server:
         // no data directory is needed.
         let store = crate::notify::open_store(Path::new(""), &any).await?;
-        tasks.push(spawn_delivery(store, &options, &ledger, &any, &core));
+        tasks.push(spawn_delivery(store.clone(), &options, &ledger, &any, &core));
         if let Some((listener, keys)) = http {
-            tasks.push(tokio::spawn(http::serve(listener, core, keys)));
+            let state = http::Http { core, keys, notify: store, egress: options.egress.clone() };
+            tasks.push(tokio::spawn(http::serve(listener, state)));
         }
         tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
         Ok(Server { tasks, service, ledger })
@@ -157,15 +158,18 @@ pub async fn run(
     let ledger = Ledger::start(log.clone(), views).await?;
     let core = Arc::new(Core::new(ledger.clone(), log.clone()));
     let mut tasks = Vec::new();
+    let notify = crate::notify::open_store(data, &log).await?;
     // HTTP first: once any "serving ledger" line is logged, every front end
     // asked for takes requests.
     if let Some(address) = http {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the HTTP API to {address}: {e}"))?;
-        let keys = Arc::new(keys::KeyRing::new(data));
+        let keys = Arc::new(keys::KeyRing::new(keys::KeyStore::open(data, &log).await?));
         let bound = listener.local_addr()?;
-        tasks.push(tokio::spawn(http::serve(listener, core.clone(), keys)));
+        let state =
+            http::Http { core: core.clone(), keys, notify: notify.clone(), egress: options.egress.clone() };
+        tasks.push(tokio::spawn(http::serve(listener, state)));
         tracing::info!("serving ledger HTTP on http://{bound}");
     }
     let mut service = None;
@@ -178,7 +182,7 @@ pub async fn run(
         tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
-    tasks.push(spawn_delivery(crate::notify::open_store(data, &log).await?, &options, &ledger, &log, &core));
+    tasks.push(spawn_delivery(notify, &options, &ledger, &log, &core));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
