@@ -854,8 +854,10 @@ fn request_body(route: &Route) -> Option<(Value, Value)> {
         Serves::TenantCommand(command) | Serves::AdminCommand(command) => {
             let with_tenant = matches!(route.serves, Serves::AdminCommand(_));
             let body = command_body(command, with_tenant);
-            // A body with no required field may be left out (no fields).
-            let required = body["required"].as_array().is_some_and(|r| !r.is_empty());
+            // A body with no required field may be left out (no fields),
+            // unless it must name one of several (`set_usage_alerts`).
+            let required =
+                body["required"].as_array().is_some_and(|r| !r.is_empty()) || body.get("anyOf").is_some();
             let name =
                 if with_tenant { format!("Admin{}", camel(command.name)) } else { camel(command.name) };
             Some((json!(required), json!({"application/json": {"schema": schema(&name)}})))
