@@ -235,17 +235,6 @@ impl KeyStore {
         }
     }
 
-    /// The stored key with `id`, if any.
-    pub async fn get(&self, id: &str) -> anyhow::Result<Option<KeyEntry>> {
-        if !valid_id(id) {
-            return Ok(None);
-        }
-        match self {
-            KeyStore::Dir(data) => Ok(read(data)?.into_iter().find(|k| k.id == id)),
-            KeyStore::JetStream(bucket) => entry(bucket, id).await,
-        }
-    }
-
     /// Removes the key with `id`; false when there is none.
     pub async fn revoke(&self, id: &str) -> anyhow::Result<bool> {
         if !valid_id(id) {

@@ -83,8 +83,9 @@ pub fn problem(rejection: &Rejection) -> Response {
 }
 
 /// The spec's status for a rejection: 401 for a missing or unknown key, 403
-/// `forbidden` (and a webhook destination the ledger will not reach), 405 a method the path does not serve, 413 a body too
-/// large, 415 a CloudEvents request in no content mode, 503 `unavailable`;
+/// `forbidden` (and a webhook destination the ledger will not reach), 405
+/// a method the path does not serve, 413 a body too large, 415 a
+/// CloudEvents request in no content mode, 503 `unavailable`;
 /// otherwise 400 for what the request alone shows ([`Cause::Request`]), and
 /// for what the ledger's state decides 404 (`unknown_*`, `not_subscribed`)
 /// or 409 (every other conflict, and what only a comparison of two fields
