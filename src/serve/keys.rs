@@ -350,8 +350,10 @@ impl KeyRing {
     /// Revokes the key with `id` (false when there is none); this ring
     /// refuses it from now on.
     pub async fn revoke(&self, id: &str) -> anyhow::Result<bool> {
-        self.revocations.fetch_add(1, Ordering::SeqCst);
         let revoked = self.store.revoke(id).await?;
+        // After the store forgot it: a read that began before now may have
+        // seen the key, and is not cached (see `from_bucket`).
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         self.bucket.write().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(revoked)
     }
@@ -389,7 +391,7 @@ impl KeyRing {
             .map_err(|_| store_error("reading a key", "no answer in time"))??;
         let mut cache = self.bucket.write().unwrap_or_else(|e| e.into_inner());
         // Only keys that exist are kept, so presenting made-up ids cannot
-        // grow the cache.
+        // grow the cache; and none read across a revocation here.
         match &found {
             Some(entry) if self.revocations.load(Ordering::SeqCst) == revocations => {
                 cache.insert(id.to_string(), (started, entry.clone()));
