@@ -355,16 +355,15 @@ impl NotifyStore {
             },
             NotifyStore::JetStream(js) => {
                 let subject = format!("ledger.deliveries.{endpoint}");
-                let info = js
-                    .deliveries
-                    .clone()
-                    .info()
-                    .await
-                    .map_err(|e| store_error("reading deliveries", e))?
-                    .clone();
-                if info.state.messages == 0 {
-                    return Ok(Vec::new());
-                }
+                // The endpoint's newest batch: read up to it, and when there
+                // is none, wait for nothing.
+                let last = match js.deliveries.get_last_raw_message_by_subject(&subject).await {
+                    Ok(newest) => newest.sequence,
+                    Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                        return Ok(Vec::new())
+                    }
+                    Err(e) => return Err(store_error("reading deliveries", e)),
+                };
                 let consumer = js
                     .deliveries
                     .create_consumer(consumer::pull::OrderedConfig {
@@ -374,11 +373,6 @@ impl NotifyStore {
                     })
                     .await
                     .map_err(|e| store_error("reading deliveries", e))?;
-                // None for this endpoint: nothing to wait for.
-                if consumer.cached_info().num_pending == 0 {
-                    return Ok(Vec::new());
-                }
-                let last = info.state.last_sequence;
                 let mut messages =
                     consumer.messages().await.map_err(|e| store_error("reading deliveries", e))?;
                 let mut out = Vec::new();

@@ -132,6 +132,30 @@ fn spawn_delivery(
     })
 }
 
+/// How long `serve` keeps trying to open a store of the ledger's on the
+/// server before it gives up: a JetStream cluster electing a leader (a node
+/// restarting, say) times requests out for a few seconds, which is no
+/// reason to stop.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What `open` opens, tried again every second while it fails, for up to
+/// [`STORE_PATIENCE`].
+async fn patiently<T, F>(what: &str, open: impl Fn() -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    loop {
+        match open().await {
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{error:#}"), "opening {what}; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 async fn stop(tasks: &[tokio::task::JoinHandle<()>], ledger: &Ledger) {
     for task in tasks {
         task.abort();
@@ -158,14 +182,20 @@ pub async fn run(
     let ledger = Ledger::start(log.clone(), views).await?;
     let core = Arc::new(Core::new(ledger.clone(), log.clone()));
     let mut tasks = Vec::new();
-    let notify = crate::notify::open_store(data, &log).await?;
-    // HTTP first: once any "serving ledger" line is logged, every front end
-    // asked for takes requests.
+    let notify = patiently("the webhook store", || crate::notify::open_store(data, &log)).await?;
+    // The local socket and HTTP first: once any "serving ledger" line is
+    // logged, every front end asked for takes requests, and the command
+    // line's queries reach this serve.
+    if let Some(listener) = local::bind(data)? {
+        tasks.push(tokio::spawn(local::serve(listener, core.clone())));
+    }
     if let Some(address) = http {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the HTTP API to {address}: {e}"))?;
-        let keys = Arc::new(keys::KeyRing::new(keys::KeyStore::open(data, &log).await?));
+        let keys = Arc::new(keys::KeyRing::new(
+            patiently("the API keys", || keys::KeyStore::open(data, &log)).await?,
+        ));
         let bound = listener.local_addr()?;
         let state =
             http::Http { core: core.clone(), keys, notify: notify.clone(), egress: options.egress.clone() };
@@ -177,9 +207,6 @@ pub async fn run(
         let (started, endpoints) = nats::start(log.client(), core.clone()).await?;
         service = Some(started);
         tasks.extend(endpoints);
-    }
-    if let Some(listener) = local::bind(data)? {
-        tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
     tasks.push(spawn_delivery(notify, &options, &ledger, &log, &core));
