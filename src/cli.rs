@@ -209,7 +209,9 @@ pub enum Command {
     /// Webhook endpoints: where notifications go, and how each went.
     #[command(subcommand)]
     Webhooks(crate::notify::admin::WebhooksCommand),
-    /// API keys for the HTTP API, kept hashed in the data directory.
+    /// API keys for the HTTP API, kept hashed with the ledger (the data
+    /// directory's keys.json, or with --nats the server's KV bucket
+    /// LEDGER_KEYS).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Print the nats-server `authorization` block that isolates tenants:
@@ -276,8 +278,15 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Webhooks(command) = &cli.command {
-        let head = log_head(&cli.data, cli.nats.as_deref());
-        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command, head).await;
+        // A new endpoint starts after the log's head, which on a served
+        // embedded ledger only its serve can read (sled admits one process).
+        let served_head = match (command, &cli.nats) {
+            (crate::notify::admin::WebhooksCommand::Add { .. }, None) => {
+                crate::serve::local::head(&cli.data).await?
+            }
+            _ => None,
+        };
+        return crate::notify::admin::run(&cli.data, cli.nats.as_deref(), command, served_head).await;
     }
     if let Command::Serve { clock_interval_ms, http, webhook_allow_hosts, webhook_allow_private } =
         cli.command
@@ -293,7 +302,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Keys(command) = &cli.command {
-        return keys(&cli.data, command);
+        return keys(&cli.data, cli.nats.as_deref(), command).await;
     }
     if let Some(stream) = crate::serve::local::connect(&cli.data).await {
         return served(stream, &cli).await;
@@ -447,21 +456,6 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
         ),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The log's last position: from the serve that holds an embedded data
-/// directory (its socket), or from the log itself.
-async fn log_head(data: &Path, nats: Option<&str>) -> anyhow::Result<u64> {
-    if nats.is_none() {
-        if let Some(stream) = crate::serve::local::connect(data).await {
-            let answer = crate::serve::local::ask(stream, &crate::serve::local::LocalQuery::Head).await?;
-            return answer
-                .first()
-                .and_then(|a| a["head"].as_u64())
-                .ok_or_else(|| anyhow::anyhow!("serve did not say the log's head"));
-        }
-    }
-    Ok(open_existing_log(data, nats, 1).await?.head().await?)
 }
 
 /// The subcommand's name as typed, for messages.
@@ -651,27 +645,33 @@ fn print_activity(rows: &[serde_json::Value], json: bool) {
     }
 }
 
-/// `ledger keys add|list|revoke`.
-fn keys(data: &Path, command: &KeysCommand) -> anyhow::Result<ExitCode> {
-    use crate::serve::keys::{self, Role};
+/// `ledger keys add|list|revoke`: in the data directory's `keys.json`, or
+/// with `--nats` in the JetStream ledger's bucket.
+async fn keys(data: &Path, nats: Option<&str>, command: &KeysCommand) -> anyhow::Result<ExitCode> {
+    use crate::serve::keys::{KeyStore, Role};
+    let store = match nats {
+        Some(_) => KeyStore::open(data, &open_existing_log(data, nats, 1).await?).await?,
+        // The embedded ledger's keys need no log (a running serve holds it).
+        None => KeyStore::Dir(data.to_path_buf()),
+    };
     match command {
         KeysCommand::Add { tenant, role, panel } => {
-            let key = if *panel {
-                keys::add(data, None, Role::Panel)?
+            let (_, key) = if *panel {
+                store.add(None, Role::Panel).await?
             } else {
                 let role = if role.as_deref() == Some("admin") { Role::Admin } else { Role::User };
-                keys::add(data, tenant.as_deref(), role)?
+                store.add(tenant.as_deref(), role).await?
             };
             println!("{key}");
         }
         KeysCommand::List { json } => {
-            let list = keys::list(data)?;
+            let list = store.list().await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!("{:<14} {:<24} {:<6} created", "id", "tenant", "role");
                 for key in list {
-                    let role = serde_json::to_value(&key.role)?;
+                    let role = serde_json::to_value(key.role)?;
                     println!(
                         "{:<14} {:<24} {:<6} {}",
                         key.id,
@@ -683,7 +683,7 @@ fn keys(data: &Path, command: &KeysCommand) -> anyhow::Result<ExitCode> {
             }
         }
         KeysCommand::Revoke { id } => {
-            if !keys::revoke(data, id)? {
+            if !store.revoke(id).await? {
                 anyhow::bail!("no key with id {id}");
             }
             eprintln!("revoked {id}");

@@ -1,13 +1,15 @@
 //! The console (`GET /`) in a real browser: Debian's Chromium driven by
 //! Playwright (`scripts/browser` installs both; `scripts/test` sets
 //! LEDGER_BROWSER_PYTHONPATH). The checks are in `tests/console/console.py`.
+//! The serve delivers webhooks to 127.0.0.1 only, where the test's own
+//! receiver answers.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::http::{add_key, HttpServe};
+use common::http::{add_key, Http, HttpServe};
 
 fn ledger(data: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_ledger")).arg("--data").arg(data).args(args).output().unwrap();
@@ -26,12 +28,33 @@ const SEED: &str = r#"{"cmd":"define_addon","addon":{"id":"extra-storage","curre
 {"actor":"beta:user","cmd":"consume_tokens","tenant":"beta","request":"b","tokens":12345}
 "#;
 
-#[test]
-fn the_console_shows_a_tenant_its_own_figures_and_explanations() {
+/// 2,500 more of acme's 10,000 tokens: past 80% with the seed's 6,000.
+const CROSSING: &str =
+    r#"{"actor":"acme:user","cmd":"consume_tokens","tenant":"acme","request":"c","tokens":2500}"#;
+
+/// A webhook receiver on a random loopback port that answers 200 to
+/// everything; its URL.
+async fn receiver() -> String {
+    let app =
+        axum::Router::new().route("/hook", axum::routing::post(|| async { axum::http::StatusCode::OK }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_tenant_its_own_figures_and_explanations() {
     let data = tempfile::tempdir().unwrap();
     let seed = data.path().join("seed.jsonl");
     std::fs::write(&seed, SEED).unwrap();
     ledger(data.path(), &["apply", seed.to_str().unwrap()]);
+    // An endpoint for acme's notifications, then a threshold crossed.
+    let hook = receiver().await;
+    ledger(data.path(), &["webhooks", "add", &hook, "--tenant", "acme"]);
+    let crossing = data.path().join("crossing.jsonl");
+    std::fs::write(&crossing, CROSSING).unwrap();
+    ledger(data.path(), &["apply", crossing.to_str().unwrap()]);
     // What the command line prints is what the page must show.
     let acme = String::from_utf8(ledger(data.path(), &["usage", "acme", "--json"]).stdout).unwrap();
     let beta = String::from_utf8(ledger(data.path(), &["usage", "beta", "--json"]).stdout).unwrap();
@@ -39,6 +62,20 @@ fn the_console_shows_a_tenant_its_own_figures_and_explanations() {
     let beta_key = add_key(data.path(), &["beta", "admin"]);
     let panel_key = add_key(data.path(), &["--panel"]);
     let serve = HttpServe::spawn(data.path(), None);
+    // Once the crossing is delivered, what the route answers is what the
+    // page must show.
+    let http = Http::new(&serve.base);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let notifications = loop {
+        let answer = http.get("/v1/tenants/acme/notifications", Some(&acme_key)).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        if answer.body["notifications"][0]["deliveries"][0]["outcome"] == "delivered" {
+            break answer.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "not delivered: {}", answer.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(notifications["notifications"][0]["type"], "usage.threshold_crossed", "{notifications}");
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python_path = std::env::var("LEDGER_BROWSER_PYTHONPATH").ok().unwrap_or_else(|| {
@@ -55,12 +92,13 @@ fn the_console_shows_a_tenant_its_own_figures_and_explanations() {
         .env("BETA_KEY", &beta_key)
         .env("PANEL_KEY", &panel_key)
         .env("ACME_USAGE", acme.trim())
-        .env("BETA_USAGE", beta.trim());
+        .env("BETA_USAGE", beta.trim())
+        .env("ACME_NOTIFICATIONS", notifications.to_string());
     // LEDGER_SCREENSHOT=docs/console.png refreshes the README's picture.
     if let Ok(path) = std::env::var("LEDGER_SCREENSHOT") {
         script.env("SCREENSHOT", root.join(path));
     }
-    let out = script.output().unwrap();
+    let out = tokio::task::spawn_blocking(move || script.output().unwrap()).await.unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("console checks passed"), "{stdout}");

@@ -162,3 +162,63 @@ fn the_documents_patterns_are_the_parsers_rules() {
         }
     });
 }
+
+/// The webhook routes' patterns are the server's rules too: a URL the
+/// document admits is one the ledger takes (and can take apart), and one
+/// it refuses the ledger refuses; the same for a retry delay.
+#[test]
+fn the_webhook_patterns_are_the_rules_the_ledger_applies() {
+    use ledger::notify::{admin, egress};
+    let url = Regex::new(egress::URL_PATTERN).unwrap();
+    let delay = Regex::new(admin::DELAY_PATTERN).unwrap();
+    let unanchored = |pattern: &str| pattern.trim_start_matches('^').trim_end_matches('$').to_string();
+    let config = ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() };
+    proptest!(config, |(
+        near_url in "(https?|ftp|HTTP)://(\\[[0-9a-fA-F:.z]{0,8}\\]|[A-Za-z0-9.@_-]{0,12})(:[0-9]{0,6})?(/[ -~]{0,16})?",
+        valid_url in proptest::string::string_regex(&unanchored(egress::URL_PATTERN)).unwrap(),
+        near_delay in " ?0{0,3}[0-9]{0,10}(ms|s|m|h|d|x|)",
+        valid_delay in proptest::string::string_regex(&unanchored(admin::DELAY_PATTERN)).unwrap(),
+    )| {
+        for candidate in [&near_url, &valid_url] {
+            let admitted = url.is_match(candidate) && candidate.len() <= egress::MAX_URL_BYTES;
+            prop_assert_eq!(admitted, egress::well_formed(candidate), "{:?}", candidate);
+            prop_assert_eq!(admitted, egress::parse(candidate).is_ok(), "{:?}", candidate);
+        }
+        prop_assert!(url.is_match(&valid_url), "{:?}", valid_url);
+        for candidate in [&near_delay, &valid_delay] {
+            prop_assert_eq!(delay.is_match(candidate), admin::parse_delay(candidate).is_ok(), "{:?}", candidate);
+        }
+        prop_assert!(delay.is_match(&valid_delay), "{:?}", valid_delay);
+    });
+    // The edges, by hand.
+    for (text, taken) in [
+        ("604800s", true),
+        ("604801s", false),
+        ("7d", true),
+        ("8d", false),
+        ("168h", true),
+        ("169h", false),
+        ("10080m", true),
+        ("10081m", false),
+        ("604800000", true),
+        ("604800001ms", false),
+        ("0005s", true),
+        ("5 s", false),
+    ] {
+        assert_eq!(delay.is_match(text), taken, "{text}");
+        assert_eq!(admin::parse_delay(text).is_ok(), taken, "{text}");
+    }
+    for (text, taken) in [
+        ("http://127.0.0.1:65535/x?y=1", true),
+        ("http://127.0.0.1:65536/", false),
+        ("https://[::1]:8080/", true),
+        ("http://a?x", false),
+        ("http://u@a/", false),
+        ("http://a/#f", false),
+        ("http://a:08080/", false),
+        ("http://a:0080/", true),
+    ] {
+        assert_eq!(url.is_match(text), taken, "{text}");
+        assert_eq!(egress::parse(text).is_ok(), taken, "{text}");
+    }
+}

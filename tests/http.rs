@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::http::{add_key, Http, HttpServe};
+use common::http::{add_key, add_key_to, Http, HttpServe};
 use serde_json::{json, Value};
 
 /// The spec's worked example catalog, through the panel's HTTP routes, and
@@ -252,17 +252,34 @@ async fn every_route_answers_the_spec_on_the_embedded_log() {
 async fn the_openapi_document_matches_the_routes() {
     let data = tempfile::tempdir().unwrap();
     let panel = add_key(data.path(), &["--panel"]);
+    let spare = add_key(data.path(), &["acme", "user"]);
     let serve = HttpServe::spawn(data.path(), None);
     let http = Http::new(&serve.base);
+    let hook = json!({"url": "http://127.0.0.1:9/hook"});
+    let endpoint = http.post("/v1/webhooks", Some(&panel), &hook).await;
+    assert_eq!(endpoint.status, 200, "{:?}", endpoint.body);
     let doc = http.get("/v1/openapi.json", None).await.body;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut documented = Vec::new();
     for (path, operations) in paths {
+        // The methods a path serves, as `Allow` names them (GET with HEAD).
+        let mut served: Vec<String> =
+            operations.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        if served.iter().any(|m| m == "GET") {
+            served.push("HEAD".into());
+        }
+        served.sort();
         for (method, operation) in operations.as_object().unwrap() {
             documented.push(format!("{} {path}", method.to_uppercase()));
             assert!(operation["responses"]["200"].is_object(), "{method} {path}");
-            let concrete = path.replace("{tenant}", "acme");
+            // Ids of a key and an endpoint that exist, so a DELETE finds one.
+            let id = if path.starts_with("/v1/keys/") {
+                &spare[3..15]
+            } else {
+                endpoint.body["id"].as_str().unwrap()
+            };
+            let concrete = path.replace("{tenant}", "acme").replace("{id}", id);
             let answer = http
                 .send(
                     &method.to_uppercase(),
@@ -276,13 +293,14 @@ async fn the_openapi_document_matches_the_routes() {
             assert_ne!(answer.body["code"], "not_found", "{method} {path} is documented but not served");
             // A documented path refuses the methods it does not serve, QUERY
             // and TRACE included: 405 with Allow, as a problem.
-            let served = if method == "get" { "GET,HEAD" } else { "POST" };
             for other in ["GET", "POST", "PUT", "DELETE", "PATCH", "QUERY", "TRACE"] {
-                if served.split(',').any(|m| m == other) {
+                if served.iter().any(|m| m == other) {
                     continue;
                 }
                 let refused = http.send(other, &concrete, Some(&panel), None, Vec::new()).await;
-                assert_eq!(refused.header("allow"), Some(served), "{other} {path}");
+                let mut allowed: Vec<&str> = refused.header("allow").unwrap_or_default().split(',').collect();
+                allowed.sort();
+                assert_eq!(allowed, served, "{other} {path}");
                 refused.problem(405, "method_not_allowed");
             }
         }
@@ -315,6 +333,13 @@ async fn the_openapi_document_matches_the_routes() {
         "GET /v1/tenants/{tenant}/invoice",
         "GET /v1/tenants/{tenant}/invoices",
         "GET /v1/tenants/{tenant}/usage",
+        "GET /v1/tenants/{tenant}/notifications",
+        "POST /v1/keys",
+        "GET /v1/keys",
+        "DELETE /v1/keys/{id}",
+        "POST /v1/webhooks",
+        "GET /v1/webhooks",
+        "DELETE /v1/webhooks/{id}",
         "POST /v1/events",
         "POST /v1/admin/batch",
         "POST /v1/tenants/{tenant}/batch",
@@ -437,8 +462,15 @@ async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
     assert!(answer.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
     let event = cloudevent("ce-outage", "acme", "ledger.tokens.consumed", json!({"tokens": 8}));
     let event = serde_json::to_vec(&event).unwrap();
+    // The server keeps the keys too: a request whose key was not read in
+    // the last second is 503 as a whole (the key cannot be checked), one
+    // whose key was has each event answered unavailable.
+    let unavailable = |answer: &common::http::Answer| {
+        (answer.status == 503 && answer.body["code"] == "unavailable")
+            || (answer.status == 200 && answer.body["results"][0]["code"] == "unavailable")
+    };
     let during = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event.clone()).await;
-    assert_eq!(during.body["results"][0]["code"], "unavailable", "{:?}", during.body);
+    assert!(unavailable(&during), "{:?}", during.body);
     let health = http.get("/healthz", None).await;
     assert_eq!((health.status, health.body["status"].clone()), (503, json!("log_unreachable")));
     assert!(health.header("retry-after").is_some());
@@ -453,7 +485,7 @@ async fn http_beside_nats_shares_the_engine_and_reports_an_outage() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let retried = loop {
         let answer = http.send("POST", "/v1/events", Some(&user), Some(CE_ONE), event.clone()).await;
-        if answer.body["results"][0]["code"] != "unavailable" {
+        if !unavailable(&answer) {
             break answer.body["results"][0].clone();
         }
         assert!(std::time::Instant::now() < deadline, "still unavailable a minute after the restart");
@@ -679,4 +711,125 @@ async fn every_answer_carries_the_security_headers() {
     // The page's icon is a data: URL the policy allows, so a browser asks
     // for no /favicon.ico.
     assert!(html.contains(r#"<link rel="icon" href="data:image/svg+xml,"#), "{html}");
+}
+
+/// Keys over HTTP with the panel key: made (shown once), used, listed
+/// (never a key or its hash), revoked (401 at once); a role and a tenant
+/// that do not go together are 400 with nothing stored; a tenant key may
+/// not manage keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_made_listed_and_revoked_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let panel = add_key(data.path(), &["--panel"]);
+    let serve = HttpServe::spawn(data.path(), None);
+    let http = Http::new(&serve.base);
+    let p = Some(panel.as_str());
+    let made = http.post("/v1/keys", p, &json!({"tenant": "acme", "role": "admin"})).await;
+    assert_eq!(made.status, 200, "{:?}", made.body);
+    let (id, key) = (made.body["id"].as_str().unwrap(), made.body["key"].as_str().unwrap().to_string());
+    assert_eq!((made.body["tenant"].clone(), made.body["role"].clone()), (json!("acme"), json!("admin")));
+    assert!(key.starts_with(&format!("lk_{id}_")), "{key}");
+    let me = http.get("/v1/me", Some(&key)).await;
+    assert_eq!((me.status, me.body["actor"].clone()), (200, json!("acme:admin")), "{:?}", me.body);
+    let second_panel = http.post("/v1/keys", p, &json!({"role": "panel"})).await;
+    assert_eq!(second_panel.body["tenant"], Value::Null, "{:?}", second_panel.body);
+
+    let listed = http.get("/v1/keys", p).await;
+    assert_eq!(listed.status, 200);
+    let keys = listed.body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let entry = keys.iter().find(|k| k["id"] == id).unwrap();
+    assert_eq!(entry.as_object().unwrap().keys().collect::<Vec<_>>(), ["created", "id", "role", "tenant"]);
+    assert!(!listed.body.to_string().contains(&key[16..]), "no key, nor any of its secret, is listed");
+
+    // Refusals store nothing.
+    for body in [
+        json!({"role": "panel", "tenant": "acme"}),
+        json!({"role": "user"}),
+        json!({"role": "user", "tenant": null}),
+        json!({"role": "root", "tenant": "acme"}),
+        json!({"role": "user", "tenant": "Not A Tenant"}),
+        json!({"role": "user", "tenant": "acme", "key": "lk_mine"}),
+    ] {
+        http.post("/v1/keys", p, &body).await.problem(400, "malformed");
+    }
+    http.get("/v1/keys", Some(&key)).await.problem(403, "forbidden");
+    http.post("/v1/keys", Some(&key), &json!({"role": "panel"})).await.problem(403, "forbidden");
+    http.send("DELETE", &format!("/v1/keys/{id}"), Some(&key), None, Vec::new())
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(http.get("/v1/keys", p).await.body["keys"].as_array().unwrap().len(), 3);
+
+    // Revoked: refused at once, gone from every list, and a second revoke
+    // finds nothing.
+    let revoked = http.send("DELETE", &format!("/v1/keys/{id}"), p, None, Vec::new()).await;
+    assert_eq!((revoked.status, revoked.body.clone()), (200, json!({"id": id, "revoked": true})));
+    http.get("/v1/me", Some(&key)).await.problem(401, "unauthorized");
+    http.send("DELETE", &format!("/v1/keys/{id}"), p, None, Vec::new()).await.problem(404, "not_found");
+    http.send("DELETE", "/v1/keys/not-an-id", p, None, Vec::new()).await.problem(404, "not_found");
+    let cli = ledger(data.path(), &["keys", "list", "--json"]);
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(cli.as_array().unwrap().len(), 2, "{cli}");
+    assert!(cli.as_array().unwrap().iter().all(|k| k["id"] != id));
+}
+
+/// A JetStream ledger keeps its keys on the server: two `serve --http`
+/// instances with data directories of their own know the same keys; a key
+/// made through one works at the other, and one revoked through one is
+/// refused by the other within seconds. An old `keys.json` is imported
+/// once, into a bucket that never held a key, so a revoke is never undone
+/// by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_serve_of_a_jetstream_ledger_knows_the_same_keys() {
+    let nats = common::JetStream::new();
+    let url = nats.url();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Added before keys moved to the server: in the data directory's file.
+    let old = add_key(one.path(), &["acme", "user"]);
+    let mut serve_a = HttpServe::spawn(one.path(), Some(&url));
+    let panel = add_key_to(two.path(), Some(&url), &["--panel"]);
+    assert!(!two.path().join("keys.json").exists(), "a JetStream ledger's key is on the server");
+    let serve_b = HttpServe::spawn(two.path(), Some(&url));
+    let (a, b) = (Http::new(&serve_a.base), Http::new(&serve_b.base));
+    assert_eq!(b.get("/v1/me", Some(&old)).await.status, 200, "the old file's key was imported");
+    let made = a.post("/v1/keys", Some(&panel), &json!({"tenant": "acme", "role": "user"})).await;
+    assert_eq!(made.status, 200, "{:?}", made.body);
+    let (id, key) =
+        (made.body["id"].as_str().unwrap().to_string(), made.body["key"].as_str().unwrap().to_string());
+    let me = b.get("/v1/me", Some(&key)).await;
+    assert_eq!((me.status, me.body["id"].clone()), (200, json!(id)), "{:?}", me.body);
+    let listed = ledger(two.path(), &["--nats", &url, "keys", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    let revoked = a.send("DELETE", &format!("/v1/keys/{id}"), Some(&panel), None, Vec::new()).await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    a.get("/v1/me", Some(&key)).await.problem(401, "unauthorized");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = b.get("/v1/me", Some(&key)).await;
+        if answer.status == 401 {
+            answer.problem(401, "unauthorized");
+            break;
+        }
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other serve still takes the revoked key after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The imported key, revoked with the command line: a serve started
+    // again on the directory whose file still holds it does not bring it
+    // back.
+    let old_id = &old[3..15];
+    let out = ledger(one.path(), &["--nats", &url, "keys", "revoke", old_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serve_a.kill();
+    let again = HttpServe::spawn(one.path(), Some(&url));
+    let again = Http::new(&again.base);
+    again.get("/v1/me", Some(&old)).await.problem(401, "unauthorized");
+    assert!(std::fs::read_to_string(one.path().join("keys.json")).unwrap().contains(old_id));
+    assert_eq!(again.get("/v1/me", Some(&panel)).await.status, 200);
 }

@@ -146,7 +146,8 @@ fn the_readme_walks() {
                 "cargo run --release -- demo" => "ledger demo".to_string(),
                 "scripts/test" => continue,
                 // Tests send only to loopback: a serve that could deliver
-                // webhooks is told so (the walk registers none).
+                // webhooks is told so (the endpoint the walk registers is
+                // refused at every delivery, before its name is looked up).
                 c if c.contains(" serve") && c.ends_with('&') => {
                     format!("{} --webhook-allow-hosts 127.0.0.1 &", c.trim_end_matches('&').trim_end())
                 }
@@ -280,6 +281,10 @@ fn the_readme_walks() {
     // (sled admits one process): through serve's socket, same figures.
     let served = step("ledger --data ledger-http usage acme");
     assert!(served.contains("tokens   2000 /"), "{served}");
+    // A webhook endpoint, on the stream's server: its id and secret, once.
+    let added = json("ledger --data ledger-http webhooks add https://hooks.example.com/ledger --tenant acme");
+    assert!(added["id"].as_str().is_some_and(|id| id.starts_with("ep_")), "{added}");
+    assert!(added["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{added}");
     // The walk's secrets and stores are what .gitignore names.
     let ignored = std::fs::read_to_string(repo().join(".gitignore")).unwrap();
     for written in [

@@ -17,7 +17,8 @@ use super::decide::{
     define_bench_plan, gather, load_service, percentile, print_rate, subscribe_all, tenant_name, ClientTask,
 };
 use super::support::{connect, machine, print_targets, rate, Rng};
-use crate::serve::keys::{self, KeyRing, Role};
+use crate::log::AnyLog;
+use crate::serve::keys::{KeyRing, KeyStore, Role};
 
 /// Rounds per row, alternating HTTP and NATS.
 const ROUNDS: usize = 2;
@@ -120,11 +121,13 @@ pub async fn serve_http(nats: Option<&str>, decisions: usize) -> anyhow::Result<
     let views = ViewStore::open(&data.path().join("views"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
+    // The keys are stored with the ledger, as `serve` keeps them.
+    let store = KeyStore::open(data.path(), &AnyLog::JetStream(log.clone())).await?;
     let mut tenant_keys = Vec::with_capacity(MANY_CLIENTS);
     for c in 0..MANY_CLIENTS {
-        tenant_keys.push(keys::add(data.path(), Some(&tenant_name("web", c)), Role::User)?);
+        tenant_keys.push(store.add(Some(&tenant_name("web", c)), Role::User).await?.1);
     }
-    let ring = Arc::new(KeyRing::new(data.path()));
+    let ring = Arc::new(KeyRing::new(store));
     let options = super::support::serve_options();
     let service =
         crate::serve::Server::start_with_http(log.clone(), views, options, Some((listener, ring))).await?;

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::deliver::DEFAULT_RETRIES_MS;
 use super::store::{DeliveryRecord, Endpoint, NotifyStore, Request, Secret};
 use super::{egress, sign, KINDS};
+use crate::log::{AnyLog, Source};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WebhooksCommand {
@@ -58,12 +59,26 @@ pub enum WebhooksCommand {
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP_US: i64 = 24 * 3600 * 1_000_000;
 /// Most delays an endpoint may list, and the longest.
-const MAX_RETRIES: usize = 20;
+pub const MAX_RETRIES: usize = 20;
 const MAX_DELAY_MS: u64 = 7 * 86_400_000;
 
-/// `5s`, `30s`, `2m`, `1h`, `1d` (or plain milliseconds) as milliseconds.
+/// The delays [`parse_delay`] takes, as the OpenAPI document says them: a
+/// count (leading zeros allowed) and a unit (`ms` or none, `s`, `m`, `h`,
+/// `d`), at most 7 days in each unit. `tests/contract.rs` holds the two
+/// together.
+pub const DELAY_PATTERN: &str = concat!(
+    "^0*(",
+    "(604800000|604[0-7][0-9]{5}|60[0-3][0-9]{6}|[1-5][0-9]{8}|[1-9][0-9]{0,7}|0)(ms)?",
+    "|(604800|604[0-7][0-9]{2}|60[0-3][0-9]{3}|[1-5][0-9]{5}|[1-9][0-9]{0,4}|0)s",
+    "|(10080|100[0-7][0-9]|[1-9][0-9]{0,3}|0)m",
+    "|(16[0-8]|1[0-5][0-9]|[1-9]?[0-9])h",
+    "|[0-7]d",
+    ")$",
+);
+
+/// `5s`, `30s`, `2m`, `1h`, `1d` (or plain milliseconds) as milliseconds,
+/// from 0 to 7 days.
 pub fn parse_delay(text: &str) -> Result<u64, String> {
-    let text = text.trim();
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a delay such as 5s, 2m, 1h or 1d"))?;
     let ms = match unit {
@@ -84,7 +99,7 @@ pub fn retries(list: Option<&[String]>) -> Result<Vec<u64>, String> {
     if list.len() > MAX_RETRIES {
         return Err(format!("at most {MAX_RETRIES} retries, not {}", list.len()));
     }
-    list.iter().filter(|d| !d.trim().is_empty()).map(|d| parse_delay(d)).collect()
+    list.iter().map(|d| parse_delay(d)).collect()
 }
 
 /// The notification types an endpoint asks for, each a known one.
@@ -159,22 +174,41 @@ pub fn failed(records: &[DeliveryRecord]) -> Vec<&DeliveryRecord> {
     last.into_values().filter(|r| r.outcome == "failed").collect()
 }
 
-async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<NotifyStore> {
+async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<(NotifyStore, Option<AnyLog>)> {
     match nats {
-        Some(_) => super::open_store(data, &crate::store::open_existing_log(data, nats, 1).await?).await,
-        None => Ok(NotifyStore::Dir(data.to_path_buf())),
+        Some(_) => {
+            let log = crate::store::open_existing_log(data, nats, 1).await?;
+            Ok((super::open_store(data, &log).await?, Some(log)))
+        }
+        None => Ok((NotifyStore::Dir(data.to_path_buf()), None)),
     }
 }
 
-/// Runs a `webhooks` command. `head` is the log's last position, asked
-/// for only by `add` (an endpoint receives what is recorded after it).
+/// The log's head: on JetStream from the stream; on the embedded log what
+/// the serve that holds the directory said (`served_head`), or the log
+/// itself.
+async fn head(data: &Path, log: Option<&AnyLog>, served_head: Option<u64>) -> anyhow::Result<u64> {
+    if let Some(log) = log {
+        return Ok(log.head().await?);
+    }
+    if let Some(head) = served_head {
+        return Ok(head);
+    }
+    let log = crate::store::open_existing_log(data, None, 1).await?;
+    Ok(log.head().await?)
+}
+
+/// `served_head`: the head of an embedded log as the `serve` holding the
+/// data directory answers it (sled admits one process, so only it can read
+/// the log then); the command line asks it, as this module may not import
+/// `serve`, which imports this one.
 pub async fn run(
     data: &Path,
     nats: Option<&str>,
     command: &WebhooksCommand,
-    head: impl std::future::Future<Output = anyhow::Result<u64>>,
+    served_head: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let store = open(data, nats).await?;
+    let (store, log) = open(data, nats).await?;
     let existing = |id: &str| {
         let store = store.clone();
         let id = id.to_string();
@@ -194,8 +228,19 @@ pub async fn run(
                 crate::engine::command::tenant_id(tenant).map_err(|r| anyhow::anyhow!(r.message))?;
             }
             let types = types(wanted.as_deref()).map_err(anyhow::Error::msg)?;
+            // The command line's list may be written `5s, 1m` or end in a comma.
+            let delays: Option<Vec<String>> = delays
+                .as_ref()
+                .map(|list| list.iter().map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect());
             let retries_ms = retries(delays.as_deref()).map_err(anyhow::Error::msg)?;
-            let endpoint = new_endpoint(url, tenant.clone(), types, retries_ms, head.await?, false)?;
+            let endpoint = new_endpoint(
+                url,
+                tenant.clone(),
+                types,
+                retries_ms,
+                head(data, log.as_ref(), served_head).await?,
+                false,
+            )?;
             store.put_endpoint(&endpoint).await?;
             println!("{}", json!({"id": endpoint.id, "secret": endpoint.secrets[0].secret}));
         }
@@ -277,6 +322,7 @@ mod tests {
         assert_eq!(parse_delay("250"), Ok(250));
         assert!(parse_delay("8d").is_err());
         assert!(parse_delay("soon").is_err());
+        assert!(parse_delay(" 5s").is_err() && parse_delay("").is_err() && parse_delay("5 s").is_err());
         assert_eq!(retries(None).unwrap(), DEFAULT_RETRIES_MS);
         assert_eq!(retries(Some(&["1s".into(), "1m".into()])).unwrap(), [1000, 60_000]);
         assert!(types(Some(&["usage.denied".into(), "nope".into()])).is_err());

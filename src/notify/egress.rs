@@ -105,23 +105,75 @@ pub struct Destination {
     pub path_and_query: String,
 }
 
-/// Parses a webhook URL: `http` or `https`, a host, no user information.
+/// The webhook URLs the ledger takes, as the OpenAPI document says them:
+/// `http` or `https`; a host of letters, digits, dots and hyphens, or an
+/// IPv6 address in brackets; a port up to 65535; a path and query of URI
+/// characters; nothing else (no user information, no fragment). A URL is
+/// checked by [`well_formed`], the same rule in code (`tests/contract.rs`
+/// holds the two together), before anything else reads it.
+pub const URL_PATTERN: &str = concat!(
+    r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])",
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?",
+    r"(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?)?$",
+);
+/// The longest webhook URL taken.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// Whether `url` is one [`URL_PATTERN`] admits, at most [`MAX_URL_BYTES`].
+pub fn well_formed(url: &str) -> bool {
+    let uri_chars = |text: &str, extra: &[u8]| {
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~!$&'()*+,;=:@%/-".contains(&b) || extra.contains(&b))
+    };
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return false;
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // The host, well formed, and what follows it (nothing, or `:port`).
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, port)) => (
+                !address.is_empty()
+                    && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            (
+                !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'),
+                port,
+            )
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits.len() < 5
+                    || (!digits.starts_with('0') && digits.parse::<u32>().is_ok_and(|p| p <= 65_535)))
+        });
+    let tail_ok = match tail.split_once('?') {
+        Some((path, query)) => uri_chars(path, b"") && uri_chars(query, b"?"),
+        None => uri_chars(tail, b""),
+    };
+    url.len() <= MAX_URL_BYTES && host_ok && port_ok && tail_ok
+}
+
+/// Parses a webhook URL: one [`well_formed`] admits, taken apart.
 pub fn parse(url: &str) -> Result<Destination, Rejection> {
+    if !well_formed(url) {
+        return Err(Rejection::malformed(format!(
+            "{url:?} is not a webhook URL: http:// or https://, a host (letters, digits, dots, hyphens, or an \
+             address), an optional port, a path and query of URI characters, at most {MAX_URL_BYTES} bytes"
+        )));
+    }
     let uri: axum::http::Uri =
         url.parse().map_err(|_| Rejection::malformed(format!("{url:?} is not a URL")))?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(Rejection::malformed("a webhook URL is http:// or https://")),
-    };
+    let https = uri.scheme_str() == Some("https");
     let authority = uri.authority().ok_or_else(|| Rejection::malformed("a webhook URL names a host"))?;
-    if authority.as_str().contains('@') {
-        return Err(Rejection::malformed("a webhook URL carries no user name or password"));
-    }
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(Rejection::malformed("a webhook URL names a host"));
-    }
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path_and_query = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
     Ok(Destination { https, host, port, path_and_query })

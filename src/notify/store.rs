@@ -72,6 +72,12 @@ impl Endpoint {
             && self.types.as_ref().is_none_or(|types| types.iter().any(|t| t == kind))
     }
 
+    /// Whether this endpoint gets `notification`: a kind and tenant it
+    /// wants, from an event after its registration.
+    pub fn receives(&self, notification: &super::Notification) -> bool {
+        self.wants(notification.kind, &notification.tenant) && notification.position > self.after_position
+    }
+
     /// The secrets that sign a delivery at `now_us`.
     pub fn signing_secrets(&self, now_us: i64) -> impl Iterator<Item = &str> {
         self.secrets
@@ -148,27 +154,7 @@ impl JetStreamStore {
     /// Opens (creating when needed) the buckets and streams, with the
     /// replicas of the ledger's stream.
     pub async fn open(context: jetstream::Context, replicas: usize) -> anyhow::Result<JetStreamStore> {
-        // Created once, never updated: the ledger's credential may not
-        // reconfigure streams (`ledger nats-config` denies it).
-        let config = kv::Config {
-            bucket: WEBHOOKS_BUCKET.into(),
-            description: "the ledger's webhook endpoints".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        let webhooks = match context.get_key_value(WEBHOOKS_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => match context.create_key_value(config).await {
-                Ok(store) => store,
-                // Another instance created it meanwhile.
-                Err(_) => context
-                    .get_key_value(WEBHOOKS_BUCKET)
-                    .await
-                    .map_err(|e| store_error("opening the webhook endpoints", e))?,
-            },
-        };
+        let webhooks = bucket(&context, WEBHOOKS_BUCKET, "the ledger's webhook endpoints", replicas).await?;
         let deliveries = context
             .get_or_create_stream(stream::Config {
                 name: DELIVERIES_STREAM.into(),
@@ -199,6 +185,31 @@ impl JetStreamStore {
 
     pub fn context(&self) -> &jetstream::Context {
         &self.context
+    }
+}
+
+/// Opens a KV bucket of the ledger's, creating it when it does not exist:
+/// created once and never updated, since the ledger's credential may not
+/// reconfigure streams (`ledger nats-config` denies it), with the replicas
+/// of the ledger's stream and one value a key.
+pub async fn bucket(
+    context: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let config = kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match context.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // It exists (created by another instance, or before this one ran).
+        Err(_) => context.get_key_value(name).await.map_err(|e| store_error(&format!("opening {name}"), e)),
     }
 }
 
@@ -344,16 +355,15 @@ impl NotifyStore {
             },
             NotifyStore::JetStream(js) => {
                 let subject = format!("ledger.deliveries.{endpoint}");
-                let info = js
-                    .deliveries
-                    .clone()
-                    .info()
-                    .await
-                    .map_err(|e| store_error("reading deliveries", e))?
-                    .clone();
-                if info.state.messages == 0 {
-                    return Ok(Vec::new());
-                }
+                // The endpoint's newest batch: read up to it, and when there
+                // is none, wait for nothing.
+                let last = match js.deliveries.get_last_raw_message_by_subject(&subject).await {
+                    Ok(newest) => newest.sequence,
+                    Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                        return Ok(Vec::new())
+                    }
+                    Err(e) => return Err(store_error("reading deliveries", e)),
+                };
                 let consumer = js
                     .deliveries
                     .create_consumer(consumer::pull::OrderedConfig {
@@ -363,7 +373,6 @@ impl NotifyStore {
                     })
                     .await
                     .map_err(|e| store_error("reading deliveries", e))?;
-                let last = info.state.last_sequence;
                 let mut messages =
                     consumer.messages().await.map_err(|e| store_error("reading deliveries", e))?;
                 let mut out = Vec::new();

@@ -18,6 +18,9 @@ use crate::engine::{Ledger, Reply};
 use crate::log::{AnyLog, EventLog, Source};
 use crate::projector;
 use crate::report::{self, reply_json, QueryError};
+use projections::domain::Alerts;
+use projections::notice::NoticeRow;
+use projections::LedgerView;
 
 pub use ledger_client::protocol::MAX_BATCH_COMMANDS;
 
@@ -114,45 +117,75 @@ impl Core {
     /// A tenant's view, once the views include the tenant's newest event,
     /// whichever writer appended it (read your writes).
     pub async fn query(&self, tenant: &str, view: QueryView, at_us: Option<i64>) -> Result<Value, Rejection> {
-        tenant_id(tenant)?;
-        tokio::time::timeout(QUERY_TIMEOUT, self.query_now(tenant, view, at_us)).await.unwrap_or_else(|_| {
-            Err(Rejection::new("unavailable", "the log or the views did not answer in time; try again"))
+        self.read_tenant(tenant, async |views| {
+            let unavailable = |e: String| Rejection::new("unavailable", e);
+            let answer = match view {
+                QueryView::Usage => report::usage(views, tenant, at_us),
+                QueryView::Invoice { explain: false } => report::invoice(views, tenant, at_us),
+                QueryView::Invoice { explain: true } => {
+                    return crate::audit::explain::invoice(&self.log, views, tenant, at_us).await.map_err(
+                        |e| match e.downcast::<QueryError>() {
+                            Ok(e) => query_rejection(e),
+                            Err(e) => unavailable(e.to_string()),
+                        },
+                    )
+                }
+                QueryView::UsageExplained => {
+                    return crate::audit::explain::usage(&self.log, views, tenant, at_us).await.map_err(|e| {
+                        match e.downcast::<QueryError>() {
+                            Ok(e) => query_rejection(e),
+                            Err(e) => unavailable(e.to_string()),
+                        }
+                    })
+                }
+                QueryView::Invoices => report::invoices(views, tenant),
+            };
+            answer.map_err(query_rejection)
         })
+        .await
     }
 
-    async fn query_now(&self, tenant: &str, view: QueryView, at_us: Option<i64>) -> Result<Value, Rejection> {
+    /// A tenant's usage alert thresholds (the defaults when it never set
+    /// any) and its newest notifications, newest first, at most `limit`,
+    /// once the views include the tenant's newest event.
+    pub async fn notifications(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<(Alerts, Vec<NoticeRow>), Rejection> {
+        self.read_tenant(tenant, async |views| {
+            let unavailable = |e: projections::ViewError| Rejection::new("unavailable", e.to_string());
+            let alerts = LedgerView::tenant(views, tenant).map_err(unavailable)?.map(|s| s.alerts);
+            let notices = LedgerView::tenant_notices(views, tenant, limit).map_err(unavailable)?;
+            Ok((alerts.unwrap_or_default(), notices))
+        })
+        .await
+    }
+
+    /// What `read` answers from the views once they include the tenant's
+    /// newest event on the log, all within [`QUERY_TIMEOUT`]. A store
+    /// reopened meanwhile may hold an older prefix than the one the views
+    /// were synced on: no answer from a mix of the two.
+    async fn read_tenant<T>(
+        &self,
+        tenant: &str,
+        read: impl AsyncFnOnce(&projections::ViewStore) -> Result<T, Rejection>,
+    ) -> Result<T, Rejection> {
+        tenant_id(tenant)?;
         let unavailable = |e: String| Rejection::new("unavailable", e);
-        let generation = self.ledger.views().generation();
-        let head = self.log.tenant_head(tenant).await.map_err(|e| unavailable(e.to_string()))?;
-        self.views_reach(head).await?;
-        let views = self.ledger.views();
-        let answer = match view {
-            QueryView::Usage => report::usage(views, tenant, at_us),
-            QueryView::Invoice { explain: false } => report::invoice(views, tenant, at_us),
-            QueryView::Invoice { explain: true } => {
-                return crate::audit::explain::invoice(&self.log, views, tenant, at_us).await.map_err(|e| {
-                    match e.downcast::<QueryError>() {
-                        Ok(e) => query_rejection(e),
-                        Err(e) => unavailable(e.to_string()),
-                    }
-                })
+        let synced = async {
+            let generation = self.ledger.views().generation();
+            let head = self.log.tenant_head(tenant).await.map_err(|e| unavailable(e.to_string()))?;
+            self.views_reach(head).await?;
+            let answer = read(self.ledger.views()).await;
+            if self.ledger.views().generation() != generation {
+                return Err(unavailable("the views were reopened during the query; try again".into()));
             }
-            QueryView::UsageExplained => {
-                return crate::audit::explain::usage(&self.log, views, tenant, at_us).await.map_err(
-                    |e| match e.downcast::<QueryError>() {
-                        Ok(e) => query_rejection(e),
-                        Err(e) => unavailable(e.to_string()),
-                    },
-                )
-            }
-            QueryView::Invoices => report::invoices(views, tenant),
+            answer
         };
-        // A store reopened meanwhile may hold an older prefix than the one
-        // the views were synced on: no answer from a mix of the two.
-        if views.generation() != generation {
-            return Err(unavailable("the views were reopened during the query; try again".into()));
-        }
-        answer.map_err(query_rejection)
+        tokio::time::timeout(QUERY_TIMEOUT, synced).await.unwrap_or_else(|_| {
+            Err(unavailable("the log or the views did not answer in time; try again".into()))
+        })
     }
 
     /// Waits (up to [`QUERY_SYNC_TIMEOUT`]) until the views include the log

@@ -203,6 +203,15 @@ pub async fn connect(data: &Path) -> Option<UnixStream> {
     UnixStream::connect(socket_path(data)).await.ok()
 }
 
+/// The log's head as the serve that holds `data` answers it, or `None`
+/// when no serve holds it.
+pub async fn head(data: &Path) -> anyhow::Result<Option<u64>> {
+    let Some(stream) = connect(data).await else { return Ok(None) };
+    let answer = ask(stream, &LocalQuery::Head).await?;
+    let head = answer.first().and_then(|a| a["head"].as_u64());
+    Ok(Some(head.ok_or_else(|| anyhow::anyhow!("serve did not say its head"))?))
+}
+
 /// Sends `query` and returns the answer's JSON lines; an `{"error"}` line
 /// becomes the error.
 pub async fn ask(stream: UnixStream, query: &LocalQuery) -> anyhow::Result<Vec<Value>> {

@@ -9,7 +9,7 @@
 //! - `nats`: the NATS service endpoints;
 //! - `http`: the HTTP API, CloudEvents ingest, `/metrics`, `/healthz`,
 //!   OpenAPI and the console;
-//! - `keys`: the HTTP API keys;
+//! - `keys`: the HTTP API keys, stored with the ledger;
 //! - `local`: the data directory's socket, which answers the command
 //!   line's queries while `serve` holds the directory;
 //! - `clock`: the billing clock, a task of every instance.
@@ -87,9 +87,11 @@ impl Server {
         let (service, mut tasks) = nats::start(log.client(), core.clone()).await?;
         // A JetStream ledger keeps its notification store on the server:
         // no data directory is needed.
-        tasks.push(spawn_delivery(Path::new(""), &options, &ledger, &any, &core));
+        let store = crate::notify::open_store(Path::new(""), &any).await?;
+        tasks.push(spawn_delivery(store.clone(), &options, &ledger, &any, &core));
         if let Some((listener, keys)) = http {
-            tasks.push(tokio::spawn(http::serve(listener, core, keys)));
+            let state = http::Http { core, keys, notify: store, egress: options.egress.clone() };
+            tasks.push(tokio::spawn(http::serve(listener, state)));
         }
         tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
         Ok(Server { tasks, service, ledger })
@@ -106,38 +108,53 @@ impl Server {
     }
 }
 
-/// Webhook deliveries and NATS notifications, beside the front ends, once
-/// the notification store opens: a cluster in the middle of a leader
-/// change may take a while to create its buckets, and serving commands
-/// does not wait for that (notifications are derived from the log, so none
-/// is missed meanwhile).
+/// Webhook deliveries and NATS notifications, beside the front ends.
 fn spawn_delivery(
-    data: &Path,
+    store: crate::notify::store::NotifyStore,
     options: &ServeOptions,
     ledger: &Ledger,
     log: &AnyLog,
     core: &Core,
 ) -> tokio::task::JoinHandle<()> {
-    let (data, egress, ledger, log, stats) =
-        (data.to_path_buf(), options.egress.clone(), ledger.clone(), log.clone(), core.metrics.deliveries());
+    let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
+    let writer = crate::notify::deliver::Delivery::write_records(store.clone(), recorded);
+    let delivery = Arc::new(crate::notify::deliver::Delivery {
+        store,
+        egress: options.egress.clone(),
+        ledger: ledger.clone(),
+        log: log.clone(),
+        stats: core.metrics.deliveries(),
+        records,
+    });
     tokio::spawn(async move {
-        let store = loop {
-            match crate::notify::open_store(&data, &log).await {
-                Ok(store) => break store,
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "opening the notification store; trying again");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
-        };
-        let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
-        let _writer = crate::notify::deliver::Task(tokio::spawn(
-            crate::notify::deliver::Delivery::write_records(store.clone(), recorded),
-        ));
-        let delivery =
-            Arc::new(crate::notify::deliver::Delivery { store, egress, ledger, log, stats, records });
+        // Stops (aborted) with the delivery, as everything it spawns does.
+        let _writer = crate::notify::deliver::Task(tokio::spawn(writer));
         delivery.run().await;
     })
+}
+
+/// How long `serve` keeps trying to open a store of the ledger's on the
+/// server before it gives up: a JetStream cluster electing a leader (a node
+/// restarting, say) times requests out for a few seconds, which is no
+/// reason to stop.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What `open` opens, tried again every second while it fails, for up to
+/// [`STORE_PATIENCE`].
+async fn patiently<T, F>(what: &str, open: impl Fn() -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    loop {
+        match open().await {
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{error:#}"), "opening {what}; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            opened => return opened,
+        }
+    }
 }
 
 async fn stop(tasks: &[tokio::task::JoinHandle<()>], ledger: &Ledger) {
@@ -166,20 +183,24 @@ pub async fn run(
     let ledger = Ledger::start(log.clone(), views).await?;
     let core = Arc::new(Core::new(ledger.clone(), log.clone()));
     let mut tasks = Vec::new();
-    // The command line's socket before the front ends: once a "serving
-    // ledger" line is logged, queries of the directory answer too.
+    let notify = patiently("the webhook store", || crate::notify::open_store(data, &log)).await?;
+    // The local socket and HTTP first: once any "serving ledger" line is
+    // logged, every front end asked for takes requests, and the command
+    // line's queries reach this serve.
     if let Some(listener) = local::bind(data)? {
         tasks.push(tokio::spawn(local::serve(listener, core.clone())));
     }
-    // HTTP first: once any "serving ledger" line is logged, every front end
-    // asked for takes requests.
     if let Some(address) = http {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the HTTP API to {address}: {e}"))?;
-        let keys = Arc::new(keys::KeyRing::new(data));
+        let keys = Arc::new(keys::KeyRing::new(
+            patiently("the API keys", || keys::KeyStore::open(data, &log)).await?,
+        ));
         let bound = listener.local_addr()?;
-        tasks.push(tokio::spawn(http::serve(listener, core.clone(), keys)));
+        let state =
+            http::Http { core: core.clone(), keys, notify: notify.clone(), egress: options.egress.clone() };
+        tasks.push(tokio::spawn(http::serve(listener, state)));
         tracing::info!("serving ledger HTTP on http://{bound}");
     }
     let mut service = None;
@@ -189,7 +210,7 @@ pub async fn run(
         tasks.extend(endpoints);
     }
     tasks.push(tokio::spawn(clock::billing_clock(ledger.clone(), options.clock_interval)));
-    tasks.push(spawn_delivery(data, &options, &ledger, &log, &core));
+    tasks.push(spawn_delivery(notify, &options, &ledger, &log, &core));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -20,6 +20,13 @@ pub struct HttpServe {
 
 impl HttpServe {
     pub fn spawn(data: &Path, nats: Option<&str>) -> HttpServe {
+        // Tests send only to loopback, webhooks included.
+        HttpServe::spawn_with(data, nats, &["--webhook-allow-hosts", "127.0.0.1"])
+    }
+
+    /// With these webhook options instead (`--webhook-allow-hosts`,
+    /// `--webhook-allow-private`).
+    pub fn spawn_with(data: &Path, nats: Option<&str>, webhooks: &[&str]) -> HttpServe {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
         command.arg("--data").arg(data);
         if let Some(url) = nats {
@@ -27,8 +34,7 @@ impl HttpServe {
         }
         let mut child = command
             .args(["serve", "--http", "127.0.0.1:0", "--clock-interval-ms", "3600000"])
-            // Tests send only to loopback, webhooks included.
-            .args(["--webhook-allow-hosts", "127.0.0.1"])
+            .args(webhooks)
             .env("LEDGER_LOG", "info")
             .env_remove("LEDGER_HTTP")
             .stdout(Stdio::null())
@@ -152,14 +158,18 @@ impl Http {
 
 /// `ledger keys add ARGS...` in `data`: the printed key.
 pub fn add_key(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .arg("--data")
-        .arg(data)
-        .arg("keys")
-        .arg("add")
-        .args(args)
-        .output()
-        .unwrap();
+    add_key_to(data, None, args)
+}
+
+/// `ledger keys add ARGS...` in `data`, or with `--nats` in the JetStream
+/// ledger's bucket: the printed key.
+pub fn add_key_to(data: &Path, nats: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command.arg("--data").arg(data).env_remove("LEDGER_NATS");
+    if let Some(url) = nats {
+        command.arg("--nats").arg(url);
+    }
+    let out = command.arg("keys").arg("add").args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8(out.stdout).unwrap();
     assert_eq!(key.lines().count(), 1, "the key alone on stdout");

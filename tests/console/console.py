@@ -2,7 +2,9 @@
 
 Run by tests/console.rs with: BASE (the server), ACME_KEY (acme's user key),
 BETA_KEY (beta's admin key), PANEL_KEY, ACME_USAGE and BETA_USAGE (what
-`ledger usage --json` printed), and optionally SCREENSHOT (a PNG path).
+`ledger usage --json` printed), ACME_NOTIFICATIONS (what
+/v1/tenants/acme/notifications answered once acme's threshold crossing was
+delivered), and optionally SCREENSHOT (a PNG path).
 Exits non-zero, with the reason, on the first check that fails.
 """
 import json
@@ -13,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 BASE = os.environ["BASE"]
 ACME = json.loads(os.environ["ACME_USAGE"])
 BETA = json.loads(os.environ["BETA_USAGE"])
+NOTIFICATIONS = json.loads(os.environ["ACME_NOTIFICATIONS"])
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -25,6 +28,26 @@ def sign_in(page, key):
 def sign_out(page):
     page.get_by_test_id("signout").click()
     expect(page.get_by_test_id("login")).to_be_visible()
+
+
+def check_notifications(page, answer):
+    """The tenant's alert thresholds, and its newest notification (a
+    threshold crossing) with what it says and where it was delivered."""
+    percents = lambda values: ", ".join(f"{v}%" for v in values) or "none"
+    expect(page.get_by_test_id("tokens-alerts")).to_have_text(percents(answer["alerts"]["tokens"]))
+    expect(page.get_by_test_id("storage-alerts")).to_have_text(percents(answer["alerts"]["storage"]))
+    rows = page.get_by_test_id("notification")
+    expect(rows).to_have_count(len(answer["notifications"]))
+    newest, data = answer["notifications"][0], answer["notifications"][0]["data"]
+    row = rows.first
+    expect(row).to_have_attribute("data-type", "usage.threshold_crossed")
+    expect(row.get_by_test_id("summary")).to_have_text(
+        f"{data['meter']} reached {data['threshold']}%: {data['used']:,} of {data['limit']:,}")
+    delivery = newest["deliveries"][0]
+    badge = row.get_by_test_id("delivery")
+    expect(badge).to_have_count(1)
+    expect(badge).to_have_attribute("data-outcome", "delivered")
+    expect(badge).to_have_text(f"{delivery['endpoint']}: delivered ({delivery['status']})")
 
 
 def check_usage(page, usage):
@@ -64,6 +87,7 @@ with sync_playwright() as p:
     # acme's user key: acme's figures, exactly what `ledger usage --json` printed.
     sign_in(page, os.environ["ACME_KEY"])
     check_usage(page, ACME)
+    check_notifications(page, NOTIFICATIONS)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page overflows a phone's width"
     expect(page.get_by_test_id("invoice-rows").locator("tr")).to_have_count(1)
     # Open an invoice line's explanation: its arithmetic and its events.
@@ -90,6 +114,10 @@ with sync_playwright() as p:
     check_usage(page, BETA)
     body = page.locator("body").inner_text()
     assert "acme" not in body, "beta's console shows acme"
+    # beta's own notification (its subscription), which no endpoint receives.
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+    expect(page.get_by_test_id("notification").first).to_have_attribute("data-type", "subscription.changed")
+    expect(page.get_by_test_id("delivery")).to_have_count(0)
     expect(page.get_by_test_id("back")).to_be_hidden()
     sign_out(page)
 

@@ -21,11 +21,15 @@ use super::core::{batch_commands, fields, submission, Core, QueryView};
 use super::keys::{KeyEntry, KeyRing, Role};
 use crate::engine::command::{own_key, parse_at, tenant_id, Cause, Rejection};
 use crate::engine::Reply;
+use crate::notify::egress::{self, Egress};
+use crate::notify::store::NotifyStore;
 use crate::report::{rejection_json, reply_json};
 
 mod cloudevents;
 mod console;
+mod keys;
 pub mod routes;
+mod webhooks;
 
 /// Bodies past this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -36,13 +40,18 @@ const RETRY_AFTER_SECONDS: &str = "1";
 pub struct Http {
     pub core: Arc<Core>,
     pub keys: Arc<KeyRing>,
+    /// The ledger's webhook endpoints and their delivery records.
+    pub notify: NotifyStore,
+    /// Where webhooks may go (`serve --webhook-allow-hosts`,
+    /// `--webhook-allow-private`): registrations are held to it too.
+    pub egress: Egress,
 }
 
 pub type AppState = Arc<Http>;
 
 /// Serves the API on `listener` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, core: Arc<Core>, keys: Arc<KeyRing>) {
-    let app = routes::router(Arc::new(Http { core, keys }));
+pub async fn serve(listener: tokio::net::TcpListener, state: Http) {
+    let app = routes::router(Arc::new(state));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "the HTTP API stopped");
     }
@@ -74,8 +83,9 @@ pub fn problem(rejection: &Rejection) -> Response {
 }
 
 /// The spec's status for a rejection: 401 for a missing or unknown key, 403
-/// `forbidden`, 405 a method the path does not serve, 413 a body too
-/// large, 415 a CloudEvents request in no content mode, 503 `unavailable`;
+/// `forbidden` (and a webhook destination the ledger will not reach), 405
+/// a method the path does not serve, 413 a body too large, 415 a
+/// CloudEvents request in no content mode, 503 `unavailable`;
 /// otherwise 400 for what the request alone shows ([`Cause::Request`]), and
 /// for what the ledger's state decides 404 (`unknown_*`, `not_subscribed`)
 /// or 409 (every other conflict, and what only a comparison of two fields
@@ -83,7 +93,7 @@ pub fn problem(rejection: &Rejection) -> Response {
 pub fn status_of(rejection: &Rejection) -> StatusCode {
     match rejection.code {
         "unauthorized" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
+        "forbidden" | egress::REFUSED => StatusCode::FORBIDDEN,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -126,8 +136,10 @@ fn decision(reply: &Reply) -> Response {
     }
 }
 
-/// The key a request presents (`Authorization: Bearer <key>`), or 401.
-fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Rejection> {
+/// The key a request presents (`Authorization: Bearer <key>`), or 401; 503
+/// while the keys cannot be read (every key is refused then, and the
+/// client is told to come back rather than that its key is wrong).
+async fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Rejection> {
     let unauthorized = |message: &str| Rejection::new("unauthorized", message);
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(unauthorized("no API key: send Authorization: Bearer <key>"));
@@ -137,7 +149,14 @@ fn authenticate(state: &Http, headers: &HeaderMap) -> Result<KeyEntry, Rejection
         Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
         _ => return Err(unauthorized("the Authorization header must be Bearer <key>")),
     };
-    state.keys.check(key).ok_or_else(|| unauthorized("unknown or revoked API key"))
+    match state.keys.check(key).await {
+        Ok(Some(entry)) => Ok(entry),
+        Ok(None) => Err(unauthorized("unknown or revoked API key")),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "cannot read the API keys; refusing every key until it can");
+            Err(Rejection::new("unavailable", "the API keys cannot be read now; try again"))
+        }
+    }
 }
 
 /// A key may act on `tenant` when it is that tenant's, or the panel's.
@@ -158,12 +177,12 @@ fn panel_only(key: &KeyEntry) -> Result<(), Rejection> {
 
 /// The tenant of a tenant path, checked: well formed, and reachable with
 /// the request's key.
-fn tenant_of(
+async fn tenant_of(
     state: &Http,
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(KeyEntry, String), Rejection> {
-    let key = authenticate(state, headers)?;
+    let key = authenticate(state, headers).await?;
     let Path(tenant) = path.map_err(|e| Rejection::malformed(format!("the path: {}", e.body_text())))?;
     tenant_id(&tenant)?;
     may_reach(&key, &tenant)?;
@@ -181,6 +200,19 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Rejection> {
     })
 }
 
+/// A body as the typed request of a route that is not a command (keys,
+/// webhooks): a JSON object with exactly its fields, else 400.
+fn json_body<T: serde::de::DeserializeOwned>(raw: &Bytes) -> Result<T, Rejection> {
+    serde_json::from_slice(raw).map_err(|e| Rejection::malformed(format!("the body: {e}")))
+}
+
+/// A store of the ledger's (keys, webhook endpoints, the log) that did not
+/// answer: 503, to be tried again; the cause goes to the log.
+fn unavailable(error: impl Into<anyhow::Error>) -> Rejection {
+    tracing::warn!(error = %format!("{:#}", error.into()), "a store of the ledger did not answer");
+    Rejection::new("unavailable", "the ledger's store did not answer; try again")
+}
+
 /// `POST /v1/tenants/{tenant}/<command>`, or `/batch` (`command` `None`).
 pub async fn tenant_command(
     state: AppState,
@@ -191,7 +223,7 @@ pub async fn tenant_command(
 ) -> Response {
     answer(
         async {
-            let (key, tenant) = tenant_of(&state, &headers, path)?;
+            let (key, tenant) = tenant_of(&state, &headers, path).await?;
             decide(&state, &key, Some(&tenant), command, &headers, body(raw)?).await
         }
         .await,
@@ -208,7 +240,7 @@ pub async fn admin_command(
 ) -> Response {
     answer(
         async {
-            let key = authenticate(&state, &headers)?;
+            let key = authenticate(&state, &headers).await?;
             panel_only(&key)?;
             decide(&state, &key, None, command, &headers, body(raw)?).await
         }
@@ -312,7 +344,7 @@ pub async fn events(
 ) -> Response {
     answer(
         async {
-            let key = authenticate(&state, &headers)?;
+            let key = authenticate(&state, &headers).await?;
             let events = cloudevents::parse(&headers, &body(raw)?)?;
             // Every event must be about a tenant the key reaches, or nothing runs.
             for event in &events {
@@ -370,7 +402,7 @@ pub async fn usage(
 ) -> Response {
     answer(
         async {
-            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            let (_, tenant) = tenant_of(&state, &headers, path).await?;
             let query = params(query)?;
             view(&state, &tenant, QueryView::Usage, query.at.as_deref()).await
         }
@@ -387,7 +419,7 @@ pub async fn invoice(
 ) -> Response {
     answer(
         async {
-            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            let (_, tenant) = tenant_of(&state, &headers, path).await?;
             let query = params(query)?;
             let explain = query.explain.unwrap_or(false);
             view(&state, &tenant, QueryView::Invoice { explain }, query.at.as_deref()).await
@@ -405,7 +437,7 @@ pub async fn invoices(
 ) -> Response {
     answer(
         async {
-            let (_, tenant) = tenant_of(&state, &headers, path)?;
+            let (_, tenant) = tenant_of(&state, &headers, path).await?;
             params(query)?;
             view(&state, &tenant, QueryView::Invoices, None).await
         }
@@ -418,7 +450,7 @@ pub async fn invoices(
 pub async fn tenants(State(state): State<AppState>, headers: HeaderMap) -> Response {
     answer(
         async {
-            panel_only(&authenticate(&state, &headers)?)?;
+            panel_only(&authenticate(&state, &headers).await?)?;
             let tenants = state.core.tenants().await?;
             Ok(json_response(StatusCode::OK, &json!({ "tenants": tenants })))
         }
@@ -428,7 +460,7 @@ pub async fn tenants(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// `GET /v1/me`: whom the key speaks for (the console asks this first).
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    answer(authenticate(&state, &headers).map(|key| {
+    answer(authenticate(&state, &headers).await.map(|key| {
         let me = json!({"id": key.id, "tenant": key.tenant, "role": key.role, "actor": key.actor().label()});
         json_response(StatusCode::OK, &me)
     }))

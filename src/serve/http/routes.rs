@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
@@ -25,6 +25,7 @@ use crate::engine::command::{
     offline_admissible, own_key, Cause, Rejection, DECIMAL_PATTERN, ID_PATTERN, INSTANT_PATTERN, MAX_COUNT,
     MAX_ID_BYTES, MAX_NAME_BYTES, NAME_PATTERN, TENANT_PATTERN,
 };
+use crate::notify::{admin, egress};
 use crate::serve::core::MAX_BATCH_COMMANDS;
 
 /// Who may call a route.
@@ -38,6 +39,8 @@ pub enum Auth {
     Key,
     /// The panel key only.
     Panel,
+    /// The panel key, or a tenant admin key for its own tenant (webhooks).
+    Admins,
 }
 
 /// Who may send a command (the decider's rule, for the document).
@@ -269,6 +272,16 @@ pub enum Serves {
     Invoices,
     Tenants,
     Me,
+    /// `GET /v1/tenants/{tenant}/notifications`.
+    Notifications,
+    /// `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}`.
+    AddKey,
+    Keys,
+    RevokeKey,
+    /// `POST /v1/webhooks`, `GET /v1/webhooks`, `DELETE /v1/webhooks/{id}`.
+    AddWebhook,
+    Webhooks,
+    RemoveWebhook,
     Health,
     Metrics,
     OpenApi,
@@ -378,7 +391,58 @@ pub fn routes() -> Vec<Route> {
             Auth::Panel,
             Serves::Tenants,
         ),
+        route(
+            "get",
+            "/v1/tenants/{tenant}/notifications",
+            "notifications",
+            "The tenant's usage alert thresholds and its newest 50 notifications, each with its delivery state at \
+             every endpoint that receives it (a tenant key: its tenant's endpoints; the panel: every one)",
+            Auth::Tenant,
+            Serves::Notifications,
+        ),
         route("get", "/v1/me", "me", "Whom the presented key speaks for", Auth::Key, Serves::Me),
+        route(
+            "post",
+            "/v1/keys",
+            "addKey",
+            "A new API key, shown this once (only its hash is stored)",
+            Auth::Panel,
+            Serves::AddKey,
+        ),
+        route("get", "/v1/keys", "keys", "Every API key (never a key itself)", Auth::Panel, Serves::Keys),
+        route(
+            "delete",
+            "/v1/keys/{id}",
+            "revokeKey",
+            "Revoke an API key: refused at once here, and within seconds by every serve of the ledger",
+            Auth::Panel,
+            Serves::RevokeKey,
+        ),
+        route(
+            "post",
+            "/v1/webhooks",
+            "addWebhook",
+            "Register a webhook endpoint; it receives the notifications recorded from now on, signed with the \
+             secret shown this once",
+            Auth::Admins,
+            Serves::AddWebhook,
+        ),
+        route(
+            "get",
+            "/v1/webhooks",
+            "webhooks",
+            "The webhook endpoints the key manages (never a secret)",
+            Auth::Admins,
+            Serves::Webhooks,
+        ),
+        route(
+            "delete",
+            "/v1/webhooks/{id}",
+            "removeWebhook",
+            "Remove a webhook endpoint the key manages; nothing more goes to it",
+            Auth::Admins,
+            Serves::RemoveWebhook,
+        ),
         route(
             "get",
             "/healthz",
@@ -406,10 +470,9 @@ pub fn routes() -> Vec<Route> {
 type Body = Result<Bytes, BytesRejection>;
 type TenantPath = Result<Path<String>, PathRejection>;
 
-/// How a route is served. An undeclared method on a declared path is a 405
-/// problem; axum adds the `Allow` header.
+/// How a route is served.
 fn method_router(serves: Serves) -> MethodRouter<AppState> {
-    let router = match serves {
+    match serves {
         Serves::TenantCommand(command) => {
             post(move |State(state): State<AppState>, tenant: TenantPath, headers: HeaderMap, body: Body| {
                 super::tenant_command(state, tenant, Some(command.name), headers, body)
@@ -434,20 +497,37 @@ fn method_router(serves: Serves) -> MethodRouter<AppState> {
         Serves::Invoices => get(super::invoices),
         Serves::Tenants => get(super::tenants),
         Serves::Me => get(super::me),
+        Serves::Notifications => get(super::webhooks::notifications),
+        Serves::AddKey => post(super::keys::add),
+        Serves::Keys => get(super::keys::list),
+        Serves::RevokeKey => delete(super::keys::revoke),
+        Serves::AddWebhook => post(super::webhooks::add),
+        Serves::Webhooks => get(super::webhooks::list),
+        Serves::RemoveWebhook => delete(super::webhooks::remove),
         Serves::Health => get(super::healthz),
         Serves::Metrics => get(super::metrics),
         Serves::OpenApi => get(super::openapi),
         Serves::Console => get(super::console::page),
-    };
-    router.fallback(super::method_not_allowed)
+    }
 }
 
 /// The router over [`routes`], with the body limit, the problem-shaped
-/// 404, and the security headers on every answer.
+/// 404, and the security headers on every answer. The methods of one path
+/// are served together; any other method on it is a 405 problem (axum adds
+/// the `Allow` header).
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new();
+    let mut paths: BTreeMap<String, MethodRouter<AppState>> = BTreeMap::new();
     for route in routes() {
-        router = router.route(&route.path, method_router(route.serves));
+        let served = method_router(route.serves);
+        let merged = match paths.remove(&route.path) {
+            Some(others) => others.merge(served),
+            None => served,
+        };
+        paths.insert(route.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, methods) in paths {
+        router = router.route(&path, methods.fallback(super::method_not_allowed));
     }
     router
         .fallback(super::not_found)
@@ -483,6 +563,16 @@ fn decimal(description: &str) -> Value {
         "description": format!("{description}: a decimal string, at most 10^12 with at most 12 decimal places"),
         "examples": ["20.00"],
     })
+}
+
+/// A key's id, as `ledger keys add` makes them.
+fn key_id() -> Value {
+    json!({"type": "string", "pattern": "^[0-9a-f]{12}$", "description": "The key's id (`GET /v1/keys`)"})
+}
+
+/// A webhook endpoint's id, as registrations make them.
+fn endpoint_id() -> Value {
+    json!({"type": "string", "pattern": "^ep_[0-9a-f]{12}$", "description": "The endpoint's id (`GET /v1/webhooks`)"})
 }
 
 fn instant(description: &str) -> Value {
@@ -603,9 +693,10 @@ fn problem_statuses(refusals: &[(&'static str, Cause)]) -> BTreeMap<u16, Vec<&'s
     statuses
 }
 
-/// What every keyed route can answer besides its own rejections.
+/// What every keyed route can answer besides its own rejections: no key or
+/// a wrong one, and 503 while the keys cannot be read.
 fn transport(route: &Route, body: bool) -> Vec<(&'static str, Cause)> {
-    let mut refusals = vec![("unauthorized", S)];
+    let mut refusals = vec![("unauthorized", S), ("unavailable", S)];
     if route.auth != Auth::Key || matches!(route.serves, Serves::Events) {
         refusals.push(("forbidden", S));
     }
@@ -646,7 +737,23 @@ fn refusals(route: &Route) -> Vec<(&'static str, Cause)> {
             refusals.extend(transport(route, false));
             refusals.push(("unavailable", S));
         }
-        Serves::Me => refusals.extend(transport(route, false)),
+        Serves::Me | Serves::Keys | Serves::Webhooks => refusals.extend(transport(route, false)),
+        Serves::Notifications => {
+            refusals.extend(transport(route, false));
+            refusals.push(("malformed", R));
+        }
+        Serves::AddKey => {
+            refusals.extend(transport(route, true));
+            refusals.push(("malformed", R));
+        }
+        Serves::RevokeKey | Serves::RemoveWebhook => {
+            refusals.extend(transport(route, false));
+            refusals.push(("not_found", S));
+        }
+        Serves::AddWebhook => {
+            refusals.extend(transport(route, true));
+            refusals.extend([("malformed", R), (egress::REFUSED, S)]);
+        }
         Serves::Health | Serves::Metrics | Serves::OpenApi | Serves::Console => {}
     }
     refusals
@@ -669,6 +776,13 @@ fn success(serves: Serves) -> (&'static str, Value) {
         Serves::Invoices => json_schema("Invoices"),
         Serves::Tenants => json_schema("Tenants"),
         Serves::Me => json_schema("Me"),
+        Serves::Notifications => json_schema("Notifications"),
+        Serves::AddKey => json_schema("NewKey"),
+        Serves::Keys => json_schema("Keys"),
+        Serves::RevokeKey => json_schema("Revoked"),
+        Serves::AddWebhook => json_schema("NewWebhook"),
+        Serves::Webhooks => json_schema("Webhooks"),
+        Serves::RemoveWebhook => json_schema("Removed"),
         Serves::Health => json_schema("Health"),
         Serves::Metrics => ("application/openmetrics-text", json!({"type": "string"})),
         Serves::OpenApi => json_schema("Object"),
@@ -704,6 +818,13 @@ fn parameters(route: &Route) -> Vec<Value> {
     if route.path.contains("{tenant}") {
         parameters.push(json!({"name": "tenant", "in": "path", "required": true, "schema": tenant()}));
     }
+    if route.path.contains("{id}") {
+        let id = match route.serves {
+            Serves::RevokeKey => key_id(),
+            _ => endpoint_id(),
+        };
+        parameters.push(json!({"name": "id", "in": "path", "required": true, "schema": id}));
+    }
     match route.serves {
         Serves::TenantCommand(command) | Serves::AdminCommand(command) if own_key(command.name).is_none() => {
             parameters.push(json!({
@@ -734,7 +855,7 @@ fn request_body(route: &Route) -> Option<(Value, Value)> {
             let with_tenant = matches!(route.serves, Serves::AdminCommand(_));
             let body = command_body(command, with_tenant);
             // A body with no required field may be left out (no fields),
-            // unless it must name one of several (`anyOf`).
+            // unless it must name one of several (`set_usage_alerts`).
             let required =
                 body["required"].as_array().is_some_and(|r| !r.is_empty()) || body.get("anyOf").is_some();
             let name =
@@ -743,6 +864,10 @@ fn request_body(route: &Route) -> Option<(Value, Value)> {
         }
         Serves::TenantBatch | Serves::AdminBatch => {
             Some((json!(true), json!({"application/json": {"schema": schema("Batch")}})))
+        }
+        Serves::AddKey => Some((json!(true), json!({"application/json": {"schema": schema("KeyRequest")}}))),
+        Serves::AddWebhook => {
+            Some((json!(true), json!({"application/json": {"schema": schema("WebhookRequest")}})))
         }
         Serves::Events => Some((
             json!(true),
@@ -766,6 +891,13 @@ const EVENTS_DESCRIPTION: &str = "CloudEvents 1.0 in the three content modes of 
     whose events do not all carry the required attributes is a 400 for the whole request, with nothing decided; \
     an event whose `type` or `data` the ledger cannot map is answered in its place in `results`. A tenant key \
     may send events only for its own tenant: one event about another is a 403 for the whole request.";
+
+const WEBHOOKS_DESCRIPTION: &str = "The panel key manages every endpoint; a tenant admin key its own \
+    tenant's only (registering for another tenant is 403 forbidden; another tenant's endpoint is 404), and a \
+    user key none (403). An endpoint registered with a tenant key must resolve to public addresses only, unless \
+    the serve runs with --webhook-allow-private; with --webhook-allow-hosts, every endpoint's host must be \
+    listed. A destination refused either way is 403 webhook_destination_refused, checked before any lookup of \
+    a refused host's name, and nothing is stored.";
 
 fn operation(route: &Route) -> Value {
     let mut responses = Map::new();
@@ -808,6 +940,9 @@ fn operation(route: &Route) -> Value {
                 in order; an item's own errors are answered in its place in `results`, the others still run.")
         }
         Serves::Events => operation["description"] = json!(EVENTS_DESCRIPTION),
+        Serves::AddWebhook | Serves::Webhooks | Serves::RemoveWebhook => {
+            operation["description"] = json!(WEBHOOKS_DESCRIPTION)
+        }
         _ => {}
     }
     if route.auth == Auth::Open {
@@ -886,6 +1021,7 @@ fn common_schemas() -> Value {
     let storage = object(vec![("used_bytes", natural.clone(), true), ("quota_bytes", natural.clone(), true)]);
     let tokens = object(vec![("used", natural.clone(), true), ("limit", natural.clone(), true)]);
     let status = json!({"enum": ["active", "cancelled"]});
+    let kind = json!({"enum": crate::notify::KINDS});
     let event = object(vec![
         ("position", json!({"type": "integer", "minimum": 1}), true),
         ("event_id", json!({"type": "string", "format": "uuid"}), true),
@@ -1067,6 +1203,75 @@ fn common_schemas() -> Value {
             ("tenant", json!({"type": ["string", "null"]}), true),
             ("role", json!({"enum": ["user", "admin", "panel"]}), true),
             ("actor", text.clone(), true),
+        ]),
+        "KeyRequest": {
+            "description": "A tenant key (`user` or `admin`) names its tenant; the panel's names none",
+            "oneOf": [
+                object(vec![("tenant", tenant(), true), ("role", json!({"enum": ["user", "admin"]}), true)]),
+                object(vec![("tenant", json!({"type": "null"}), false), ("role", json!({"const": "panel"}), true)]),
+            ],
+        },
+        "NewKey": object(vec![
+            ("id", key_id(), true),
+            ("key", json!({"type": "string", "pattern": "^lk_[0-9a-f]{12}_[0-9a-f]{32}$", "description": "The key: shown this once, send it as `Authorization: Bearer <key>`"}), true),
+            ("tenant", json!({"type": ["string", "null"]}), true),
+            ("role", json!({"enum": ["user", "admin", "panel"]}), true),
+        ]),
+        "Keys": object(vec![(
+            "keys",
+            json!({"type": "array", "items": object(vec![
+                ("id", key_id(), true),
+                ("tenant", json!({"type": ["string", "null"]}), true),
+                ("role", json!({"enum": ["user", "admin", "panel"]}), true),
+                ("created", json!({"type": "string", "format": "date-time"}), true),
+            ])}),
+            true,
+        )]),
+        "Revoked": object(vec![("id", key_id(), true), ("revoked", json!({"const": true}), true)]),
+        "WebhookRequest": object(vec![
+            ("url", json!({"type": "string", "maxLength": egress::MAX_URL_BYTES, "pattern": egress::URL_PATTERN, "description": "Where deliveries go (POST): http or https, a host or an address, an optional port, a path and query"}), true),
+            ("tenant", nullable(tenant()), false),
+            ("types", nullable(json!({"type": "array", "items": kind.clone(), "description": "Only these notification types (default: every type)"})), false),
+            ("retries", nullable(json!({"type": "array", "maxItems": admin::MAX_RETRIES, "items": {"type": "string", "pattern": admin::DELAY_PATTERN}, "description": "The delays between attempts (5s, 2m, 1h, 1d; each at most 7 days; default 5s,30s,2m,10m,1h,4h,12h,24h,24h)"})), false),
+        ]),
+        "NewWebhook": object(vec![
+            ("id", endpoint_id(), true),
+            ("secret", json!({"type": "string", "pattern": "^whsec_[A-Za-z0-9+/]{43}=$", "description": "Signs every delivery (Standard Webhooks); shown this once"}), true),
+        ]),
+        "Webhooks": object(vec![(
+            "webhooks",
+            json!({"type": "array", "items": object(vec![
+                ("id", endpoint_id(), true),
+                ("url", text.clone(), true),
+                ("tenant", json!({"type": ["string", "null"], "description": "null: every tenant's notifications"}), true),
+                ("types", json!({"type": ["array", "null"], "items": kind.clone(), "description": "null: every type"}), true),
+                ("retries_ms", json!({"type": "array", "items": natural.clone()}), true),
+                ("created", json!({"type": "string", "format": "date-time"}), true),
+                ("rotating", json!({"type": "boolean", "description": "A rotated-out secret still signs too"}), true),
+            ])}),
+            true,
+        )]),
+        "Removed": object(vec![("id", endpoint_id(), true), ("removed", json!({"const": true}), true)]),
+        "Notifications": object(vec![
+            ("tenant", tenant(), true),
+            ("alerts", object(vec![
+                ("tokens", json!({"type": "array", "items": natural.clone(), "description": "Percent of the token limit"}), true),
+                ("storage", json!({"type": "array", "items": natural.clone(), "description": "Percent of the storage quota"}), true),
+            ]), true),
+            ("notifications", json!({"type": "array", "maxItems": 50, "description": "Newest first", "items": object(vec![
+                ("id", json!({"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "The event's id"}), true),
+                ("type", kind.clone(), true),
+                ("timestamp", json!({"type": "string", "format": "date-time"}), true),
+                ("data", json!({"type": "object", "description": "As the webhook's body carries it (docs/notifications.md)"}), true),
+                ("deliveries", json!({"type": "array", "items": object(vec![
+                    ("endpoint", endpoint_id(), true),
+                    ("outcome", json!({"enum": ["pending", "delivered", "retrying", "failed"]}), true),
+                    ("attempts", natural.clone(), true),
+                    ("status", json!({"type": ["integer", "null"], "description": "The receiver's HTTP status"}), true),
+                    ("error", json!({"type": ["string", "null"]}), true),
+                    ("at", json!({"type": ["string", "null"], "format": "date-time", "description": "The last attempt"}), true),
+                ])}), true),
+            ])}), true),
         ]),
         "Health": object(vec![
             ("status", json!({"enum": ["ok", "catching_up", "log_unreachable"]}), true),
