@@ -117,7 +117,7 @@ async fn the_official_cloudevents_sdk_is_understood_in_every_mode() {
 /// every string they refuse the parser refuses.
 #[test]
 fn the_documents_patterns_are_the_parsers_rules() {
-    let doc = ledger::serve::http::routes::openapi();
+    let doc = ledger::serve::http::openapi::openapi();
     let schemas = &doc["components"]["schemas"];
     let plan = &schemas["Plan"]["properties"];
     let pattern = |schema: &Value| Regex::new(schema["pattern"].as_str().unwrap()).unwrap();

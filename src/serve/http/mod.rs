@@ -28,6 +28,7 @@ use crate::report::{rejection_json, reply_json};
 mod cloudevents;
 mod console;
 mod keys;
+pub mod openapi;
 pub mod routes;
 mod webhooks;
 
@@ -492,8 +493,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/openapi.json`.
-pub async fn openapi() -> Response {
-    json_response(StatusCode::OK, &routes::openapi())
+pub async fn openapi_document() -> Response {
+    json_response(StatusCode::OK, &openapi::openapi())
 }
 
 /// Any other path: a problem, like every other error.
