@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod http;
 pub mod serve;
+pub mod webhooks;
 
 use std::path::PathBuf;
 
