@@ -146,6 +146,29 @@ pub struct JetStreamStore {
     requests: stream::Stream,
 }
 
+/// `records` as JSON arrays of at most `limit` bytes each (a record larger
+/// than `limit` alone in its array).
+fn chunks(records: &[DeliveryRecord], limit: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut current = b"[".to_vec();
+    for record in records {
+        let json = serde_json::to_vec(record)?;
+        if current.len() > 1 && current.len() + json.len() + 2 > limit {
+            current.push(b']');
+            out.push(std::mem::replace(&mut current, b"[".to_vec()));
+        }
+        if current.len() > 1 {
+            current.push(b',');
+        }
+        current.extend_from_slice(&json);
+    }
+    if current.len() > 1 {
+        current.push(b']');
+        out.push(current);
+    }
+    Ok(out)
+}
+
 fn store_error(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{what}: {e}")
 }
@@ -330,12 +353,17 @@ impl NotifyStore {
                 Ok(())
             }
             NotifyStore::JetStream(js) => {
-                js.context
-                    .publish(format!("ledger.deliveries.{endpoint}"), serde_json::to_vec(records)?.into())
-                    .await
-                    .map_err(|e| store_error("recording deliveries", e))?
-                    .await
-                    .map_err(|e| store_error("recording deliveries", e))?;
+                // As few messages as fit under the server's payload limit
+                // (half of it: room for the headers and the array's commas).
+                let limit = (js.context.client().server_info().max_payload / 2).max(64 * 1024);
+                for chunk in chunks(records, limit)? {
+                    js.context
+                        .publish(format!("ledger.deliveries.{endpoint}"), chunk.into())
+                        .await
+                        .map_err(|e| store_error("recording deliveries", e))?
+                        .await
+                        .map_err(|e| store_error("recording deliveries", e))?;
+                }
                 Ok(())
             }
         }
@@ -538,5 +566,42 @@ impl FileLock {
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         anyhow::ensure!(locked == 0, "locking {}: {}", dir.display(), std::io::Error::last_os_error());
         Ok(FileLock(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> DeliveryRecord {
+        DeliveryRecord {
+            endpoint: "ep_000000000001".into(),
+            webhook_id: format!("msg_{n}"),
+            kind: "usage.denied".into(),
+            tenant: Some("acme".into()),
+            position: Some(u64::from(n)),
+            attempt: n % 4 + 1,
+            outcome: "retrying".into(),
+            status: Some(500),
+            error: Some("answered 500".repeat(n as usize % 7)),
+            at: "2026-12-04T00:00:00Z".into(),
+            took_ms: 3,
+        }
+    }
+
+    #[test]
+    fn records_are_split_into_arrays_under_the_limit_losing_none() {
+        let records: Vec<DeliveryRecord> = (0..5_000).map(record).collect();
+        for limit in [1, 300, 4_096, 65_536, usize::MAX] {
+            let chunks = chunks(&records, limit).unwrap();
+            let mut back = Vec::new();
+            for chunk in &chunks {
+                let part: Vec<DeliveryRecord> = serde_json::from_slice(chunk).unwrap();
+                assert!(chunk.len() <= limit || part.len() == 1, "{} bytes over {limit}", chunk.len());
+                back.extend(part);
+            }
+            assert_eq!(back, records, "limit {limit}");
+        }
+        assert!(chunks(&[], 100).unwrap().is_empty());
     }
 }
