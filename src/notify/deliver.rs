@@ -12,8 +12,9 @@
 //! failed); a failed attempt is NAKed with the endpoint's next delay, so
 //! the server redelivers it then, to whichever instance pulls. The
 //! consumer's ack wait (30 s) is above an attempt's 10 s limit, and an
-//! in-progress ack goes out before each attempt, so a slow receiver is
-//! never redelivered to while it is still answering. (No `BackOff` list:
+//! in-progress ack goes out before an attempt at a message held here more
+//! than 5 s, so a slow receiver is never redelivered to while it is still
+//! answering. (No `BackOff` list:
 //! nats-server sets the ack wait to its first delay, which would redeliver
 //! a message whose attempt is still running.) A `serve` killed mid-attempt
 //! leaves the message unacknowledged: it is delivered again, with the same
@@ -51,6 +52,12 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The consumers' ack wait: above [`ATTEMPT_TIMEOUT`], so a message is not
 /// redelivered while its attempt still runs.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// A message held here longer than this before its attempt starts is
+/// marked in progress first. Otherwise, from the server's handing it over:
+/// at most [`ATTEMPT_TIMEOUT`] in the client's buffer behind the batch's
+/// earlier messages (each waits for a permit, freed by an attempt's end),
+/// this, then the attempt's [`ATTEMPT_TIMEOUT`]: 25 s, within [`ACK_WAIT`].
+const PROGRESS_AFTER: Duration = Duration::from_secs(5);
 /// Attempts one endpoint has running at once.
 pub const IN_FLIGHT: usize = 32;
 /// The delays between attempts when an endpoint names none: 5 s, 30 s,
@@ -321,17 +328,24 @@ impl Delivery {
                 .map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+                let received = std::time::Instant::now();
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let (this, endpoint) = (self.clone(), endpoint.clone());
                 tokio::spawn(async move {
-                    this.jetstream_attempt(&endpoint, message).await;
+                    this.jetstream_attempt(&endpoint, message, received).await;
                     drop(permit);
                 });
             }
         }
     }
 
-    async fn jetstream_attempt(&self, endpoint: &Endpoint, message: jetstream::Message) {
+    /// One attempt at the message the server handed over at `received`.
+    async fn jetstream_attempt(
+        &self,
+        endpoint: &Endpoint,
+        message: jetstream::Message,
+        received: std::time::Instant,
+    ) {
         let Ok(info) = message.info() else { return };
         let (position, attempt) = (info.stream_sequence, info.delivered.max(1) as u32);
         let notification = match self.notification_at(endpoint, position).await {
@@ -347,8 +361,14 @@ impl Delivery {
             }
         };
         self.stats.taken(&endpoint.id, &notification.id, at_us(&notification));
-        // The attempt may take up to 10 s of the 30 s ack wait: say so.
-        let _ = message.ack_with(AckKind::Progress).await;
+        // The attempt may take up to 10 s of the 30 s ack wait: when the
+        // message has waited here long enough that it might not end in
+        // time (for a permit, or for the views), say it is in progress.
+        // Otherwise it surely ends within the ack wait, and an acknowledgement
+        // less per attempt is work nats-server does not do beside commits.
+        if received.elapsed() > PROGRESS_AFTER {
+            let _ = message.ack_with(AckKind::Progress).await;
+        }
         let ack = match self.attempt(endpoint, &notification, attempt).await {
             Outcome::Delivered => AckKind::Ack,
             Outcome::Retrying(delay) => AckKind::Nak(Some(delay)),
