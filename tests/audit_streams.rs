@@ -12,7 +12,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::JetStream;
 use serde_json::{json, Value};
@@ -198,18 +197,9 @@ fn stream(seed: u64) -> Vec<Vec<String>> {
     runs
 }
 
+/// `ledger ARGS...` with nothing on its input.
 fn ledger(data: &Path, nats: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.arg("--data").arg(data).env("LEDGER_LOG", "warn").env_remove("LEDGER_NATS");
-    if let Some(url) = nats {
-        command.arg("--nats").arg(url);
-    }
-    let out = command.args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    common::cli::ledger(data, nats, args, None)
 }
 
 /// Every answer a tenant's views give: usage now, the invoice now and at

@@ -9,37 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::cli::ledger;
 use common::serve::{wait_for_service, Serve};
 use common::JetStream;
 use serde_json::{json, Value};
-
-fn ledger(data: &Path, nats: Option<&str>, args: &[&str], input: Option<&str>) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.arg("--data").arg(data).env("LEDGER_LOG", "warn").env_remove("LEDGER_NATS");
-    if let Some(url) = nats {
-        command.arg("--nats").arg(url);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = input {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// `ledger apply -` of `lines`: the answers, in order.
 fn apply(data: &Path, nats: Option<&str>, lines: &[Value]) -> Vec<Value> {

@@ -1,6 +1,7 @@
 //! Shared test helpers: events to append, and backends to append them to.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod serve;

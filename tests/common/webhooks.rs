@@ -152,23 +152,10 @@ impl Receiver {
     }
 }
 
+/// `ledger ARGS...`: whether it succeeded, its output and its errors.
 pub fn ledger(data: &Path, nats: Option<&str>, args: &[&str], input: Option<&str>) -> (bool, String, String) {
-    use std::io::Write;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.arg("--data").arg(data).env("LEDGER_LOG", "warn").env_remove("LEDGER_NATS");
-    if let Some(url) = nats {
-        command.arg("--nats").arg(url);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.unwrap_or("").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    let (code, out, err) = super::cli::ledger(data, nats, args, input);
+    (code == 0, out, err)
 }
 
 /// `ledger webhooks add URL ARGS...`: the endpoint's id, and the receiver
