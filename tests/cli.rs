@@ -179,3 +179,35 @@ fn a_served_data_directory_answers_queries_through_serve() {
         }
     }
 }
+
+/// A subscription without `at` is dated by the ledger's clock on a whole
+/// second, so its period bounds (which repeat its anchor) carry no
+/// fraction of a second.
+#[test]
+fn a_subscription_the_clock_dates_starts_on_a_whole_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let commands = dir.path().join("commands.jsonl");
+    std::fs::write(
+        &commands,
+        concat!(
+            r#"{"cmd":"define_plan","plan":{"id":"p","currency":"USD","price":"1.00","per_seat":false,"#,
+            r#""storage_quota_gb":"1","monthly_token_limit":10,"token_overage":"block","addons":[]}}"#,
+            "\n",
+            r#"{"cmd":"subscribe","tenant":"acme","plan":"p","seats":1}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = ledger(&data, None, &["apply", commands.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = ledger(&data, None, &["usage", "acme", "--json"]);
+    assert!(ok, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for bound in ["start", "end"] {
+        let at = usage["period"][bound].as_str().unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+        assert_eq!(parsed.timestamp_subsec_nanos(), 0, "{bound} {at}");
+        assert!(!at.contains('.'), "{bound} {at}");
+    }
+}
