@@ -3,19 +3,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{Backend, Embedded, JetStream};
 use ledger::log::{AppendMessage, EventLog};
 
 fn ledger(data: &Path, nats: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.arg("--data").arg(data).env("LEDGER_LOG", "warn");
-    if let Some(url) = nats {
-        command.arg("--nats").arg(url);
-    }
-    let out = command.args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    let (code, out, err) = common::cli::ledger(data, nats, args, None);
+    (code == 0, out, err)
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {

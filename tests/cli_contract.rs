@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::{Backend, JetStream};
 use projections::{LedgerView, Projection, ViewStore};
@@ -27,27 +25,8 @@ struct Run {
 }
 
 fn ledger(data: &Path, nats: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command.arg("--data").arg(data).env("LEDGER_LOG", "warn");
-    if let Some(url) = nats {
-        command.arg("--nats").arg(url);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    let (code, stdout, stderr) = common::cli::ledger(data, nats, args, stdin);
+    Run { code, stdout, stderr }
 }
 
 fn lines(text: &str) -> Vec<Value> {

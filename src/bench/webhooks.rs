@@ -160,32 +160,30 @@ pub async fn webhooks(nats: Option<&str>, decisions: usize, rounds: usize) -> an
             // both sides alike rather than on whichever always runs second.
             let order = if r % 2 == 0 { [false, true] } else { [true, false] };
             for with_endpoints in order {
-                if !with_endpoints {
-                    let took = round(&ledger, clients, decisions, offset, notify_every).await?;
-                    offset += decisions as u64;
-                    without.push(rate(decisions, took));
-                    println!(
-                        "{load}, round {}: no endpoint      {:>8.0} decisions/s",
-                        r + 1,
-                        rate(decisions, took)
-                    );
-                    continue;
-                }
-                let ids = vec![
-                    add_endpoint(&store, &ledger, &fast_a, vec![1000]).await?,
-                    add_endpoint(&store, &ledger, &fast_b, vec![1000]).await?,
-                    add_endpoint(&store, &ledger, &failing, vec![1000, 2000, 4000]).await?,
-                ];
-                // The service starts delivering within a second of a change.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let ids = if with_endpoints {
+                    let ids = vec![
+                        add_endpoint(&store, &ledger, &fast_a, vec![1000]).await?,
+                        add_endpoint(&store, &ledger, &fast_b, vec![1000]).await?,
+                        add_endpoint(&store, &ledger, &failing, vec![1000, 2000, 4000]).await?,
+                    ];
+                    // The service starts delivering within a second of a change.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    ids
+                } else {
+                    Vec::new()
+                };
                 let took = round(&ledger, clients, decisions, offset, notify_every).await?;
                 offset += decisions as u64;
-                with.push(rate(decisions, took));
-                println!(
-                    "{load}, round {}: three endpoints  {:>8.0} decisions/s",
-                    r + 1,
-                    rate(decisions, took)
-                );
+                let (rates, side) = if with_endpoints {
+                    (&mut with, "three endpoints")
+                } else {
+                    (&mut without, "no endpoint    ")
+                };
+                rates.push(rate(decisions, took));
+                println!("{load}, round {}: {side}  {:>8.0} decisions/s", r + 1, rate(decisions, took));
+                if !with_endpoints {
+                    continue;
+                }
                 // The answering ones receive every notification of the
                 // round, then all three go (and their consumers with them,
                 // within a second) before anything else is measured.

@@ -3,13 +3,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::super::routes::{camel, Command, COMMANDS};
 use crate::engine::command::{
     offline_admissible, own_key, DECIMAL_PATTERN, ID_PATTERN, INSTANT_PATTERN, MAX_COUNT, MAX_ID_BYTES,
     MAX_NAME_BYTES, NAME_PATTERN, TENANT_PATTERN,
 };
 use crate::notify::{admin, egress};
 use crate::serve::core::MAX_BATCH_COMMANDS;
+use crate::serve::http::routes::{camel, Command, COMMANDS};
 
 pub(super) fn schema(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
