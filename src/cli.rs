@@ -10,7 +10,7 @@ use projections::{Activity, LedgerView, ViewStore};
 
 use crate::apply::{apply_lines, read_lines, Future};
 use crate::engine::Ledger;
-use crate::log::{AnyLog, EventLog, Source};
+use crate::log::{AnyLog, EventLog, Position, Source, PARTITIONS};
 use crate::projector::{self, ProjectorOptions};
 use crate::store::{open_existing_log, open_log, open_views};
 
@@ -78,9 +78,10 @@ pub enum KeysCommand {
 /// Which state a query answers from: today's views, or the log as it stood.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AsOf {
-    /// Answer from the log up to this position, not from today's view.
-    #[arg(long, conflicts_with = "as_of")]
-    pub as_of_seq: Option<u64>,
+    /// Answer from the log up to this position (`P:SEQ`, or SEQ for
+    /// partition 0), not from today's view.
+    #[arg(long, conflicts_with = "as_of", value_name = "P:SEQ")]
+    pub as_of_seq: Option<Position>,
     /// Answer from the log as it stood at this instant (RFC 3339).
     #[arg(long)]
     pub as_of: Option<String>,
@@ -113,6 +114,12 @@ pub enum Command {
         /// First log position to print.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The ledger's partitions: for each its stream, replicas, leader and
+    /// last position.
+    Info {
         #[arg(long)]
         json: bool,
     },
@@ -163,9 +170,10 @@ pub enum Command {
         /// so `--data DIR` answers as the ledger stood then.
         #[arg(long)]
         into: PathBuf,
-        /// Stop at this log position (default: the head).
-        #[arg(long)]
-        to_seq: Option<u64>,
+        /// Stop at this log position, `P:SEQ` or SEQ for partition 0
+        /// (default: the head).
+        #[arg(long, value_name = "P:SEQ")]
+        to_seq: Option<Position>,
         /// Only this view (`ledger` or `activity`); repeatable. Default: all.
         #[arg(long = "view")]
         views: Vec<String>,
@@ -343,7 +351,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
+            let to_seq =
+                to_seq.map(|p| p.in_partitions(PARTITIONS)).transpose().map_err(anyhow::Error::msg)?;
             let reached = crate::audit::replay_into_data_dir(&log, &into, to_seq, &selected).await?;
+            let reached = Position { partition: 0, seq: reached };
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
             let nats = if matches!(log, AnyLog::JetStream(_)) { " --nats URL" } else { "" };
             println!("ask it like any data directory: ledger{nats} --data {} usage TENANT", into.display());
@@ -364,6 +375,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             projector::catch_up(&log, &store, &[&LedgerView]).await?;
             print_view(&crate::report::tenants(&store)?, json, crate::report::tenants_table);
         }
+        Command::Info { json } => print_info(&log.info().await?, json)?,
         Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
@@ -430,6 +442,11 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
                 crate::report::tenants_table,
             );
         }
+        Command::Info { json } => {
+            let info = ask(stream, &LocalQuery::Info).await?.remove(0);
+            let info: crate::log::LedgerInfo = serde_json::from_value(info)?;
+            print_info(&info, *json)?;
+        }
         Command::Activity { tenant, json } => {
             print_activity(&ask(stream, &LocalQuery::Activity { tenant: tenant.clone() }).await?, *json);
         }
@@ -462,6 +479,7 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Events { .. } => "events",
+        Command::Info { .. } => "info",
         Command::Activity { .. } => "activity",
         Command::Project { .. } => "project",
         Command::Apply { .. } => "apply",
@@ -495,6 +513,15 @@ fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_info(info: &crate::log::LedgerInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        print!("{}", info.table());
+    }
+    Ok(())
+}
+
 fn names(views: &[&dyn projector::View]) -> String {
     views.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
 }
@@ -511,7 +538,8 @@ async fn query_state(
     let mut at = at.as_deref().map(parse_at).transpose()?;
     let as_of_us = as_of.as_of.as_deref().map(parse_at).transpose()?;
     let to = match (as_of.as_of_seq, as_of_us) {
-        (Some(seq), _) => {
+        (Some(position), _) => {
+            let seq = position.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
             let head = log.head().await?;
             anyhow::ensure!(seq <= head, "--as-of-seq {seq} is past the log's last position, {head}");
             Some(seq)

@@ -15,7 +15,9 @@ pub use ledger_client::protocol::rfc3339;
 /// The object `apply` prints for a line (without `line`) and `serve` replies.
 pub fn reply_json(reply: &Reply) -> Value {
     match reply {
-        Reply::Ok { seq, duplicate } => json!({"ok": true, "seq": seq, "duplicate": duplicate}),
+        Reply::Ok { seq, duplicate } => {
+            json!({"ok": true, "partition": 0, "seq": seq, "duplicate": duplicate})
+        }
         Reply::Rejected { rejection, .. } => rejection_json(rejection),
         Reply::Failed { message } => json!({"ok": false, "code": "unavailable", "message": message}),
     }
@@ -266,6 +268,7 @@ fn hex(bytes: &[u8]) -> String {
 pub fn event_json(record: &crate::log::LogRecord) -> Value {
     match record.decode().event {
         Ok(e) => json!({
+            "partition": 0,
             "position": record.position,
             "subject": record.subject,
             "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
@@ -279,6 +282,7 @@ pub fn event_json(record: &crate::log::LogRecord) -> Value {
             "idempotency_key": e.key.as_ref().map(|k| k.key.clone()),
         }),
         Err(error) => json!({
+            "partition": 0,
             "position": record.position,
             "subject": record.subject,
             "error": error.to_string(),
@@ -303,6 +307,7 @@ pub fn activity(views: &ViewStore, tenant: Option<&str>) -> anyhow::Result<Vec<V
                 "tenant": name,
                 "events": row.events,
                 "events_by_kind": row.events_by_kind,
+                "partition": 0,
                 "first_position": row.first_position,
                 "last_position": row.last_position,
                 "last_at": rfc3339(row.last_at_us),

@@ -150,6 +150,10 @@ fn a_served_data_directory_answers_queries_through_serve() {
         .collect();
     let (ok, activity, err) = ledger(&data, None, &["activity", "demo", "--json"]);
     assert!(ok && activity.contains(r#""tenant":"demo""#), "activity through serve: {err}");
+    let (ok, info, err) = ledger(&data, None, &["info", "--json"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&info).unwrap_or_else(|_| panic!("info through serve: {err}"));
+    assert!(ok && info["partitions"] == 1 && info["streams"][0]["last_seq"].as_u64() >= Some(31), "{info}");
     let started = std::time::Instant::now();
     let (ok, _, err) = ledger(&data, None, &["audit", "verify"]);
     assert!(!ok);

@@ -41,14 +41,14 @@ fn worked_example(data: &Path, nats: Option<&str>) {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = lines(&run.stdout);
     assert_eq!(out.len(), 7);
-    assert_eq!(out[0], json!({"line": 1, "ok": true, "seq": 1, "duplicate": false}));
-    assert_eq!(out[3], json!({"line": 4, "ok": true, "seq": 4, "duplicate": false}));
+    assert_eq!(out[0], json!({"line": 1, "ok": true, "partition": 0, "seq": 1, "duplicate": false}));
+    assert_eq!(out[3], json!({"line": 4, "ok": true, "partition": 0, "seq": 4, "duplicate": false}));
     assert_eq!(out[4]["ok"], false);
     assert_eq!(out[4]["code"], "token_limit_exceeded");
     assert_eq!((out[4]["used"].clone(), out[4]["limit"].clone()), (json!(6000), json!(10000)));
     // The denial was recorded (seq 5), so the purchase lands on 6 and 7.
-    assert_eq!(out[5], json!({"line": 6, "ok": true, "seq": 7, "duplicate": false}));
-    assert_eq!(out[6], json!({"line": 7, "ok": true, "seq": 8, "duplicate": false}));
+    assert_eq!(out[5], json!({"line": 6, "ok": true, "partition": 0, "seq": 7, "duplicate": false}));
+    assert_eq!(out[6], json!({"line": 7, "ok": true, "partition": 0, "seq": 8, "duplicate": false}));
 
     let run = ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--json"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -84,6 +84,8 @@ fn worked_example(data: &Path, nats: Option<&str>) {
             "addons": [{"purchase": "x1", "addon": "extra-storage", "quantity": 1, "status": "active"}]
         })
     );
+    positions(data, nats);
+
     // Default: ledger time (April 1), a new period at zero.
     let run = ledger(data, nats, &["usage", "demo", "--json"], None);
     let usage: Value = serde_json::from_str(&run.stdout).unwrap();
@@ -152,6 +154,53 @@ this is not json
         (usage["status"].clone(), usage["period"]["start"].clone()),
         (json!("cancelled"), json!("2026-04-01T00:00:00Z"))
     );
+}
+
+/// Positions are `P:SEQ` (a bare number: partition 0), and `info` shows the
+/// one partition this ledger has, at the worked example's head (8).
+fn positions(data: &Path, nats: Option<&str>) {
+    let usage = |position: &str| {
+        let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", position, "--json"], None);
+        assert_eq!(run.code, 0, "{position}: {}", run.stderr);
+        serde_json::from_str::<Value>(&run.stdout).unwrap()
+    };
+    // After line 4 (seq 4) and before the denial: 6000 tokens.
+    assert_eq!(usage("0:4")["tokens"]["used"], 6000);
+    assert_eq!(usage("0:4"), usage("4"));
+    assert_eq!(usage("0:3")["tokens"]["used"], 0);
+    let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", "1:4"], None);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("partition 1 does not exist (this ledger has 1 partition"), "{}", run.stderr);
+    let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", "0:x"], None);
+    assert!(run.code != 0 && run.stderr.contains("PARTITION:SEQ"), "{}", run.stderr);
+
+    let into = data.join("at-0-4");
+    let run = ledger(data, nats, &["replay", "--into", into.to_str().unwrap(), "--to-seq", "0:4"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("at position 0:4"), "{}", run.stdout);
+
+    let events = lines(&ledger(data, nats, &["events", "--json"], None).stdout);
+    assert!(events.iter().all(|e| e["partition"] == 0), "{events:?}");
+    let explained =
+        ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--explain", "--json"], None);
+    let explained: Value = serde_json::from_str(&explained.stdout).unwrap();
+    let behind = &explained["explain"][0]["events"];
+    assert!(
+        behind.as_array().is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["partition"] == 0)),
+        "{behind}"
+    );
+
+    let run = ledger(data, nats, &["info", "--json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let info: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["partitions"], 1, "{info}");
+    let streams = info["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 1, "{info}");
+    assert_eq!((streams[0]["partition"].clone(), streams[0]["last_seq"].clone()), (json!(0), json!(8)));
+    let expected = if nats.is_some() { json!(["jetstream", "LEDGER"]) } else { json!(["embedded", null]) };
+    assert_eq!(json!([info["backend"], streams[0]["stream"]]), expected, "{info}");
+    let table = ledger(data, nats, &["info"], None).stdout;
+    assert!(table.starts_with("1 partition on the") && table.contains("LAST SEQ"), "{table}");
 }
 
 #[test]

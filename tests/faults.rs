@@ -29,7 +29,7 @@ use common::serve::{wait_for_service, Serve};
 use events::Event;
 use futures_util::StreamExt;
 use ledger::log::Source;
-use ledger_client::{Client, ClientConfig, ClientError, Role};
+use serde_json::{json, Value};
 
 /// One scenario at a time: each runs several servers and clients on a
 /// 2-core machine, and measures how long answers take.
@@ -132,45 +132,58 @@ struct Seen {
     longest_wait: Duration,
     /// When each definite answer arrived.
     answered: Vec<Instant>,
+    /// When each answer of any kind arrived (`unavailable` included).
+    replies: Vec<Instant>,
+    /// The longest time one request waited for its reply (of any kind).
+    longest_reply: Duration,
 }
 
 /// One client: `consume_tokens` on random tenants, each request retried with
 /// the same key until it is accepted, a duplicate, or denied; until `stop`.
+/// It speaks the service protocol itself, waiting past the spec's 5 s for
+/// each reply, so it can tell an `unavailable` answer from none.
 async fn client(url: String, id: usize, tenants: Vec<String>, stop: Arc<AtomicBool>, seed: u64) -> Seen {
-    let mut config = ClientConfig::new(&url);
-    config.request_timeout = Duration::from_secs(2);
-    config.attempts = 1;
     let (addresses, options) = ledger_client::nats::options(&url, "fault-client", None);
     let nc = options
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .request_timeout(Some(config.request_timeout))
+        .request_timeout(Some(Duration::from_secs(8)))
         .connect(addresses)
         .await
         .unwrap();
-    let clients: Vec<Client> =
-        tenants.iter().map(|t| Client::with_connection(nc.clone(), config.clone(), t, Role::User)).collect();
+    let subjects: Vec<String> = tenants
+        .iter()
+        .map(|t| ledger_client::protocol::command_subject(t, "user", "consume_tokens"))
+        .collect();
     let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut seen = Seen::default();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let pick = (rng.next() % clients.len() as u64) as usize;
+        let pick = (rng.next() % subjects.len() as u64) as usize;
         let (request, tokens) = (format!("c{id}-{i}"), 1 + rng.next() % 20);
+        let body = bytes::Bytes::from(json!({"request": request, "tokens": tokens}).to_string());
         let mut first_failure: Option<Instant> = None;
         loop {
-            match clients[pick].consume_tokens(&request, tokens).await {
-                Ok(answer) if answer.ok => {
+            let sent = Instant::now();
+            let reply = nc.request(subjects[pick].clone(), body.clone()).await;
+            let answer: Option<Value> = reply.ok().map(|m| serde_json::from_slice(&m.payload).unwrap());
+            if answer.is_some() {
+                seen.replies.push(Instant::now());
+                seen.longest_reply = seen.longest_reply.max(sent.elapsed());
+            }
+            match answer {
+                Some(a) if a["ok"] == true => {
                     seen.acked.push((tenants[pick].clone(), request.clone(), tokens));
                     break;
                 }
-                Ok(answer) if answer.code.as_deref() == Some("token_limit_exceeded") => {
+                Some(a) if a["code"] == "token_limit_exceeded" => {
                     seen.denied += 1;
                     break;
                 }
-                Ok(answer) if answer.code.as_deref() == Some("unavailable") => {}
-                Err(ClientError::Unreachable(_)) => {}
-                other => panic!("client {id}: {request}: unexpected {other:?}"),
+                Some(a) if a["code"] == "unavailable" => {}
+                None => {}
+                Some(other) => panic!("client {id}: {request}: unexpected {other}"),
             }
             seen.retried += 1;
             let since = *first_failure.get_or_insert_with(Instant::now);
@@ -208,6 +221,10 @@ struct Tally {
     longest_wait: Duration,
     /// The longest time in which no client got any definite answer.
     longest_gap: Duration,
+    /// The longest time in which no client got any answer at all.
+    longest_silence: Duration,
+    /// The longest one request waited for a reply of any kind.
+    longest_reply: Duration,
     /// tenant -> finalized period indexes, in log order.
     finalized: HashMap<String, Vec<u32>>,
 }
@@ -239,6 +256,10 @@ async fn tally(url: &str, seen: Vec<Seen>) -> Tally {
     let mut answered: Vec<Instant> = seen.iter().flat_map(|s| s.answered.iter().copied()).collect();
     answered.sort_unstable();
     let longest_gap = answered.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let mut replies: Vec<Instant> = seen.iter().flat_map(|s| s.replies.iter().copied()).collect();
+    replies.sort_unstable();
+    let longest_silence = replies.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let longest_reply = seen.iter().map(|s| s.longest_reply).max().unwrap_or_default();
     for one in &seen {
         for (tenant, request, tokens) in &one.acked {
             match consumed.get(&(tenant.clone(), request.clone())) {
@@ -255,7 +276,18 @@ async fn tally(url: &str, seen: Vec<Seen>) -> Tally {
         let used: u64 = consumed.iter().filter(|((t, _), _)| t == tenant).flat_map(|(_, v)| v).sum();
         assert!(used <= LIMIT, "{tenant} consumed {used} tokens, over its limit of {LIMIT}");
     }
-    Tally { events, acked, denied, lost, doubled, longest_wait, longest_gap, finalized }
+    Tally {
+        events,
+        acked,
+        denied,
+        lost,
+        doubled,
+        longest_wait,
+        longest_gap,
+        longest_silence,
+        longest_reply,
+        finalized,
+    }
 }
 
 /// `audit verify` over a data directory's views (caught up first): exit 0.
@@ -273,14 +305,17 @@ fn verify(url: &str, data: &Path) {
 fn report(scenario: &str, kills: usize, tally: &Tally) {
     eprintln!(
         "{scenario}: kills {kills}, log events {}, decisions acknowledged {}, denied {}, lost {}, doubled {}, \
-         longest time without any definite answer {:.1} s, longest wait of one request {:.1} s",
+         longest time without any definite answer {:.1} s, longest wait of one request {:.1} s, \
+         longest time without any answer (unavailable included) {:.1} s, longest wait for one reply {:.1} s",
         tally.events,
         tally.acked,
         tally.denied,
         tally.lost,
         tally.doubled,
         tally.longest_gap.as_secs_f64(),
-        tally.longest_wait.as_secs_f64()
+        tally.longest_wait.as_secs_f64(),
+        tally.longest_silence.as_secs_f64(),
+        tally.longest_reply.as_secs_f64()
     );
     assert!(tally.acked > 0, "no decision was acknowledged");
     assert_eq!(tally.lost, 0, "acknowledged decisions missing from the log");
@@ -448,6 +483,17 @@ async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
     )
     .unwrap();
     assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    // `ledger info` names the same leader and its two peers.
+    let shown =
+        ledger(&["--nats", &url, "--data", dirs[0].path().join("info").to_str().unwrap(), "info", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let stream = &shown["streams"][0];
+    assert_eq!(
+        (stream["replicas"].clone(), stream["peers"].as_array().map(Vec::len)),
+        (3.into(), Some(2)),
+        "{shown}"
+    );
+    assert_eq!(stream["leader"].as_str(), stream_leader(&admin).await.as_deref(), "{shown}");
     let (stop, clients) = start_clients(&url, rng.next());
     let (mut killed, mut stepped_down) = (0, 0);
     for round in 0..kills {
@@ -532,7 +578,6 @@ impl Drop for Tmpfs {
 async fn a_full_disk_under_the_views_answers_unavailable_and_recovers() {
     let _serial = serial();
     use common::http::{add_key, Http, HttpServe};
-    use serde_json::json;
     let disk = Tmpfs::mount("16m");
     let nats = common::JetStream::new();
     let url = nats.url();

@@ -97,6 +97,8 @@ pub enum ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub ok: bool,
+    /// The log partition of `seq` (0 on a ledger of one partition).
+    pub partition: Option<u32>,
     pub seq: Option<u64>,
     pub duplicate: bool,
     pub code: Option<String>,
@@ -113,6 +115,7 @@ impl Answer {
         let ok = raw["ok"].as_bool().ok_or_else(|| ClientError::Protocol(format!("no \"ok\" in {raw}")))?;
         Ok(Answer {
             ok,
+            partition: raw["partition"].as_u64().and_then(|p| u32::try_from(p).ok()),
             seq: raw["seq"].as_u64(),
             duplicate: raw["duplicate"].as_bool().unwrap_or(false),
             code: raw["code"].as_str().map(str::to_string),
@@ -139,6 +142,7 @@ impl Answer {
         }
         Answer {
             ok,
+            partition: None,
             seq: None,
             duplicate: false,
             code: code.map(str::to_string),

@@ -41,6 +41,7 @@ async fn tenant_events<L: EventLog>(log: &L, tenant: &str) -> anyhow::Result<Vec
 
 fn event_json(position: u64, e: &Envelope) -> Value {
     json!({
+        "partition": 0,
         "position": position,
         "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
         "at": rfc3339(e.at_us),

@@ -55,6 +55,11 @@ pub struct JetStreamLog {
     /// has an unknown outcome, and says so at once rather than after
     /// [`COMMIT_TIMEOUT`] (async-nats leaves a pending request waiting).
     disconnects: tokio::sync::watch::Receiver<u64>,
+    /// Counts the stream's leader elections and quorum losses (JetStream's
+    /// advisories): a request in flight to a leader that died is never
+    /// answered, so it ends as an unknown outcome the moment another
+    /// leader is elected, rather than after [`COMMIT_TIMEOUT`].
+    leader_changes: tokio::sync::watch::Receiver<u64>,
     /// For single publishes (their acks are multiplexed on one inbox).
     context: jetstream::Context,
     stream: stream::Stream,
@@ -149,7 +154,30 @@ impl JetStreamLog {
             )));
         }
         let context = jetstream::ContextBuilder::new().timeout(COMMIT_TIMEOUT).build(client.clone());
-        Ok(JetStreamLog { client, disconnects, context, stream })
+        let leader_changes = watch_leader(&client).await?;
+        Ok(JetStreamLog { client, disconnects, leader_changes, context, stream })
+    }
+
+    /// Runs `op` (a request to the stream's leader), or ends it as an
+    /// unknown outcome the moment the connection drops or the stream elects
+    /// another leader: the old leader will never answer it.
+    async fn watched<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, LogError>>,
+    ) -> Result<T, LogError> {
+        let (mut disconnects, mut leaders) = (self.disconnects.clone(), self.leader_changes.clone());
+        disconnects.borrow_and_update();
+        leaders.borrow_and_update();
+        tokio::select! {
+            result = op => result,
+            () = changed(&mut disconnects) => Err(LogError::Unavailable(format!(
+                "the connection to nats-server dropped with {what} in flight; its outcome is unknown"
+            ))),
+            () = changed(&mut leaders) => Err(LogError::Unavailable(format!(
+                "stream {STREAM_NAME} changed leader with {what} in flight; its outcome is unknown"
+            ))),
+        }
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -236,30 +264,60 @@ impl JetStreamLog {
     }
 }
 
+/// Resolves when `counter` moves (never, once its sender is gone).
+async fn changed(counter: &mut tokio::sync::watch::Receiver<u64>) {
+    if counter.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Follows the `LEDGER` stream's leader elections and quorum losses, from
+/// JetStream's advisories, and logs each.
+async fn watch_leader(client: &async_nats::Client) -> Result<tokio::sync::watch::Receiver<u64>, LogError> {
+    let (moved, changes) = tokio::sync::watch::channel(0u64);
+    let advisory = |kind: &str| format!("$JS.EVENT.ADVISORY.STREAM.{kind}.{STREAM_NAME}");
+    let mut elected = client.subscribe(advisory("LEADER_ELECTED")).await.map_err(unavailable)?;
+    let mut lost = client.subscribe(advisory("QUORUM_LOST")).await.map_err(unavailable)?;
+    tokio::spawn(async move {
+        loop {
+            let (what, message) = tokio::select! {
+                Some(m) = elected.next() => ("elected a leader", m),
+                Some(m) = lost.next() => ("lost its quorum", m),
+                // Every copy of the log is gone: let the connection go too.
+                () = moved.closed() => return,
+                else => return,
+            };
+            let leader = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .ok()
+                .and_then(|v| v["leader"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            tracing::warn!(
+                stream = STREAM_NAME,
+                %leader,
+                "the stream {what}: requests in flight to its old leader end as unknown outcomes"
+            );
+            moved.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    });
+    Ok(changes)
+}
+
 impl EventLog for JetStreamLog {
     async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
         batch.check()?;
-        let mut disconnects = self.disconnects.clone();
-        disconnects.borrow_and_update();
-        tokio::select! {
-            result = self.append_checked(&batch) => result,
-            () = async {
-                if disconnects.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            } => Err(LogError::Unavailable(
-                "the connection to nats-server dropped with the append in flight; its outcome is unknown".into(),
-            )),
-        }
+        self.watched("the append", self.append_checked(&batch)).await
     }
 
     async fn tenant_head(&self, tenant: &str) -> Result<u64, LogError> {
         let filter = format!("{}.{tenant}.>", events::SUBJECT_PREFIX);
-        match self.stream.get_last_raw_message_by_subject(&filter).await {
-            Ok(message) => Ok(message.sequence),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
-            Err(e) => Err(unavailable(e)),
-        }
+        self.watched("a head read", async {
+            match self.stream.get_last_raw_message_by_subject(&filter).await {
+                Ok(message) => Ok(message.sequence),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
     }
 
     /// A short tail by direct gets, with no consumer: a consumer costs the
@@ -358,7 +416,7 @@ impl Source for JetStreamLog {
 
     async fn head(&self) -> Result<u64, LogError> {
         let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(unavailable)?;
+        let info = self.watched("a head read", async { stream.info().await.map_err(unavailable) }).await?;
         Ok(info.state.last_sequence)
     }
 

@@ -9,6 +9,7 @@
 //! Positions are 1-based and contiguous; 0 means "nothing yet".
 
 mod embedded;
+mod info;
 mod jetstream;
 
 use std::collections::HashSet;
@@ -17,10 +18,59 @@ use std::future::Future;
 use bytes::Bytes;
 
 pub use embedded::EmbeddedLog;
+pub use info::{LedgerInfo, PartitionInfo, Peer};
 pub use jetstream::{JetStreamLog, JetStreamOptions, STREAM_NAME};
 
 /// Most messages one append may carry: the server's atomic batch limit.
 pub const MAX_BATCH_MESSAGES: usize = 1000;
+
+/// How many partitions a ledger has. Every ledger today is one partition:
+/// the single `LEDGER` stream or the embedded log (`docs/scale.md`).
+pub const PARTITIONS: u32 = 1;
+
+/// A place on the ledger's log: a partition and a position within it. As
+/// text it is `P:SEQ`; a bare number means partition 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: u32,
+    pub seq: u64,
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Position, String> {
+        let bad =
+            || format!("{text:?} is not a log position: expected SEQ or PARTITION:SEQ (e.g. 42 or 0:42)");
+        let (partition, seq) = match text.split_once(':') {
+            Some((p, s)) => (p.parse().map_err(|_| bad())?, s),
+            None => (0, text),
+        };
+        let seq = seq.parse().map_err(|_| bad())?;
+        Ok(Position { partition, seq })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.partition, self.seq)
+    }
+}
+
+impl Position {
+    /// The position within the ledger's one partition, or why there is no
+    /// such partition.
+    pub fn in_partitions(self, partitions: u32) -> Result<u64, String> {
+        if self.partition >= partitions {
+            let s = if partitions == 1 { "" } else { "s" };
+            return Err(format!(
+                "position {self}: partition {} does not exist (this ledger has {partitions} partition{s}, numbered from 0)",
+                self.partition
+            ));
+        }
+        Ok(self.seq)
+    }
+}
 
 /// One encoded event to append.
 #[derive(Debug, Clone)]

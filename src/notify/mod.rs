@@ -111,6 +111,7 @@ pub fn render(row: &NoticeRow) -> Notification {
             "status": if *cancelled { "cancelled" } else { "active" },
         }),
     };
+    data["partition"] = json!(0);
     data["position"] = json!(row.position);
     Notification {
         id: format!("{:032x}", row.event_id),

@@ -56,6 +56,8 @@ pub enum LocalQuery {
     },
     /// The log's last position (`webhooks add` on a served embedded ledger).
     Head,
+    /// `ledger info`.
+    Info,
 }
 
 pub fn socket_path(data: &Path) -> PathBuf {
@@ -154,6 +156,13 @@ async fn answer(stream: UnixStream, core: &Core) -> std::io::Result<()> {
         LocalQuery::Head => {
             let value = match core.log.head().await {
                 Ok(head) => json!({ "head": head }),
+                Err(error) => json!({"error": error.to_string()}),
+            };
+            write.write_all(&send(value)).await
+        }
+        LocalQuery::Info => {
+            let value = match core.log.info().await {
+                Ok(info) => serde_json::to_value(info).unwrap_or_else(|e| json!({"error": e.to_string()})),
                 Err(error) => json!({"error": error.to_string()}),
             };
             write.write_all(&send(value)).await

@@ -45,7 +45,7 @@ def test_every_tenant_call(site: Site) -> None:
             assert (await client.set_seats(3)).ok
             assert (await client.set_usage_alerts(tokens=[10], storage=[20])).ok
             results = await client.batch([{"cmd": "consume_tokens", "request": "a-3", "tokens": 1}])
-            assert results == [Decision(ok=True, seq=results[0].seq)]
+            assert results == [Decision(ok=True, partition=0, seq=results[0].seq)]
             usage = await client.usage()
             assert usage["seats"] == 3 and usage["tokens"]["used"] == 101
             assert (await client.invoice(explain=True))["explain"]

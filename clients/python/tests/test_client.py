@@ -38,7 +38,7 @@ def test_consume_tokens_accepted_duplicate_denied_and_conflicting(site: Site) ->
     first = client.consume_tokens("req-1", 1200)
     assert first.ok and first.seq is not None and not first.duplicate and not first.offline
     again = client.consume_tokens("req-1", 1200)
-    assert again == Decision(ok=True, seq=first.seq, duplicate=True)
+    assert again == Decision(ok=True, partition=0, seq=first.seq, duplicate=True)
     denied = client.consume_tokens("req-2", 9000)
     assert not denied.ok and denied.code == "token_limit_exceeded"
     assert (denied.used, denied.limit, denied.requested) == (1200, 10000, 9000)
@@ -227,7 +227,7 @@ def test_panel_commands(panel: Client) -> None:
     fields = {"tenant": unique("q"), "plan": "small", "seats": 1}
     first = panel.admin.command("subscribe", fields, idempotency_key="sub-q")
     assert panel.admin.command("subscribe", fields, idempotency_key="sub-q") == Decision(
-        True, seq=first.seq, duplicate=True
+        True, partition=0, seq=first.seq, duplicate=True
     )
 
 

@@ -8,7 +8,7 @@ retries, and, with a ``cache_dir``, a fail-closed offline fallback for
 >>> from ledger_client import Client
 >>> acme = Client("http://127.0.0.1:8080", "lk_...", cache_dir="/var/cache/ledger")  # doctest: +SKIP
 >>> acme.consume_tokens("req-42", 1200)  # doctest: +SKIP
-Decision(ok=True, code=None, seq=17, duplicate=False, offline=False, ...)
+Decision(ok=True, code=None, partition=0, seq=17, duplicate=False, offline=False, ...)
 """
 
 from ._async import AsyncAdmin, AsyncClient, AsyncTenant, AsyncWebhooks

@@ -15,7 +15,8 @@ def _count(value: Any) -> int | None:
 class Decision:
     """The answer to a command that was decided (never an exception).
 
-    - accepted: ``ok=True``, ``seq`` the log position, ``duplicate`` when it
+    - accepted: ``ok=True``, ``seq`` the log position (in log ``partition``,
+      0 on a ledger of one partition), ``duplicate`` when it
       was a resend of a command already recorded under the same key;
     - denied: ``ok=False`` with ``code`` (``token_limit_exceeded``,
       ``storage_quota_exceeded``) and the figures behind it (``used``,
@@ -30,6 +31,7 @@ class Decision:
 
     ok: bool
     code: str | None = None
+    partition: int | None = None
     seq: int | None = None
     duplicate: bool = False
     offline: bool = False
@@ -48,6 +50,7 @@ class Decision:
         return cls(
             ok=raw["ok"] is True,
             code=code if isinstance(code, str) else None,
+            partition=_count(raw.get("partition")),
             seq=_count(raw.get("seq")),
             duplicate=raw.get("duplicate") is True,
             offline=offline,

@@ -294,6 +294,7 @@ fn common_schemas() -> Value {
         )]),
         "Accepted": object(vec![
             ("ok", json!({"const": true}), true),
+            ("partition", json!({"type": "integer", "minimum": 0, "description": "The log partition the command's events went to (0 on a ledger of one partition)"}), true),
             ("seq", json!({"type": "integer", "minimum": 1, "description": "The log position of the command's last event"}), true),
             ("duplicate", json!({"type": "boolean", "description": "A resend of a command already accepted: nothing was appended"}), true),
         ]),
