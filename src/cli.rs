@@ -111,9 +111,9 @@ pub enum Command {
         /// Only this tenant's events (`_catalog` for plans and add-ons).
         #[arg(long)]
         tenant: Option<String>,
-        /// First log position to print.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// First log position to print (`P:SEQ`, or SEQ for partition 0).
+        #[arg(long, default_value = "0:1", value_name = "P:SEQ")]
+        from: Position,
         #[arg(long)]
         json: bool,
     },
@@ -376,7 +376,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             print_view(&crate::report::tenants(&store)?, json, crate::report::tenants_table);
         }
         Command::Info { json } => print_info(&log.info().await?, json)?,
-        Command::Events { tenant, from, json } => print_events(&log, tenant.as_deref(), from, json).await?,
+        Command::Events { tenant, from, json } => {
+            let from = from.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
+            print_events(&log, tenant.as_deref(), from, json).await?
+        }
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
             projector::catch_up(&log, &store, &[&Activity]).await?;
@@ -452,7 +455,8 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
         }
         Command::Events { tenant, from, json } => {
             use std::io::Write;
-            let records = ask(stream, &LocalQuery::Events { tenant: tenant.clone(), from: *from }).await?;
+            let from = from.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
+            let records = ask(stream, &LocalQuery::Events { tenant: tenant.clone(), from }).await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if !json {
                 writeln!(out, "{}", events_header())?;

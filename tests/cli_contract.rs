@@ -181,6 +181,9 @@ fn positions(data: &Path, nats: Option<&str>) {
 
     let events = lines(&ledger(data, nats, &["events", "--json"], None).stdout);
     assert!(events.iter().all(|e| e["partition"] == 0), "{events:?}");
+    let tail = lines(&ledger(data, nats, &["events", "--json", "--from", "0:7"], None).stdout);
+    assert_eq!(tail.first().map(|e| e["position"].clone()), Some(json!(7)), "{tail:?}");
+    assert_eq!(tail.len(), events.len() - 6);
     let explained =
         ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--explain", "--json"], None);
     let explained: Value = serde_json::from_str(&explained.stdout).unwrap();

@@ -191,6 +191,7 @@ fn common_schemas() -> Value {
     let status = json!({"enum": ["active", "cancelled"]});
     let kind = json!({"enum": crate::notify::KINDS});
     let event = object(vec![
+        ("partition", natural.clone(), true),
         ("position", json!({"type": "integer", "minimum": 1}), true),
         ("event_id", json!({"type": "string", "format": "uuid"}), true),
         ("at", json!({"type": "string", "format": "date-time"}), true),
