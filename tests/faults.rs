@@ -140,14 +140,23 @@ struct Seen {
 
 /// One client: `consume_tokens` on random tenants, each request retried with
 /// the same key until it is accepted, a duplicate, or denied; until `stop`.
-/// It speaks the service protocol itself, waiting past the spec's 5 s for
-/// each reply, so it can tell an `unavailable` answer from none.
-async fn client(url: String, id: usize, tenants: Vec<String>, stop: Arc<AtomicBool>, seed: u64) -> Seen {
+/// It speaks the service protocol itself, waiting `patience` for each reply
+/// before sending it again: past the spec's 5 s ([`PATIENT`]) to tell an
+/// `unavailable` answer from none, or less ([`HASTY`]) to move on from a
+/// request a killed `serve` took with it, which nothing will ever answer.
+async fn client(
+    url: String,
+    id: usize,
+    tenants: Vec<String>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+    patience: Duration,
+) -> Seen {
     let (addresses, options) = ledger_client::nats::options(&url, "fault-client", None);
     let nc = options
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .request_timeout(Some(Duration::from_secs(8)))
+        .request_timeout(Some(patience))
         .connect(addresses)
         .await
         .unwrap();
@@ -201,12 +210,21 @@ async fn client(url: String, id: usize, tenants: Vec<String>, stop: Arc<AtomicBo
     seen
 }
 
-fn start_clients(url: &str, seed: u64) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<Seen>>) {
+/// Waits past the spec's 5 s for a reply.
+const PATIENT: Duration = Duration::from_secs(8);
+/// Sends again after 2 s without a reply.
+const HASTY: Duration = Duration::from_secs(2);
+
+fn start_clients(
+    url: &str,
+    seed: u64,
+    patience: Duration,
+) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<Seen>>) {
     let (big, small) = tenants();
     let all: Vec<String> = big.into_iter().chain(small).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = (0..CLIENTS)
-        .map(|id| tokio::spawn(client(url.to_string(), id, all.clone(), stop.clone(), seed)))
+        .map(|id| tokio::spawn(client(url.to_string(), id, all.clone(), stop.clone(), seed, patience)))
         .collect();
     (stop, tasks)
 }
@@ -231,8 +249,20 @@ struct Tally {
 
 async fn tally(url: &str, seen: Vec<Seen>) -> Tally {
     let log = common::connect(url).await;
-    let head = log.head().await.unwrap();
-    let mut stream = log.read(1, None).await.unwrap();
+    // The cluster may still be electing a leader after the last kill: the
+    // log answers once it has one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (head, mut stream) = loop {
+        let opened = async { Ok::<_, ledger::log::LogError>((log.head().await?, log.read(1, None).await?)) };
+        match opened.await {
+            Ok(opened) => break opened,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("reading the log to tally it: {error}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("the log did not answer within 60 s: {error}"),
+        }
+    };
     let mut consumed: HashMap<(String, String), Vec<u64>> = HashMap::new();
     let mut finalized: HashMap<String, Vec<u32>> = HashMap::new();
     let mut events = 0;
@@ -356,7 +386,7 @@ async fn log_server_killed_loses_nothing() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut serves: Vec<Serve> = dirs.iter().map(|d| Serve::spawn(&url, d.path(), 3_600_000)).collect();
     wait_for_service(&url, 2).await;
-    let (stop, clients) = start_clients(&url, rng.next());
+    let (stop, clients) = start_clients(&url, rng.next(), HASTY);
     for _ in 0..kills {
         tokio::time::sleep(rng.millis(300, 1500)).await;
         let server = nats.server.as_mut().unwrap();
@@ -401,7 +431,7 @@ async fn serve_kills(scenario: &str, url: &str) {
     let spawn = |i: usize| Serve::spawn(&url, dirs[i].path(), 200);
     let mut serves: Vec<Serve> = (0..2).map(spawn).collect();
     wait_for_service(&url, 2).await;
-    let (stop, clients) = start_clients(&url, rng.next());
+    let (stop, clients) = start_clients(&url, rng.next(), HASTY);
     for _ in 0..kills {
         tokio::time::sleep(rng.millis(200, 1200)).await;
         let victim = (rng.next() % 2) as usize;
@@ -494,7 +524,7 @@ async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
         "{shown}"
     );
     assert_eq!(stream["leader"].as_str(), stream_leader(&admin).await.as_deref(), "{shown}");
-    let (stop, clients) = start_clients(&url, rng.next());
+    let (stop, clients) = start_clients(&url, rng.next(), PATIENT);
     let (mut killed, mut stepped_down) = (0, 0);
     for round in 0..kills {
         tokio::time::sleep(rng.millis(500, 2000)).await;
