@@ -351,8 +351,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
-            let to_seq =
-                to_seq.map(|p| p.in_partitions(PARTITIONS)).transpose().map_err(anyhow::Error::msg)?;
+            let to_seq = to_seq.map(seq_in_ledger).transpose()?;
             let reached = crate::audit::replay_into_data_dir(&log, &into, to_seq, &selected).await?;
             let reached = Position { partition: 0, seq: reached };
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
@@ -377,7 +376,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Info { json } => print_info(&log.info().await?, json)?,
         Command::Events { tenant, from, json } => {
-            let from = from.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
+            let from = seq_in_ledger(from)?;
             print_events(&log, tenant.as_deref(), from, json).await?
         }
         Command::Activity { tenant, json } => {
@@ -455,7 +454,7 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
         }
         Command::Events { tenant, from, json } => {
             use std::io::Write;
-            let from = from.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
+            let from = seq_in_ledger(*from)?;
             let records = ask(stream, &LocalQuery::Events { tenant: tenant.clone(), from }).await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if !json {
@@ -517,6 +516,11 @@ fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A position typed on the command line, within this ledger's partitions.
+fn seq_in_ledger(position: Position) -> anyhow::Result<u64> {
+    position.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)
+}
+
 fn print_info(info: &crate::log::LedgerInfo, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
@@ -543,7 +547,7 @@ async fn query_state(
     let as_of_us = as_of.as_of.as_deref().map(parse_at).transpose()?;
     let to = match (as_of.as_of_seq, as_of_us) {
         (Some(position), _) => {
-            let seq = position.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)?;
+            let seq = seq_in_ledger(position)?;
             let head = log.head().await?;
             anyhow::ensure!(seq <= head, "--as-of-seq {seq} is past the log's last position, {head}");
             Some(seq)

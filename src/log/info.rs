@@ -45,10 +45,10 @@ pub struct Peer {
 impl AnyLog {
     /// The partitions as the log describes them now.
     pub async fn info(&self) -> Result<LedgerInfo, LogError> {
-        let stream = match self {
+        let (backend, stream) = match self {
             AnyLog::Embedded(log) => {
                 let head = log.head().await?;
-                PartitionInfo {
+                let stream = PartitionInfo {
                     partition: 0,
                     stream: None,
                     subjects: vec![format!("{}.>", events::SUBJECT_PREFIX)],
@@ -57,16 +57,16 @@ impl AnyLog {
                     peers: Vec::new(),
                     messages: head,
                     last_seq: head,
-                }
+                };
+                ("embedded", stream)
             }
             AnyLog::JetStream(log) => {
-                let mut stream = log.stream().clone();
-                let info = stream.info().await.map_err(|e| LogError::Unavailable(e.to_string()))?;
-                let cluster = info.cluster.clone().unwrap_or_default();
-                PartitionInfo {
+                let info = log.stream_info().await?;
+                let cluster = info.cluster.unwrap_or_default();
+                let stream = PartitionInfo {
                     partition: 0,
                     stream: Some(STREAM_NAME.to_string()),
-                    subjects: info.config.subjects.clone(),
+                    subjects: info.config.subjects,
                     replicas: info.config.num_replicas,
                     leader: cluster.leader,
                     peers: cluster
@@ -76,12 +76,9 @@ impl AnyLog {
                         .collect(),
                     messages: info.state.messages,
                     last_seq: info.state.last_sequence,
-                }
+                };
+                ("jetstream", stream)
             }
-        };
-        let backend = match self {
-            AnyLog::Embedded(_) => "embedded",
-            AnyLog::JetStream(_) => "jetstream",
         };
         Ok(LedgerInfo { partitions: PARTITIONS, backend: backend.to_string(), streams: vec![stream] })
     }

@@ -180,6 +180,12 @@ impl JetStreamLog {
         }
     }
 
+    /// The stream's state and cluster as its leader sees them now.
+    pub(super) async fn stream_info(&self) -> Result<stream::Info, LogError> {
+        self.watched("a stream info request", async { self.stream.get_info().await.map_err(unavailable) })
+            .await
+    }
+
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
@@ -415,9 +421,7 @@ impl Source for JetStreamLog {
     type Error = LogError;
 
     async fn head(&self) -> Result<u64, LogError> {
-        let mut stream = self.stream.clone();
-        let info = self.watched("a head read", async { stream.info().await.map_err(unavailable) }).await?;
-        Ok(info.state.last_sequence)
+        Ok(self.stream_info().await?.state.last_sequence)
     }
 
     async fn read(&self, from: u64, tenant: Option<&str>) -> Result<RecordStream, LogError> {
