@@ -10,7 +10,7 @@ use projections::{Activity, LedgerView, ViewStore};
 
 use crate::apply::{apply_lines, read_lines, Future};
 use crate::engine::Ledger;
-use crate::log::{AnyLog, EventLog, Position, Source, PARTITIONS};
+use crate::log::{AnyLog, EventLog, Position, Source};
 use crate::projector::{self, ProjectorOptions};
 use crate::store::{open_existing_log, open_log, open_views};
 
@@ -114,6 +114,16 @@ pub enum Command {
         /// First log position to print (`P:SEQ`, or SEQ for partition 0).
         #[arg(long, default_value = "0:1", value_name = "P:SEQ")]
         from: Position,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a JetStream ledger of N partitions (tenants hashed over N
+    /// streams, `docs/scale.md`), each stream with --replicas replicas. N
+    /// is kept on the server and read by every writer; an existing ledger
+    /// is left as it is if it has N partitions, refused otherwise.
+    Init {
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::log::MAX_PARTITIONS as i64))]
+        partitions: u32,
         #[arg(long)]
         json: bool,
     },
@@ -309,6 +319,19 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::serve::run(&cli.data, cli.nats.as_deref(), cli.replicas, http, options).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Init { partitions, json } = cli.command {
+        let Some(url) = cli.nats.as_deref() else {
+            anyhow::bail!(
+                "init creates a JetStream ledger: pass --nats URL (the embedded log is one partition, made by \
+                 `ledger apply` or `ledger demo`)"
+            );
+        };
+        let options =
+            crate::log::JetStreamOptions { replicas: cli.replicas, ..crate::log::JetStreamOptions::new(url) };
+        let log = AnyLog::JetStream(crate::log::JetStreamLog::init(&options, partitions).await?);
+        print_info(&log.info().await?, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Keys(command) = &cli.command {
         return keys(&cli.data, cli.nats.as_deref(), command).await;
     }
@@ -326,7 +349,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             return apply(log, store, &file, allow_future).await;
         }
         Command::Usage(Query { tenant, at, json, explain, as_of }) => {
-            let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
+            let (store, at, _scratch) = query_state(&cli.data, &log, &tenant, at, &as_of).await?;
             if explain {
                 let usage = crate::audit::explain::usage(&log, &store, &tenant, at).await?;
                 print_view(&usage, json, |u| {
@@ -341,7 +364,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Invoice(Query { tenant, at, json, explain, as_of }) => {
-            let (store, at, _scratch) = query_state(&cli.data, &log, at, &as_of).await?;
+            let (store, at, _scratch) = query_state(&cli.data, &log, &tenant, at, &as_of).await?;
             if explain {
                 let invoice = crate::audit::explain::invoice(&log, &store, &tenant, at).await?;
                 print_view(&invoice, json, crate::audit::explain::invoice_table);
@@ -351,16 +374,16 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { into, to_seq, views } => {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
-            let to_seq = to_seq.map(seq_in_ledger).transpose()?;
+            let to_seq = to_seq.map(|p| seq_in_ledger(&log, p)).transpose()?;
             let reached = crate::audit::replay_into_data_dir(&log, &into, to_seq, &selected).await?;
-            let reached = Position { partition: 0, seq: reached };
+            let reached = Position::unpack(reached);
             println!("rebuilt {} into {} at position {reached}", names(&selected), into.display());
             let nats = if matches!(log, AnyLog::JetStream(_)) { " --nats URL" } else { "" };
             println!("ask it like any data directory: ledger{nats} --data {} usage TENANT", into.display());
         }
         Command::Audit(AuditCommand::WhatIf { tenant, plan, at, json }) => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &[&LedgerView]).await?;
+            projector::catch_up_all(&log, &store, &[&LedgerView]).await?;
             let at = at.as_deref().map(parse_at).transpose()?;
             let report = crate::audit::explain::what_if(&store, &tenant, &plan, at)?;
             print_view(&report, json, crate::audit::explain::what_if_table);
@@ -371,33 +394,51 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tenants { json } => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &[&LedgerView]).await?;
+            projector::catch_up_all(&log, &store, &[&LedgerView]).await?;
             print_view(&crate::report::tenants(&store)?, json, crate::report::tenants_table);
         }
         Command::Info { json } => print_info(&log.info().await?, json)?,
         Command::Events { tenant, from, json } => {
-            let from = seq_in_ledger(from)?;
+            let from = seq_in_ledger(&log, from)?;
             print_events(&log, tenant.as_deref(), from, json).await?
         }
         Command::Activity { tenant, json } => {
             let store = open_views(&cli.data, &log)?;
-            projector::catch_up(&log, &store, &[&Activity]).await?;
+            projector::catch_up_all(&log, &store, &[&Activity]).await?;
             print_activity(&crate::report::activity(&store, tenant.as_deref())?, json);
         }
         Command::Project { follow, batch_size, views } => {
             let store = open_views(&cli.data, &log)?;
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
-            let until = if follow { None } else { Some(log.head().await?) };
-            let checkpoint =
-                projector::run(&log, &store, &selected, ProjectorOptions { batch_size, until }).await?;
+            // Every partition (one fold loop each); partition 0, the
+            // catalog's, read last so it holds every plan the others name.
+            let mut untils = Vec::new();
+            for partition in (0..log.partitions()).rev() {
+                let head = log.in_partition(partition).head().await?;
+                untils.push((partition, if follow { None } else { Some(head) }));
+            }
+            let runs = untils.into_iter().rev().map(|(partition, until)| {
+                let (part, store, selected) = (log.in_partition(partition), store.clone(), selected.clone());
+                async move {
+                    let options = ProjectorOptions { batch_size, until };
+                    projector::run(&part, &store, &selected, options).await
+                }
+            });
+            let checkpoints = futures_util::future::try_join_all(runs).await?;
             store.flush().await?;
-            println!("views at position {checkpoint}");
+            let at: Vec<String> = checkpoints.iter().map(|c| Position::unpack(*c).seq.to_string()).collect();
+            if at.len() == 1 {
+                println!("views at position {}", at[0]);
+            } else {
+                println!("views at positions {} (partitions 0 to {})", at.join(", "), at.len() - 1);
+            }
         }
         Command::Bench(_)
         | Command::Serve { .. }
         | Command::Keys(_)
         | Command::Webhooks(_)
         | Command::NatsConfig { .. }
+        | Command::Init { .. }
         | Command::Demo => {
             unreachable!("handled above")
         }
@@ -454,7 +495,8 @@ async fn served(stream: tokio::net::UnixStream, cli: &Cli) -> anyhow::Result<Exi
         }
         Command::Events { tenant, from, json } => {
             use std::io::Write;
-            let from = seq_in_ledger(*from)?;
+            // A served data directory is an embedded ledger: one partition.
+            let from = from.in_partitions(1).map_err(anyhow::Error::msg)?;
             let records = ask(stream, &LocalQuery::Events { tenant: tenant.clone(), from }).await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if !json {
@@ -483,6 +525,7 @@ fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Events { .. } => "events",
         Command::Info { .. } => "info",
+        Command::Init { .. } => "init",
         Command::Activity { .. } => "activity",
         Command::Project { .. } => "project",
         Command::Apply { .. } => "apply",
@@ -516,9 +559,10 @@ fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A position typed on the command line, within this ledger's partitions.
-fn seq_in_ledger(position: Position) -> anyhow::Result<u64> {
-    position.in_partitions(PARTITIONS).map_err(anyhow::Error::msg)
+/// A position typed on the command line, within this ledger's partitions
+/// (as the ledger carries it inside: `log::SEQ_BITS`).
+fn seq_in_ledger(log: &AnyLog, position: Position) -> anyhow::Result<u64> {
+    position.in_partitions(log.partitions()).map_err(anyhow::Error::msg)
 }
 
 fn print_info(info: &crate::log::LedgerInfo, json: bool) -> anyhow::Result<()> {
@@ -540,28 +584,40 @@ fn names(views: &[&dyn projector::View]) -> String {
 async fn query_state(
     data: &Path,
     log: &AnyLog,
+    tenant: &str,
     at: Option<String>,
     as_of: &AsOf,
 ) -> anyhow::Result<(ViewStore, Option<i64>, Option<tempfile::TempDir>)> {
     let mut at = at.as_deref().map(parse_at).transpose()?;
     let as_of_us = as_of.as_of.as_deref().map(parse_at).transpose()?;
+    let partition = crate::log::partition_of(tenant, log.partitions());
     let to = match (as_of.as_of_seq, as_of_us) {
         (Some(position), _) => {
-            let seq = seq_in_ledger(position)?;
-            let head = log.head().await?;
-            anyhow::ensure!(seq <= head, "--as-of-seq {seq} is past the log's last position, {head}");
+            let seq = seq_in_ledger(log, position)?;
+            anyhow::ensure!(
+                position.partition == partition || position.seq == 0,
+                "--as-of-seq {position}: tenant {tenant} lives in partition {partition}, so its positions are {partition}:SEQ"
+            );
+            let head = log.in_partition(partition).head().await?;
+            anyhow::ensure!(
+                seq <= head,
+                "--as-of-seq {position} is past the log's last position, {}",
+                Position::unpack(head).with_partition(partition)
+            );
             Some(seq)
         }
         (None, Some(t)) => {
             at = at.or(Some(t));
-            Some(crate::audit::position_at(log, t).await?)
+            let found = crate::audit::position_at(&log.in_partition(partition), t).await?;
+            // Nothing yet in the tenant's partition: its position 0.
+            Some(if found == 0 { Position::pack(partition, 0) } else { found })
         }
         (None, None) => None,
     };
     match to {
         None => {
             let store = open_views(data, log)?;
-            projector::catch_up(log, &store, &[&LedgerView]).await?;
+            projector::catch_up_all(log, &store, &[&LedgerView]).await?;
             Ok((store, at, None))
         }
         Some(to) => {
@@ -599,30 +655,45 @@ async fn apply(log: AnyLog, store: ViewStore, file: &str, allow_future: bool) ->
 
 async fn print_events(log: &AnyLog, tenant: Option<&str>, from: u64, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
-    let end = match tenant {
+    // A tenant's events are in its partition; the whole log's, partition by
+    // partition from `from`'s.
+    let parts: Vec<(AnyLog, u64)> = match tenant {
         Some(t) => {
             if t != events::CATALOG_TENANT {
                 crate::engine::command::tenant_id(t).map_err(|r| anyhow::anyhow!(r.message))?;
             }
             let end = log.tenant_head(t).await?;
             anyhow::ensure!(end > 0, "tenant {t} has no events on this ledger (`ledger tenants` lists them)");
-            end
+            vec![(log.in_partition(log.partition_of(t)), end)]
         }
-        None => log.head().await?,
+        None => {
+            let mut parts = Vec::new();
+            for partition in Position::unpack(from).partition..log.partitions() {
+                let part = log.in_partition(partition);
+                let end = part.head().await?;
+                parts.push((part, end));
+            }
+            parts
+        }
     };
-    if from > end {
-        return Ok(());
-    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if !json {
         writeln!(out, "{}", events_header())?;
     }
-    let mut records = log.read(from, tenant).await?;
-    while let Some(record) = records.next().await {
-        let record = record?;
-        print_event(&mut out, &crate::report::event_json(&record), json)?;
-        if record.position >= end {
-            break;
+    for (part, end) in parts {
+        let first = Position::pack(part.partition(), 1);
+        let start =
+            if Position::unpack(from).partition == part.partition() { from.max(first) } else { first };
+        if end == 0 || start > end {
+            continue;
+        }
+        let mut records = part.read(start, tenant).await?;
+        while let Some(record) = records.next().await {
+            let record = record?;
+            print_event(&mut out, &crate::report::event_json(&record), json)?;
+            if record.position >= end {
+                break;
+            }
         }
     }
     out.flush()?;
@@ -640,18 +711,23 @@ fn print_event(out: &mut impl std::io::Write, event: &serde_json::Value, json: b
         return writeln!(out, "{event}");
     }
     let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+    // Partition 0's positions as they always were; the others' as P:SEQ.
+    let position = match event["partition"].as_u64().unwrap_or_default() {
+        0 => event["position"].as_u64().unwrap_or_default().to_string(),
+        p => format!("{p}:{}", event["position"].as_u64().unwrap_or_default()),
+    };
     match event.get("error") {
         Some(error) => writeln!(
             out,
             "{:>8}  UNDECODABLE on {}: {}",
-            event["position"].as_u64().unwrap_or_default(),
+            position,
             text("subject"),
             error.as_str().unwrap_or("")
         ),
         None => writeln!(
             out,
             "{:>8}  {:<27}  {:<14}  {:<14}  {:<22}  {}",
-            event["position"].as_u64().unwrap_or_default(),
+            position,
             text("at"),
             text("tenant"),
             text("actor"),

@@ -5,7 +5,7 @@
 pub use projections::{select_views, View, ALL_VIEWS};
 pub use replay::Options as ProjectorOptions;
 
-use crate::log::{EventLog, LogError, RecordStream};
+use crate::log::{EventLog, LogError, RecordStream, Source};
 
 /// Folds the log into `views` until `options.until` (or forever), logging
 /// progress. Returns the lowest checkpoint reached.
@@ -39,6 +39,14 @@ struct Lingering<L>(L);
 
 impl<L: EventLog> replay::Source for Lingering<L> {
     type Error = LogError;
+
+    fn partition(&self) -> u32 {
+        self.0.partition()
+    }
+
+    async fn catalog_head(&self) -> Result<u64, LogError> {
+        self.0.catalog_head().await
+    }
 
     async fn head(&self) -> Result<u64, LogError> {
         self.0.head().await
@@ -85,7 +93,41 @@ pub async fn catch_up<L: EventLog>(
     Ok(replay::catch_up(log, store, views).await?)
 }
 
-/// The lowest position every view includes (0 when one is unreadable).
+/// The lowest position of partition 0 every view includes (0 when one is
+/// unreadable).
 pub fn lowest_checkpoint(views: &projections::ViewStore) -> u64 {
-    ALL_VIEWS.iter().map(|v| views.checkpoint(v.name()).unwrap_or(0)).min().unwrap_or(0)
+    lowest_checkpoint_in(views, 0)
+}
+
+/// The lowest position of `partition` every view includes (0 when one is
+/// unreadable).
+pub fn lowest_checkpoint_in(views: &projections::ViewStore, partition: u32) -> u64 {
+    ALL_VIEWS.iter().map(|v| views.checkpoint_in(v.name(), partition).unwrap_or(0)).min().unwrap_or(0)
+}
+
+/// Events of the log the views include: over every partition, the lowest
+/// sequence every view includes (for a ledger of one partition, its
+/// lowest checkpoint).
+pub fn events_folded(views: &projections::ViewStore, partitions: u32) -> u64 {
+    (0..partitions).map(|p| crate::log::Position::unpack(lowest_checkpoint_in(views, p)).seq).sum()
+}
+
+/// Brings views up to the head of every partition of `log`: partition 0
+/// (the catalog) last read and first folded, so every plan an event of
+/// another partition names is folded before it.
+pub async fn catch_up_all(
+    log: &crate::log::AnyLog,
+    store: &projections::ViewStore,
+    views: &[&'static dyn View],
+) -> anyhow::Result<()> {
+    let partitions = log.partitions();
+    let mut heads = Vec::new();
+    for partition in (0..partitions).rev() {
+        heads.push((partition, log.in_partition(partition).head().await?));
+    }
+    for (partition, head) in heads.into_iter().rev() {
+        let options = ProjectorOptions { until: Some(head), batch_size: replay::CATCH_UP_BATCH };
+        run(&log.in_partition(partition), store, views, options).await?;
+    }
+    Ok(())
 }

@@ -16,7 +16,8 @@ pub use ledger_client::protocol::rfc3339;
 pub fn reply_json(reply: &Reply) -> Value {
     match reply {
         Reply::Ok { seq, duplicate } => {
-            json!({"ok": true, "partition": 0, "seq": seq, "duplicate": duplicate})
+            let at = crate::log::Position::unpack(*seq);
+            json!({"ok": true, "partition": at.partition, "seq": at.seq, "duplicate": duplicate})
         }
         Reply::Rejected { rejection, .. } => rejection_json(rejection),
         Reply::Failed { message } => json!({"ok": false, "code": "unavailable", "message": message}),
@@ -268,8 +269,8 @@ fn hex(bytes: &[u8]) -> String {
 pub fn event_json(record: &crate::log::LogRecord) -> Value {
     match record.decode().event {
         Ok(e) => json!({
-            "partition": 0,
-            "position": record.position,
+            "partition": crate::log::Position::unpack(record.position).partition,
+            "position": crate::log::Position::unpack(record.position).seq,
             "subject": record.subject,
             "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
             "tenant": e.tenant,
@@ -282,8 +283,8 @@ pub fn event_json(record: &crate::log::LogRecord) -> Value {
             "idempotency_key": e.key.as_ref().map(|k| k.key.clone()),
         }),
         Err(error) => json!({
-            "partition": 0,
-            "position": record.position,
+            "partition": crate::log::Position::unpack(record.position).partition,
+            "position": crate::log::Position::unpack(record.position).seq,
             "subject": record.subject,
             "error": error.to_string(),
         }),
@@ -307,9 +308,9 @@ pub fn activity(views: &ViewStore, tenant: Option<&str>) -> anyhow::Result<Vec<V
                 "tenant": name,
                 "events": row.events,
                 "events_by_kind": row.events_by_kind,
-                "partition": 0,
-                "first_position": row.first_position,
-                "last_position": row.last_position,
+                "partition": crate::log::Position::unpack(row.last_position).partition,
+                "first_position": crate::log::Position::unpack(row.first_position).seq,
+                "last_position": crate::log::Position::unpack(row.last_position).seq,
                 "last_at": rfc3339(row.last_at_us),
             }));
         }

@@ -198,9 +198,30 @@ pub fn subject(tenant: &str, kind: EventKind) -> String {
 /// Prefix of every event subject; the stream captures `ledger.v1.>`.
 pub const SUBJECT_PREFIX: &str = "ledger.v1";
 
-/// Splits an event subject into (tenant, kind name). `None` if it is not one.
+/// The subject prefix of a partition's events: [`SUBJECT_PREFIX`] for
+/// partition 0 (a ledger of one partition is unchanged), `ledger.p<P>.v1`
+/// for partition P of a partitioned ledger.
+pub fn partition_prefix(partition: u32) -> String {
+    if partition == 0 {
+        SUBJECT_PREFIX.to_string()
+    } else {
+        format!("ledger.p{partition}.v1")
+    }
+}
+
+/// Splits an event subject of any partition into (tenant, kind name).
+/// `None` if it is not one.
 pub fn parse_subject(subject: &str) -> Option<(&str, &str)> {
-    let rest = subject.strip_prefix(SUBJECT_PREFIX)?.strip_prefix('.')?;
+    let rest = match subject.strip_prefix("ledger.p") {
+        Some(rest) => {
+            let (partition, rest) = rest.split_once('.')?;
+            if partition.is_empty() || !partition.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            rest.strip_prefix("v1.")?
+        }
+        None => subject.strip_prefix(SUBJECT_PREFIX)?.strip_prefix('.')?,
+    };
     let (tenant, kind) = rest.split_once('.')?;
     if kind.contains('.') {
         return None;

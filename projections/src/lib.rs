@@ -31,6 +31,26 @@ pub use ledger_view::{FinalInvoice, LedgerView, TenantRow, TenantWithKeys};
 const META_PREFIX: u8 = 0x00;
 const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 
+/// Where a position keeps its partition: the bits above these (the ledger
+/// crate's `log::SEQ_BITS`). Partition 0's positions are plain sequences.
+pub const SEQ_BITS: u32 = 48;
+
+/// The partition a log position is in.
+pub fn partition_of_position(position: u64) -> u32 {
+    (position >> SEQ_BITS) as u32
+}
+
+/// The checkpoint row of a partition: partition 0's is the one every
+/// ledger has always had, so a ledger of one partition is unchanged.
+fn checkpoint_key(partition: u32) -> Vec<u8> {
+    let mut key = CHECKPOINT_KEY.to_vec();
+    if partition > 0 {
+        key.push(b'/');
+        key.extend_from_slice(&partition.to_be_bytes());
+    }
+    key
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     /// sled failed. Views are derived: delete the views directory and let the
@@ -172,7 +192,20 @@ impl Record {
     /// subject is refused too.
     pub fn decode(position: u64, subject: &str, payload: &[u8]) -> Record {
         let event = events::decode(payload).and_then(|envelope| {
-            if envelope.subject() == subject {
+            // In its position's partition: `ledger.v1.` for partition 0,
+            // `ledger.p<P>.v1.` for the others.
+            let partition = partition_of_position(position);
+            let expected = if partition == 0 {
+                envelope.subject()
+            } else {
+                format!(
+                    "{}.{}.{}",
+                    events::partition_prefix(partition),
+                    envelope.tenant,
+                    envelope.kind().name()
+                )
+            };
+            if expected == subject {
                 Ok(envelope)
             } else {
                 Err(events::EventError::Invalid(format!(
@@ -242,13 +275,20 @@ fn rebuild_if_other_layout(db: &sled::Db) -> Result<(), ViewError> {
     Ok(())
 }
 
-/// A store's claim by one fold loop; released on drop.
-pub struct FoldLease(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// A partition's claim on a store by one fold loop; released on drop.
+pub struct FoldLease(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>, u32);
 
 impl Drop for FoldLease {
     fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
     }
+}
+
+/// Locks serializing the folds of one view (by name, hashed).
+const FOLD_LOCKS: usize = 8;
+
+fn fold_lock(view: &str) -> usize {
+    view.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % FOLD_LOCKS
 }
 
 /// The sled database holding every view.
@@ -262,8 +302,11 @@ pub struct ViewStore {
     dir: std::path::PathBuf,
     /// Counts reopenings (see [`ViewStore::generation`]).
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Set while a fold loop runs over this store (see [`ViewStore::begin_fold`]).
-    folding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The partitions a fold loop runs over now (see [`ViewStore::begin_fold`]).
+    folding: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    /// One writer per view at a time: the folds of different partitions
+    /// share rows (the ledger time, the catalog, the memo).
+    fold_locks: std::sync::Arc<[std::sync::Mutex<()>; FOLD_LOCKS]>,
     memos: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<&'static str, Memo>>>,
 }
 
@@ -284,6 +327,7 @@ impl ViewStore {
             generation: Default::default(),
             memos: Default::default(),
             folding: Default::default(),
+            fold_locks: Default::default(),
         })
     }
 
@@ -360,26 +404,40 @@ impl ViewStore {
         self.db.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(ViewError::Reopening)
     }
 
-    /// Claims the store for one fold loop; `None` while another holds it.
-    /// Two loops folding one store would each fold from checkpoints the
-    /// other has moved. The claim ends when the lease is dropped.
+    /// Claims partition 0 of the store for one fold loop (see
+    /// [`ViewStore::begin_fold_partition`]).
     pub fn begin_fold(&self) -> Option<FoldLease> {
-        use std::sync::atomic::Ordering;
-        self.folding
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| FoldLease(self.folding.clone()))
+        self.begin_fold_partition(0)
+    }
+
+    /// Claims a partition of the store for one fold loop; `None` while
+    /// another holds it. Two loops folding one partition would each fold
+    /// from checkpoints the other has moved. The claim ends when the lease
+    /// is dropped.
+    pub fn begin_fold_partition(&self, partition: u32) -> Option<FoldLease> {
+        let mut folding = self.folding.lock().unwrap_or_else(|e| e.into_inner());
+        folding.insert(partition).then(|| FoldLease(self.folding.clone(), partition))
+    }
+
+    /// Whether any fold loop holds a partition of the store.
+    pub fn folding(&self) -> bool {
+        !self.folding.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     pub fn tree(&self, view: &str) -> Result<sled::Tree, ViewError> {
         Ok(self.db()?.open_tree(view)?)
     }
 
-    /// The last log position folded into the view (0: none).
+    /// The last log position of partition 0 folded into the view (0: none).
     pub fn checkpoint(&self, view: &str) -> Result<u64, ViewError> {
+        self.checkpoint_in(view, 0)
+    }
+
+    /// The last log position of `partition` folded into the view (0: none).
+    pub fn checkpoint_in(&self, view: &str, partition: u32) -> Result<u64, ViewError> {
         let tree = self.tree(view)?;
         Ok(tree
-            .get(CHECKPOINT_KEY)?
+            .get(checkpoint_key(partition))?
             .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte checkpoint"))))
     }
 
@@ -387,15 +445,21 @@ impl ViewStore {
     /// commits rows and checkpoint together. Records that did not decode are
     /// skipped (never applied) but still move the checkpoint, so a forged
     /// message can neither crash nor stall a projector.
+    ///
+    /// The records are one partition's (the partition of the first); the
+    /// view's checkpoint for that partition moves.
     pub fn apply_batch<P: Projection>(&self, projection: &P, records: &[Record]) -> Result<u64, ViewError> {
+        let partition = records.first().map_or(0, |r| partition_of_position(r.position));
+        let lock = &self.fold_locks[fold_lock(P::NAME)];
+        let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let tree = self.tree(P::NAME)?;
-        let mut checkpoint = self.checkpoint(P::NAME)?;
+        let mut checkpoint = self.checkpoint_in(P::NAME, partition)?;
         let mut memo = self.memos.lock().expect("memo lock").remove(P::NAME);
         let mut rows = Rows { view: P::NAME, tree: &tree, overlay: BTreeMap::new(), memo: &mut memo };
         let mut facts = Vec::with_capacity(records.len());
         for record in records {
             assert!(
-                record.position > checkpoint,
+                record.position > checkpoint && partition_of_position(record.position) == partition,
                 "{}: position {} does not follow checkpoint {checkpoint}",
                 P::NAME,
                 record.position
@@ -416,7 +480,7 @@ impl ViewStore {
                 None => write.remove(key),
             }
         }
-        write.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
+        write.insert(checkpoint_key(partition), &checkpoint.to_be_bytes());
         tree.apply_batch(write)?;
         // Only a committed batch keeps its memo; a failed one drops it (the `?`s above).
         if let Some(memo) = memo {

@@ -174,11 +174,22 @@ fn charges(invoice: &events::Invoice) -> String {
 
 /// Reads the log up to `head` and checks every message (see module docs).
 pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, ReplayError> {
+    Ok(audit_log_with(log, head, CatalogState::default()).await?.0)
+}
+
+/// [`audit_log`] of one partition of a ledger, starting from `catalog`
+/// (what partition 0, the catalog's, folded to), and the catalog folded
+/// through this partition.
+pub async fn audit_log_with<S: Source>(
+    log: &S,
+    head: u64,
+    catalog: CatalogState,
+) -> Result<(LogSummary, CatalogState), ReplayError> {
+    let mut catalog = catalog;
     let mut summary = LogSummary::default();
     if head == 0 {
-        return Ok(summary);
+        return Ok((summary, catalog));
     }
-    let mut catalog = CatalogState::default();
     let mut tenants: HashMap<String, TenantAudit> = HashMap::new();
     let mut records = log.read(1, None).await.map_err(source)?;
     while let Some(record) = records.next().await {
@@ -300,5 +311,5 @@ pub async fn audit_log<S: Source>(log: &S, head: u64) -> Result<LogSummary, Repl
             break;
         }
     }
-    Ok(summary)
+    Ok((summary, catalog))
 }

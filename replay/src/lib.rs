@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use projections::{Record, View, ViewStore};
+use projections::{Projection, Record, View, ViewStore};
 
 /// One message as the log stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,20 @@ pub trait Source: Send + Sync + Clone + 'static {
 
     /// The last position in the log (0 when empty).
     fn head(&self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// The partition `head` and untargeted reads are in (0 for a log of
+    /// one partition). Its positions carry the partition in their high
+    /// bits, and views keep a checkpoint per partition.
+    fn partition(&self) -> u32 {
+        0
+    }
+
+    /// The head of the partition holding the catalog (partition 0): what a
+    /// fold of another partition waits for when an event names a plan or
+    /// add-on the views' catalog lacks.
+    fn catalog_head(&self) -> impl Future<Output = Result<u64, Self::Error>> + Send {
+        self.head()
+    }
 
     /// Records from `from` on (only the tenant's when given), then follows the tail.
     fn read(
@@ -167,8 +181,9 @@ pub async fn run<S: Source>(
     options: Options,
     progress: &mut dyn Progress,
 ) -> Result<u64, ReplayError> {
+    let partition = log.partition();
     let mut checkpoints: Vec<u64> =
-        views.iter().map(|v| store.checkpoint(v.name())).collect::<Result<_, _>>()?;
+        views.iter().map(|v| store.checkpoint_in(v.name(), partition)).collect::<Result<_, _>>()?;
     let lowest = |c: &[u64]| c.iter().copied().min().unwrap_or(0);
     if options.until.is_some_and(|until| lowest(&checkpoints) >= until) {
         return Ok(lowest(&checkpoints));
@@ -199,6 +214,9 @@ pub async fn run<S: Source>(
             progress.update(lowest(&checkpoints), options.until);
         }
         let batch = std::mem::take(&mut records);
+        if partition > 0 {
+            catalog_covers(log, store, &batch).await?;
+        }
         let (store, views, known) = (store.clone(), views.to_vec(), checkpoints.clone());
         let fold = std::thread::spawn(move || fold_all(&store, &views, &known, &batch));
         if options.until.is_none() {
@@ -214,6 +232,44 @@ pub async fn run<S: Source>(
         progress.update(lowest(&checkpoints), options.until);
     }
     Ok(lowest(&checkpoints))
+}
+
+/// How long a fold of another partition waits for the catalog's partition
+/// to be folded before folding anyway (a plan no catalog event defines can
+/// only be named by a message the ledger did not write).
+const CATALOG_WAIT: Duration = Duration::from_secs(5);
+
+/// The catalog (plans, add-ons) lives in partition 0, and a view's fold of
+/// a tenant's notifications reads it: before a batch of another partition
+/// that names a plan or add-on the views' catalog lacks is folded, this
+/// waits until partition 0 is folded to its head (which holds every plan a
+/// decision already on the log can name: plans are defined before use and
+/// never change). Nothing to wait for in the common case.
+async fn catalog_covers<S: Source>(
+    log: &S,
+    store: &ViewStore,
+    records: &[Record],
+) -> Result<(), ReplayError> {
+    use events::Event;
+    let named = |catalog: &projections::domain::CatalogState| {
+        records.iter().filter_map(|r| r.event.as_ref().ok()).all(|e| match &e.payload {
+            Event::Subscribed { plan, .. } | Event::PlanChanged { plan } => catalog.plans.contains_key(plan),
+            Event::AddonPurchased { addon, .. } => catalog.addons.contains_key(addon),
+            _ => true,
+        })
+    };
+    if named(&projections::LedgerView::catalog(store)?) {
+        return Ok(());
+    }
+    let head = log.catalog_head().await.map_err(source)?;
+    let deadline = Instant::now() + CATALOG_WAIT;
+    while store.checkpoint(projections::LedgerView::NAME)? < head && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !named(&projections::LedgerView::catalog(store)?) {
+        tracing::warn!(partition = log.partition(), "events name a plan or add-on the catalog lacks");
+    }
+    Ok(())
 }
 
 /// Brings `views` up to the log's current head.

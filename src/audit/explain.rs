@@ -41,8 +41,8 @@ async fn tenant_events<L: EventLog>(log: &L, tenant: &str) -> anyhow::Result<Vec
 
 fn event_json(position: u64, e: &Envelope) -> Value {
     json!({
-        "partition": 0,
-        "position": position,
+        "partition": crate::log::Position::unpack(position).partition,
+        "position": crate::log::Position::unpack(position).seq,
         "event_id": uuid::Uuid::from_u128(e.event_id).to_string(),
         "at": rfc3339(e.at_us),
         "actor": e.actor.label(),

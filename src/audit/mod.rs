@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use projections::{View, ViewStore};
-use replay::audit::{audit_log, compare_views, Finding};
+use replay::audit::{compare_views, Finding};
 use replay::Progress;
 
-use crate::log::{AnyLog, AppendBatch, AppendMessage, EmbeddedLog, EventLog, Source, MAX_BATCH_MESSAGES};
+use crate::log::{
+    AnyLog, AppendBatch, AppendMessage, EmbeddedLog, EventLog, Position, Source, MAX_BATCH_MESSAGES,
+};
 use crate::projector::ALL_VIEWS;
 
 /// A progress line on a terminal: position, events/s and time left.
@@ -43,9 +45,13 @@ impl Progress for TerminalProgress {
 }
 
 /// Rebuilds `views` from the log into a fresh directory, up to `to` (default:
-/// the head). Shows a progress line on a terminal, tracing logs otherwise.
-/// Returns the position reached and the open store (sled locks its
-/// directory, so callers use this handle rather than opening it again).
+/// the head). On a ledger of several partitions, `to` is a position of one
+/// of them: that partition is rebuilt to it, and the catalog's partition 0
+/// to its head (every partition is rebuilt to its head without `to`;
+/// partition 0 is read last and folded first). Shows a progress line on a
+/// terminal, tracing logs otherwise. Returns the position reached and the
+/// open store (sled locks its directory, so callers use this handle rather
+/// than opening it again).
 pub async fn replay_into<L: EventLog>(
     log: &L,
     dir: &Path,
@@ -55,18 +61,37 @@ pub async fn replay_into<L: EventLog>(
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
     }
-    let head = log.head().await?;
-    let until = to.unwrap_or(head).min(head);
+    let target_partition = to.map_or(0, |to| Position::unpack(to).partition);
+    let mut heads = Vec::new();
+    for partition in (0..log.partitions()).rev() {
+        heads.push((partition, log.in_partition(partition).head().await?));
+    }
     let store = ViewStore::open(dir)?;
-    let options = replay::Options { until: Some(until), batch_size: replay::CATCH_UP_BATCH };
-    let reached = if until == 0 {
-        0
-    } else if std::io::stderr().is_terminal() {
-        let mut progress = TerminalProgress { started: Instant::now(), last: Instant::now(), start: None };
-        replay::run(log, &store, views, options, &mut progress).await?
-    } else {
-        replay::run(log, &store, views, options, &mut replay::LogProgress::new()).await?
-    };
+    let mut reached = 0;
+    for (partition, head) in heads.into_iter().rev() {
+        // Up to a position: its partition to there, and the catalog's
+        // (partition 0) to its head, which every other partition's events
+        // lean on; nothing of the rest.
+        let until = match to {
+            Some(to) if partition == target_partition => to.min(head),
+            Some(_) if partition != 0 => continue,
+            _ => head,
+        };
+        let part = log.in_partition(partition);
+        let options = replay::Options { until: Some(until), batch_size: replay::CATCH_UP_BATCH };
+        let done = if until == 0 {
+            0
+        } else if std::io::stderr().is_terminal() {
+            let mut progress =
+                TerminalProgress { started: Instant::now(), last: Instant::now(), start: None };
+            replay::run(&part, &store, views, options, &mut progress).await?
+        } else {
+            replay::run(&part, &store, views, options, &mut replay::LogProgress::new()).await?
+        };
+        if partition == target_partition {
+            reached = done;
+        }
+    }
     store.flush().await?;
     Ok((reached, store))
 }
@@ -87,13 +112,13 @@ pub async fn replay_into_data_dir(
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
     }
-    let until = to.unwrap_or(u64::MAX).min(log.head().await?);
     let (reached, store) = match log {
         AnyLog::Embedded(source) => {
-            let copy = copy_embedded_log(source, &dir.join("log"), until).await?;
+            let until = to.unwrap_or(u64::MAX).min(log.head().await?);
+            let copy = AnyLog::Embedded(copy_embedded_log(source, &dir.join("log"), until).await?);
             replay_into(&copy, &dir.join("views"), Some(until), views).await?
         }
-        AnyLog::JetStream(_) => replay_into(log, &dir.join("views"), Some(until), views).await?,
+        AnyLog::JetStream(_) => replay_into(log, &dir.join("views"), to, views).await?,
     };
     // Bind the views to their log, as every data directory's are.
     store.tree("meta")?.insert(b"log", log.describe().as_bytes())?;
@@ -132,8 +157,9 @@ async fn copy_embedded_log(source: &EmbeddedLog, dir: &Path, until: u64) -> anyh
     Ok(copy)
 }
 
-/// The last position whose event happened at or before `t_us` (events are
-/// recorded in non-decreasing `at` order). 0 when none did.
+/// The last position of `log`'s partition whose event happened at or
+/// before `t_us` (events are recorded in non-decreasing `at` order). 0 when
+/// none did.
 pub async fn position_at<L: EventLog>(log: &L, t_us: i64) -> anyhow::Result<u64> {
     let head = log.head().await?;
     let mut last = 0;
@@ -157,21 +183,44 @@ pub async fn position_at<L: EventLog>(log: &L, t_us: i64) -> anyhow::Result<u64>
 }
 
 fn finding_json(f: &Finding) -> serde_json::Value {
+    let at = f.position.map(Position::unpack);
     serde_json::json!({
-        "kind": f.kind, "position": f.position, "view": f.view, "key": f.key, "detail": f.detail,
-        "expected": f.expected, "found": f.found,
+        "kind": f.kind, "partition": at.map(|p| p.partition), "position": at.map(|p| p.seq), "view": f.view,
+        "key": f.key, "detail": f.detail, "expected": f.expected, "found": f.found,
     })
 }
 
-/// `ledger audit verify`.
-pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyhow::Result<ExitCode> {
-    let head = log.head().await?;
-    crate::projector::run(log, live, &ALL_VIEWS, replay::Options { until: Some(head), ..Default::default() })
-        .await?;
+/// `ledger audit verify`: the live views against a clean rebuild, and
+/// every partition's chains and invoices (partition 0's catalog first: the
+/// other partitions' invoices are priced with it).
+pub async fn verify(log: &AnyLog, live: &ViewStore, json: bool) -> anyhow::Result<ExitCode> {
+    let mut heads = Vec::new();
+    for partition in (0..log.partitions()).rev() {
+        heads.push(log.in_partition(partition).head().await?);
+    }
+    heads.reverse();
+    for (partition, head) in heads.iter().enumerate() {
+        let part = log.in_partition(partition as u32);
+        let options = replay::Options { until: Some(*head), ..Default::default() };
+        crate::projector::run(&part, live, &ALL_VIEWS, options).await?;
+    }
     let scratch = tempfile::tempdir()?;
-    let (_, rebuilt) = replay_into(log, &scratch.path().join("views"), Some(head), &ALL_VIEWS).await?;
+    let (_, rebuilt) = replay_into(log, &scratch.path().join("views"), None, &ALL_VIEWS).await?;
     let mut findings = compare_views(live, &rebuilt, &ALL_VIEWS)?;
-    let summary = audit_log(log, head).await?;
+    let mut summary = replay::audit::LogSummary::default();
+    let mut catalog = projections::domain::CatalogState::default();
+    for (partition, head) in heads.iter().enumerate() {
+        let part = log.in_partition(partition as u32);
+        let (one, folded) = replay::audit::audit_log_with(&part, *head, catalog).await?;
+        catalog = folded;
+        summary.events += one.events;
+        summary.invoices_checked += one.invoices_checked;
+        for (how, n) in one.digests {
+            *summary.digests.entry(how).or_default() += n;
+        }
+        summary.findings.extend(one.findings);
+    }
+    let head = heads[0];
     findings.extend(summary.findings.iter().cloned());
     if json {
         let views: Vec<serde_json::Value> = ALL_VIEWS
@@ -187,6 +236,8 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
             serde_json::json!({
                 "ok": findings.is_empty(),
                 "head": head,
+                "partitions": heads.len(),
+                "heads": heads.iter().map(|h| Position::unpack(*h).seq).collect::<Vec<_>>(),
                 "events": summary.events,
                 "invoices_checked": summary.invoices_checked,
                 "digests": summary.digests,
@@ -195,7 +246,17 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
             })
         );
     } else {
-        println!("log: {} events up to position {head}", summary.events);
+        if heads.len() == 1 {
+            println!("log: {} events up to position {head}", summary.events);
+        } else {
+            let ends: Vec<String> = heads.iter().map(|h| Position::unpack(*h).seq.to_string()).collect();
+            println!(
+                "log: {} events in {} partitions, up to {}",
+                summary.events,
+                heads.len(),
+                ends.join(", ")
+            );
+        }
         for view in ALL_VIEWS {
             let differs = findings.iter().any(|f| f.view == Some(view.name()));
             println!(
@@ -211,7 +272,7 @@ pub async fn verify<L: EventLog>(log: &L, live: &ViewStore, json: bool) -> anyho
             if digests.is_empty() { String::new() } else { format!(" (digests: {})", digests.join(", ")) }
         );
         for f in &findings {
-            let at = f.position.map(|p| format!(" at position {p}")).unwrap_or_default();
+            let at = f.position.map(|p| format!(" at position {}", Position::unpack(p))).unwrap_or_default();
             let key = f.key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
             let view = f.view.map(|v| format!(" view {v}")).unwrap_or_default();
             let values = match (&f.expected, &f.found) {

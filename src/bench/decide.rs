@@ -292,6 +292,8 @@ pub struct MatrixShape {
     /// Distinct tenants for the memory row (memory is read after a tenth of
     /// them and after all).
     pub memory_tenants: usize,
+    /// Partitions of the ledger measured.
+    pub partitions: u32,
 }
 
 /// One row of the matrix: decisions (or messages) per second, latencies.
@@ -422,7 +424,7 @@ async fn settle(log: &JetStreamLog, ledger: &Ledger) -> anyhow::Result<()> {
 /// `ledger bench decide`: the decision matrix of issue 12, every figure a
 /// ratio to a baseline measured in the same run.
 pub async fn matrix(nats: Option<&str>, shape: MatrixShape) -> anyhow::Result<()> {
-    let (server, log) = connect(nats).await?;
+    let (server, log) = super::support::connect_partitioned(nats, shape.partitions).await?;
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
     let client = log.client().clone();
     println!(
@@ -588,13 +590,14 @@ pub async fn serve(
     clients: usize,
     tenants: usize,
     connections: usize,
+    partitions: u32,
 ) -> anyhow::Result<()> {
-    let (server, log) = connect(nats).await?;
+    let (server, log) = super::support::connect_partitioned(nats, partitions).await?;
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
     println!(
         "bench serve: {decisions} decisions (70% consume_tokens, 30% upload) from {clients} concurrent \
          clients of {tenants} tenants over {connections} NATS connections, through `ledger serve`; then the same load on the \
-         in-process engine"
+         in-process engine; {partitions} partition(s)"
     );
     println!(
         "machine: {}; nats-server {} with sync_interval: always",

@@ -72,6 +72,9 @@ pub enum BenchCommand {
         /// Distinct tenants for the memory row.
         #[arg(long, default_value_t = 1_000_000)]
         memory_tenants: usize,
+        /// Partitions of the ledger the bench creates (`ledger init`).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
     },
     /// The decision rate on tenants with a long history against fresh ones,
     /// and against the bare atomic-batch baseline.
@@ -109,6 +112,9 @@ pub enum BenchCommand {
         /// the NATS path, at 1 and 100 clients, on one `serve` running both.
         #[arg(long)]
         http: bool,
+        /// Partitions of the ledger the bench creates (`ledger init`).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
     },
     /// Webhooks: decisions with three endpoints (one failing) against none,
     /// and how old notifications are when they arrive at 1,000 decisions/s.
@@ -127,8 +133,8 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
         BenchCommand::Replay { events, tenants, rounds } => {
             replay(nats, events, tenants, rounds.max(1)).await
         }
-        BenchCommand::Decide { decisions, memory_tenants } => {
-            decide::matrix(nats, decide::MatrixShape { decisions, memory_tenants }).await
+        BenchCommand::Decide { decisions, memory_tenants, partitions } => {
+            decide::matrix(nats, decide::MatrixShape { decisions, memory_tenants, partitions }).await
         }
         BenchCommand::DecideHistory { decisions, tenants, clients, history, history_tenants } => {
             anyhow::ensure!(
@@ -143,13 +149,13 @@ pub async fn run(command: BenchCommand, nats: Option<&str>) -> anyhow::Result<()
             anyhow::ensure!(decisions >= 100 && rounds >= 1, "--decisions at least 100, --rounds at least 1");
             webhooks::webhooks(nats, decisions, rounds).await
         }
-        BenchCommand::Serve { decisions, clients, tenants, connections, http: false } => {
+        BenchCommand::Serve { decisions, clients, tenants, connections, http: false, partitions } => {
             let tenants = tenants.unwrap_or(clients);
             anyhow::ensure!(
                 clients >= 1 && connections >= 1 && (1..=clients).contains(&tenants),
                 "counts must be at least 1, and --tenants at most --clients"
             );
-            decide::serve(nats, decisions, clients, tenants, connections).await
+            decide::serve(nats, decisions, clients, tenants, connections, partitions).await
         }
         BenchCommand::Ingest { events, batch, inflight, tenants, rounds, no_expectations } => {
             anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1..=1000");

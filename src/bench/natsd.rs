@@ -76,10 +76,32 @@ impl NatsServer {
         NatsServer::start_with(tempfile::tempdir()?, store_dir.to_path_buf(), String::new())
     }
 
+    /// With `LEDGER_TEST_PARTITIONS=N` in the environment (the test suite's
+    /// partitioned run, `scripts/test`), a server on a fresh store without
+    /// authorization starts with a ledger of N partitions already made, as
+    /// `ledger init --partitions N` makes it, so every test and bench on it
+    /// runs on a partitioned ledger.
     fn start_with(work: tempfile::TempDir, store_dir: PathBuf, extra: String) -> anyhow::Result<NatsServer> {
+        let fresh = !store_dir.exists() && extra.is_empty();
         let mut server =
             NatsServer { child: None, url: String::new(), store_dir, extra, port: None, _work: work };
         server.spawn()?;
+        let partitions: u32 =
+            std::env::var("LEDGER_TEST_PARTITIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+        if fresh && partitions > 1 {
+            let url = server.url().to_string();
+            // Its own runtime on its own thread: callers may be inside one.
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let options = crate::log::JetStreamOptions::new(&url);
+                    crate::log::JetStreamLog::init(&options, partitions).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("making the partitioned ledger panicked"))??;
+        }
         Ok(server)
     }
 

@@ -71,12 +71,26 @@ pub(crate) async fn baseline_round(
 /// nats-server of its own (random port, temporary store, `sync_interval:
 /// always`) that lives as long as the returned guard.
 pub(crate) async fn connect(nats: Option<&str>) -> anyhow::Result<(Option<NatsServer>, JetStreamLog)> {
+    connect_partitioned(nats, 1).await
+}
+
+/// [`connect`] to a ledger of `partitions` partitions (created when the
+/// server has no ledger yet; refused when it has one of another number).
+pub(crate) async fn connect_partitioned(
+    nats: Option<&str>,
+    partitions: u32,
+) -> anyhow::Result<(Option<NatsServer>, JetStreamLog)> {
     let server = match nats {
         Some(_) => None,
         None => Some(NatsServer::start()?),
     };
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
-    let log = JetStreamLog::connect(&JetStreamOptions::new(&url)).await?;
+    let options = JetStreamOptions::new(&url);
+    let log = if partitions > 1 {
+        JetStreamLog::init(&options, partitions).await?
+    } else {
+        JetStreamLog::connect(&options).await?
+    };
     Ok((server, log))
 }
 

@@ -72,8 +72,8 @@ async fn add_endpoint(
     url: &str,
     retries_ms: Vec<u64>,
 ) -> anyhow::Result<String> {
-    let head = ledger.appended();
-    let endpoint = crate::notify::admin::new_endpoint(url, None, None, retries_ms, head, false)?;
+    let heads = ledger.appended_all();
+    let endpoint = crate::notify::admin::new_endpoint(url, None, None, retries_ms, &heads, false)?;
     store.put_endpoint(&endpoint).await?;
     Ok(endpoint.id)
 }

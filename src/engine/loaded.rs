@@ -106,7 +106,7 @@ pub(super) async fn load<L: EventLog>(log: &L, views: &ViewStore, tenant: &str) 
     // Both from one store: a reopening in between could pair a newer
     // checkpoint with an older row, and events would be skipped.
     let generation = views.generation();
-    let checkpoint = views.checkpoint(LedgerView::NAME)?;
+    let checkpoint = views.checkpoint_in(LedgerView::NAME, log.partition_of(tenant))?;
     let mut loaded = Loaded::default();
     if catalog {
         loaded.catalog = LedgerView::catalog(&views)?;

@@ -133,11 +133,14 @@ impl Default for EngineOptions {
 /// A handle to a running engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<Job>,
-    /// The projector tasks, stopped by [`Ledger::shutdown`].
+    /// One decision pipeline per partition, in partition order: partitions
+    /// commit in parallel, and a busy one delays no other.
+    txs: std::sync::Arc<Vec<mpsc::Sender<Job>>>,
+    /// The projector tasks (one per partition), stopped by [`Ledger::shutdown`].
     projectors: std::sync::Arc<Vec<tokio::task::AbortHandle>>,
     views: ViewStore,
-    appended: tokio::sync::watch::Receiver<u64>,
+    /// Per partition: the last position its pipeline appended.
+    appended: std::sync::Arc<Vec<tokio::sync::watch::Receiver<u64>>>,
     stats: std::sync::Arc<EngineStats>,
 }
 
@@ -169,38 +172,49 @@ impl Ledger {
         views: ViewStore,
         options: EngineOptions,
     ) -> anyhow::Result<Ledger> {
-        let (appended_tx, appended) = tokio::sync::watch::channel(0);
-        let mut engine = Engine {
-            log: log.clone(),
-            views: views.clone(),
-            catalog: Loaded::default(),
-            tenants: HashMap::new(),
-            ledger_time_us: 0,
-            appended: appended_tx,
-            busy: HashSet::new(),
-            loading: HashMap::new(),
-            tick: 0,
-            capacity: options.tenant_cache.max(1),
-            stats: std::sync::Arc::default(),
-        };
-        let stats = engine.stats.clone();
-        engine.ledger_time_us = engine.find_ledger_time().await?;
-        engine.catalog = engine.load(CATALOG_TENANT).await?;
-        let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(engine.run(rx));
-        tokio::spawn(async move {
-            if let Err(error) = task.await {
-                if error.is_panic() {
-                    // Never a zombie: a process whose engine stopped would
-                    // answer "unavailable" forever. Exit so a supervisor
-                    // restarts it; the log holds every acknowledged event.
-                    tracing::error!(%error, "the ledger engine stopped; exiting");
-                    std::process::exit(70);
+        let stats: std::sync::Arc<EngineStats> = std::sync::Arc::default();
+        let (mut txs, mut appended, mut projectors) = (Vec::new(), Vec::new(), Vec::new());
+        for partition in 0..log.partitions() {
+            let (appended_tx, appended_rx) = tokio::sync::watch::channel(0);
+            let mut engine = Engine {
+                log: log.in_partition(partition),
+                views: views.clone(),
+                catalog: Loaded::default(),
+                tenants: HashMap::new(),
+                ledger_time_us: 0,
+                appended: appended_tx,
+                busy: HashSet::new(),
+                loading: HashMap::new(),
+                tick: 0,
+                capacity: options.tenant_cache.max(1),
+                stats: stats.clone(),
+            };
+            engine.ledger_time_us = engine.find_ledger_time().await?;
+            engine.catalog = engine.load(CATALOG_TENANT).await?;
+            let (tx, rx) = mpsc::channel(4096);
+            let task = tokio::spawn(engine.run(rx));
+            tokio::spawn(async move {
+                if let Err(error) = task.await {
+                    if error.is_panic() {
+                        // Never a zombie: a process whose engine stopped would
+                        // answer "unavailable" forever. Exit so a supervisor
+                        // restarts it; the log holds every acknowledged event.
+                        tracing::error!(%error, partition, "the ledger engine stopped; exiting");
+                        std::process::exit(70);
+                    }
                 }
-            }
-        });
-        let projectors = std::sync::Arc::new(for_each_projection(&log, &views));
-        Ok(Ledger { tx, projectors, views, appended, stats })
+            });
+            txs.push(tx);
+            appended.push(appended_rx);
+            projectors.push(for_each_projection(&log.in_partition(partition), &views, partition));
+        }
+        Ok(Ledger {
+            txs: std::sync::Arc::new(txs),
+            projectors: std::sync::Arc::new(projectors),
+            views,
+            appended: std::sync::Arc::new(appended),
+            stats,
+        })
     }
 
     /// Decides and records one command.
@@ -212,7 +226,11 @@ impl Ledger {
     /// are decided in the order they are queued.
     pub async fn submit_nowait(&self, submission: Submission) -> oneshot::Receiver<Reply> {
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { submission, reply, retries: 0 }).await {
+        // The pipeline of the command's tenant's partition (the catalog's:
+        // partition 0).
+        let tenant = submission.command.tenant().unwrap_or(CATALOG_TENANT);
+        let tx = &self.txs[crate::log::partition_of(tenant, self.partitions()) as usize];
+        if let Err(mpsc::error::SendError(job)) = tx.send(Job { submission, reply, retries: 0 }).await {
             let _ = job.reply.send(Reply::Failed { message: "the ledger engine has stopped".into() });
         }
         answer
@@ -220,18 +238,34 @@ impl Ledger {
 
     /// Waits until every view includes every event this engine appended.
     pub async fn sync(&self) -> anyhow::Result<()> {
-        self.sync_to(self.appended()).await
+        for target in self.appended_all() {
+            self.sync_to(target).await?;
+        }
+        Ok(())
     }
 
-    /// The position of the last event this engine appended.
+    /// How many partitions the ledger has.
+    pub fn partitions(&self) -> u32 {
+        self.txs.len() as u32
+    }
+
+    /// The position of the last event this engine appended to partition 0
+    /// (the whole ledger when it has one partition).
     pub fn appended(&self) -> u64 {
-        *self.appended.borrow()
+        *self.appended[0].borrow()
     }
 
-    /// Waits until every view includes the log up to `target`.
+    /// Per partition, the position of the last event this engine appended.
+    pub fn appended_all(&self) -> Vec<u64> {
+        self.appended.iter().map(|a| *a.borrow()).collect()
+    }
+
+    /// Waits until every view includes the log up to `target` (in the
+    /// partition `target` is a position of).
     pub async fn sync_to(&self, target: u64) -> anyhow::Result<()> {
+        let partition = projections::partition_of_position(target);
         for view in projector::ALL_VIEWS {
-            while self.views.checkpoint(view.name())? < target {
+            while self.views.checkpoint_in(view.name(), partition)? < target {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -247,7 +281,7 @@ impl Ledger {
             task.abort();
         }
         // A fold thread ends its batch before its run lets go of the store.
-        while self.views.begin_fold().is_none() {
+        while self.views.folding() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -272,8 +306,9 @@ pub async fn wait(answer: oneshot::Receiver<Reply>) -> Reply {
     answer.await.unwrap_or_else(|_| Reply::Failed { message: "the ledger engine has stopped".into() })
 }
 
-/// Runs one task that follows the log and folds it into every view.
-fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::task::AbortHandle> {
+/// Runs one task that follows a partition of the log and folds it into
+/// every view.
+fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore, partition: u32) -> tokio::task::AbortHandle {
     let (log, views) = (log.clone(), views.clone());
     let task = tokio::spawn(async move {
         // A lost connection ends the read; the views keep their checkpoints,
@@ -287,7 +322,7 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
             // One fold loop per store: a run aborted while its fold thread
             // finishes a batch keeps the lease until that batch is written.
             let lease = loop {
-                match views.begin_fold() {
+                match views.begin_fold_partition(partition) {
                     Some(lease) => break lease,
                     None => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -321,7 +356,7 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
                     }
                     Err(error) => tracing::error!(%error, "projector failed; resuming in 1 s"),
                 },
-                () = stalled(&log, &views) => {
+                () = stalled(&log, &views, partition) => {
                     tracing::warn!("projector stalled behind the log; restarting it");
                     run.0.abort();
                     let _ = (&mut run.0).await;
@@ -330,7 +365,7 @@ fn for_each_projection<L: EventLog>(log: &L, views: &ViewStore) -> Vec<tokio::ta
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-    vec![task.abort_handle()]
+    task.abort_handle()
 }
 
 /// Aborts the task when dropped: [`Ledger::shutdown`] aborts the
@@ -347,8 +382,8 @@ impl<T> Drop for AbortOnDrop<T> {
 const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Returns once the views have stood still behind the log for [`STALL_LIMIT`].
-async fn stalled<L: EventLog>(log: &L, views: &ViewStore) {
-    let lowest = || projector::lowest_checkpoint(views);
+async fn stalled<L: EventLog>(log: &L, views: &ViewStore, partition: u32) {
+    let lowest = || projector::lowest_checkpoint_in(views, partition);
     let mut last = (lowest(), tokio::time::Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;

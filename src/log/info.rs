@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AnyLog, LogError, Source, PARTITIONS, STREAM_NAME};
+use super::{stream_name, AnyLog, EventLog, LogError, Source};
 
 /// `ledger info --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub struct Peer {
 impl AnyLog {
     /// The partitions as the log describes them now.
     pub async fn info(&self) -> Result<LedgerInfo, LogError> {
-        let (backend, stream) = match self {
+        let (backend, streams) = match self {
             AnyLog::Embedded(log) => {
                 let head = log.head().await?;
                 let stream = PartitionInfo {
@@ -58,29 +58,46 @@ impl AnyLog {
                     messages: head,
                     last_seq: head,
                 };
-                ("embedded", stream)
+                ("embedded", vec![stream])
             }
             AnyLog::JetStream(log) => {
-                let info = log.stream_info().await?;
-                let cluster = info.cluster.unwrap_or_default();
-                let stream = PartitionInfo {
-                    partition: 0,
-                    stream: Some(STREAM_NAME.to_string()),
-                    subjects: info.config.subjects,
-                    replicas: info.config.num_replicas,
-                    leader: cluster.leader,
-                    peers: cluster
-                        .replicas
-                        .into_iter()
-                        .map(|p| Peer { name: p.name, current: p.current, offline: p.offline, lag: p.lag })
-                        .collect(),
-                    messages: info.state.messages,
-                    last_seq: info.state.last_sequence,
-                };
-                ("jetstream", stream)
+                let mut streams = Vec::new();
+                for partition in 0..log.partitions() {
+                    let info = log.stream_info(partition).await?;
+                    let cluster = info.cluster.unwrap_or_default();
+                    streams.push(PartitionInfo {
+                        partition,
+                        stream: Some(stream_name(partition)),
+                        subjects: info.config.subjects,
+                        replicas: info.config.num_replicas,
+                        leader: cluster.leader,
+                        peers: cluster
+                            .replicas
+                            .into_iter()
+                            .map(|p| Peer {
+                                name: p.name,
+                                current: p.current,
+                                offline: p.offline,
+                                lag: p.lag,
+                            })
+                            .collect(),
+                        messages: info.state.messages,
+                        last_seq: info.state.last_sequence,
+                    });
+                }
+                ("jetstream", streams)
             }
         };
-        Ok(LedgerInfo { partitions: PARTITIONS, backend: backend.to_string(), streams: vec![stream] })
+        Ok(LedgerInfo { partitions: self.partitions(), backend: backend.to_string(), streams })
+    }
+
+    /// Every partition's head, in partition order.
+    pub async fn heads(&self) -> Result<Vec<u64>, LogError> {
+        let mut heads = Vec::new();
+        for partition in 0..self.partitions() {
+            heads.push(self.in_partition(partition).head().await?);
+        }
+        Ok(heads)
     }
 }
 

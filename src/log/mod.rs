@@ -19,14 +19,36 @@ use bytes::Bytes;
 
 pub use embedded::EmbeddedLog;
 pub use info::{LedgerInfo, PartitionInfo, Peer};
-pub use jetstream::{JetStreamLog, JetStreamOptions, STREAM_NAME};
+pub use jetstream::{stream_name, JetStreamLog, JetStreamOptions, PARTITIONS_METADATA, STREAM_NAME};
 
 /// Most messages one append may carry: the server's atomic batch limit.
 pub const MAX_BATCH_MESSAGES: usize = 1000;
 
-/// How many partitions a ledger has. Every ledger today is one partition:
-/// the single `LEDGER` stream or the embedded log (`docs/scale.md`).
-pub const PARTITIONS: u32 = 1;
+/// Most partitions a ledger may have (`ledger init --partitions N`).
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Inside the ledger a position is one `u64`: the partition in the bits
+/// above [`SEQ_BITS`], the stream sequence below (partition 0's positions
+/// are its sequences, so a ledger of one partition is unchanged). Views,
+/// checkpoints and answers carry it; it is split into `partition` and `seq`
+/// wherever a position is shown.
+pub const SEQ_BITS: u32 = 48;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// The partition a tenant's events live in: FNV-1a (64-bit) of the tenant
+/// id's bytes, modulo the ledger's partitions. The catalog lives in
+/// partition 0 (`docs/scale.md`).
+pub fn partition_of(tenant: &str, partitions: u32) -> u32 {
+    if partitions <= 1 || tenant == events::CATALOG_TENANT {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in tenant.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions)) as u32
+}
 
 /// A place on the ledger's log: a partition and a position within it. As
 /// text it is `P:SEQ`; a bare number means partition 0.
@@ -58,8 +80,8 @@ impl std::fmt::Display for Position {
 }
 
 impl Position {
-    /// The position within the ledger's one partition, or why there is no
-    /// such partition.
+    /// The position as the ledger carries it inside (see [`SEQ_BITS`]), or
+    /// why the ledger has no such place.
     pub fn in_partitions(self, partitions: u32) -> Result<u64, String> {
         if self.partition >= partitions {
             let s = if partitions == 1 { "" } else { "s" };
@@ -68,7 +90,29 @@ impl Position {
                 self.partition
             ));
         }
-        Ok(self.seq)
+        if self.seq > SEQ_MASK {
+            return Err(format!("position {self}: the sequence is past the largest a partition holds"));
+        }
+        Ok(Position::pack(self.partition, self.seq))
+    }
+
+    /// A partition's sequence as one `u64` (0, "nothing yet", stays 0).
+    pub fn pack(partition: u32, seq: u64) -> u64 {
+        if seq == 0 {
+            0
+        } else {
+            (u64::from(partition) << SEQ_BITS) | (seq & SEQ_MASK)
+        }
+    }
+
+    /// The same sequence, said of `partition` (a packed 0 has none).
+    pub fn with_partition(self, partition: u32) -> Position {
+        Position { partition, seq: self.seq }
+    }
+
+    /// The partition and sequence of a position carried as one `u64`.
+    pub fn unpack(packed: u64) -> Position {
+        Position { partition: (packed >> SEQ_BITS) as u32, seq: packed & SEQ_MASK }
     }
 }
 
@@ -130,6 +174,10 @@ pub enum LogError {
     /// ledger's safety rests on. Upgrade the server.
     #[error("nats-server {found} is too old: the ledger needs >= 2.12 (atomic batch publish, per-subject expected sequence)")]
     ServerTooOld { found: String },
+    /// The ledger's layout (its partitions and their streams) is not what
+    /// was asked for, or not whole. Nothing was stored.
+    #[error("{0}")]
+    Layout(String),
     /// Local storage failed (disk full, corrupt file). The embedded log is the
     /// record itself: restore it from a backup; views can be rebuilt from it.
     #[error("log storage: {0}")]
@@ -180,6 +228,26 @@ pub type RecordStream = replay::RecordStream<LogError>;
 /// The log contract: the read side (`replay::Source`: `head`, `read`) plus
 /// appends. Implementations are cheap to clone and share.
 pub trait EventLog: Source<Error = LogError> {
+    /// How many partitions the ledger has (fixed when it was created).
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// The same log, with `head` and untargeted reads in `partition`.
+    /// Appends and tenant reads always go to the tenant's own partition.
+    fn in_partition(&self, partition: u32) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = partition;
+        self.clone()
+    }
+
+    /// The partition a tenant's events live in.
+    fn partition_of(&self, tenant: &str) -> u32 {
+        partition_of(tenant, self.partitions())
+    }
+
     /// Appends the batch atomically and durably, or stores nothing.
     fn append(&self, batch: AppendBatch) -> impl Future<Output = Result<AppendAck, LogError>> + Send;
 
@@ -242,6 +310,19 @@ impl AnyLog {
 }
 
 impl EventLog for AnyLog {
+    fn partitions(&self) -> u32 {
+        match self {
+            AnyLog::Embedded(_) => 1,
+            AnyLog::JetStream(l) => l.partitions(),
+        }
+    }
+    fn in_partition(&self, partition: u32) -> AnyLog {
+        match self {
+            AnyLog::Embedded(l) => AnyLog::Embedded(l.clone()),
+            AnyLog::JetStream(l) => AnyLog::JetStream(l.in_partition(partition)),
+        }
+    }
+
     async fn append(&self, batch: AppendBatch) -> Result<AppendAck, LogError> {
         match self {
             AnyLog::Embedded(l) => l.append(batch).await,
@@ -264,6 +345,18 @@ impl EventLog for AnyLog {
 
 impl Source for AnyLog {
     type Error = LogError;
+    fn partition(&self) -> u32 {
+        match self {
+            AnyLog::Embedded(_) => 0,
+            AnyLog::JetStream(l) => l.partition(),
+        }
+    }
+    async fn catalog_head(&self) -> Result<u64, LogError> {
+        match self {
+            AnyLog::Embedded(l) => l.catalog_head().await,
+            AnyLog::JetStream(l) => l.catalog_head().await,
+        }
+    }
     async fn head(&self) -> Result<u64, LogError> {
         match self {
             AnyLog::Embedded(l) => l.head().await,

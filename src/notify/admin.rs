@@ -13,7 +13,7 @@ use serde_json::json;
 use super::deliver::DEFAULT_RETRIES_MS;
 use super::store::{DeliveryRecord, Endpoint, NotifyStore, Request, Secret};
 use super::{egress, sign, KINDS};
-use crate::log::{AnyLog, Source};
+use crate::log::AnyLog;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WebhooksCommand {
@@ -122,7 +122,7 @@ pub fn new_endpoint(
     tenant: Option<String>,
     types: Option<Vec<String>>,
     retries_ms: Vec<u64>,
-    after_position: u64,
+    heads: &[u64],
     registered_by_tenant: bool,
 ) -> anyhow::Result<Endpoint> {
     Ok(Endpoint {
@@ -133,7 +133,8 @@ pub fn new_endpoint(
         retries_ms,
         secrets: vec![Secret { secret: sign::new_secret()?, expires_at_us: None }],
         created: crate::report::rfc3339(chrono::Utc::now().timestamp_micros()),
-        after_position,
+        after_position: heads.first().copied().unwrap_or(0),
+        after_partitions: heads.get(1..).unwrap_or_default().to_vec(),
         registered_by_tenant,
     })
 }
@@ -187,15 +188,15 @@ async fn open(data: &Path, nats: Option<&str>) -> anyhow::Result<(NotifyStore, O
 /// The log's head: on JetStream from the stream; on the embedded log what
 /// the serve that holds the directory said (`served_head`), or the log
 /// itself.
-async fn head(data: &Path, log: Option<&AnyLog>, served_head: Option<u64>) -> anyhow::Result<u64> {
+async fn head(data: &Path, log: Option<&AnyLog>, served_head: Option<u64>) -> anyhow::Result<Vec<u64>> {
     if let Some(log) = log {
-        return Ok(log.head().await?);
+        return Ok(log.heads().await?);
     }
     if let Some(head) = served_head {
-        return Ok(head);
+        return Ok(vec![head]);
     }
     let log = crate::store::open_existing_log(data, None, 1).await?;
-    Ok(log.head().await?)
+    Ok(log.heads().await?)
 }
 
 /// `served_head`: the head of an embedded log as the `serve` holding the
@@ -238,7 +239,7 @@ pub async fn run(
                 tenant.clone(),
                 types,
                 retries_ms,
-                head(data, log.as_ref(), served_head).await?,
+                &head(data, log.as_ref(), served_head).await?,
                 false,
             )?;
             store.put_endpoint(&endpoint).await?;
@@ -334,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_rotation_signs_with_both_for_a_day() {
-        let endpoint = new_endpoint("http://127.0.0.1/x", None, None, vec![], 0, false).unwrap();
+        let endpoint = new_endpoint("http://127.0.0.1/x", None, None, vec![], &[0], false).unwrap();
         let first = endpoint.secrets[0].secret.clone();
         let now = 1_000_000_000_000;
         let turned = rotated(endpoint, now).unwrap();

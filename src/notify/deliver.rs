@@ -207,7 +207,9 @@ impl Delivery {
             self.stats.forget(&id);
             if let AnyLog::JetStream(log) = &self.log {
                 // Every instance tries; one succeeds.
-                let _ = log.stream().delete_consumer(&consumer_name(&id)).await;
+                for (partition, stream) in log.streams() {
+                    let _ = stream.delete_consumer(&consumer_name(&id, partition)).await;
+                }
             }
         }
         for endpoint in endpoints {
@@ -307,10 +309,33 @@ impl Delivery {
         Ok(Some(render(&row)).filter(|n| endpoint.wants(n.kind, &n.tenant)))
     }
 
+    /// One durable consumer per partition the endpoint hears from (a
+    /// tenant's endpoint: its tenant's partition only).
     async fn jetstream_worker(self: Arc<Self>, endpoint: &Endpoint, log: JetStreamLog) -> anyhow::Result<()> {
-        let consumer: consumer::PullConsumer = log
-            .stream()
-            .get_or_create_consumer(&consumer_name(&endpoint.id), consumer_config(endpoint))
+        let partitions: Vec<u32> = match &endpoint.tenant {
+            Some(tenant) => vec![crate::log::partition_of(tenant, log.partitions())],
+            None => (0..log.partitions()).collect(),
+        };
+        let workers = partitions.into_iter().map(|partition| {
+            let (this, log) = (self.clone(), log.clone());
+            async move { this.partition_worker(endpoint, &log, partition).await }
+        });
+        futures_util::future::try_join_all(workers).await?;
+        Ok(())
+    }
+
+    async fn partition_worker(
+        self: Arc<Self>,
+        endpoint: &Endpoint,
+        log: &JetStreamLog,
+        partition: u32,
+    ) -> anyhow::Result<()> {
+        let stream = log.streams().nth(partition as usize).expect("a partition of the log").1;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &consumer_name(&endpoint.id, partition),
+                consumer_config(endpoint, partition),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("the endpoint's consumer: {e}"))?;
         let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -332,7 +357,7 @@ impl Delivery {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let (this, endpoint) = (self.clone(), endpoint.clone());
                 tokio::spawn(async move {
-                    this.jetstream_attempt(&endpoint, message, received).await;
+                    this.jetstream_attempt(&endpoint, partition, message, received).await;
                     drop(permit);
                 });
             }
@@ -343,11 +368,13 @@ impl Delivery {
     async fn jetstream_attempt(
         &self,
         endpoint: &Endpoint,
+        partition: u32,
         message: jetstream::Message,
         received: std::time::Instant,
     ) {
         let Ok(info) = message.info() else { return };
-        let (position, attempt) = (info.stream_sequence, info.delivered.max(1) as u32);
+        let (position, attempt) =
+            (crate::log::Position::pack(partition, info.stream_sequence), info.delivered.max(1) as u32);
         let notification = match self.notification_at(endpoint, position).await {
             Ok(Some(notification)) => notification,
             Ok(None) => {
@@ -545,8 +572,18 @@ impl Delivery {
     }
 
     async fn publish_loop(&self, log: &JetStreamLog) -> anyhow::Result<()> {
-        let consumer: consumer::PullConsumer = log
-            .stream()
+        let loops = log.streams().map(|(partition, stream)| self.publish_partition(log, partition, stream));
+        futures_util::future::try_join_all(loops).await?;
+        Ok(())
+    }
+
+    async fn publish_partition(
+        &self,
+        log: &JetStreamLog,
+        partition: u32,
+        stream: &async_nats::jetstream::stream::Stream,
+    ) -> anyhow::Result<()> {
+        let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 NATS_CONSUMER,
                 consumer::pull::Config {
@@ -556,7 +593,7 @@ impl Delivery {
                     ack_wait: ACK_WAIT,
                     filter_subjects: NOTIFYING
                         .iter()
-                        .map(|k| format!("{}.*.{}", events::SUBJECT_PREFIX, k.name()))
+                        .map(|k| format!("{}.*.{}", events::partition_prefix(partition), k.name()))
                         .collect(),
                     max_ack_pending: 10_000,
                     ..Default::default()
@@ -573,6 +610,7 @@ impl Delivery {
             secrets: Vec::new(),
             created: String::new(),
             after_position: 0,
+            after_partitions: Vec::new(),
             registered_by_tenant: false,
         };
         loop {
@@ -580,7 +618,8 @@ impl Delivery {
                 consumer.batch().max_messages(256).expires(Duration::from_secs(1)).messages().await?;
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let position = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let position = crate::log::Position::pack(partition, seq);
                 if let Some(notification) = self.notification_at(&everyone, position).await? {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert("webhook-id", notification.nats_id().as_str());
@@ -606,8 +645,13 @@ impl Drop for Task {
     }
 }
 
-fn consumer_name(endpoint: &str) -> String {
-    format!("webhook_{endpoint}")
+/// The endpoint's consumer on partition `partition`'s stream.
+fn consumer_name(endpoint: &str, partition: u32) -> String {
+    if partition == 0 {
+        format!("webhook_{endpoint}")
+    } else {
+        format!("webhook_{endpoint}_p{partition}")
+    }
 }
 
 /// The event kinds that make the notification types an endpoint wants.
@@ -634,19 +678,18 @@ fn kinds_for(types: Option<&[String]>) -> Vec<events::EventKind> {
 
 /// The endpoint's durable consumer: its tenant's (or every tenant's)
 /// subjects of the kinds it wants, from just after its registration.
-fn consumer_config(endpoint: &Endpoint) -> consumer::pull::Config {
+fn consumer_config(endpoint: &Endpoint, partition: u32) -> consumer::pull::Config {
     let tenant = endpoint.tenant.as_deref().unwrap_or("*");
+    let after = crate::log::Position::unpack(endpoint.after(partition)).seq;
     consumer::pull::Config {
-        durable_name: Some(consumer_name(&endpoint.id)),
+        durable_name: Some(consumer_name(&endpoint.id, partition)),
         description: Some(format!("webhook deliveries to {}", endpoint.id)),
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: endpoint.after_position + 1,
-        },
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         filter_subjects: kinds_for(endpoint.types.as_deref())
             .into_iter()
-            .map(|k| format!("{}.{tenant}.{}", events::SUBJECT_PREFIX, k.name()))
+            .map(|k| format!("{}.{tenant}.{}", events::partition_prefix(partition), k.name()))
             .collect(),
         // Retries waiting on their delay count as pending: room for many.
         max_ack_pending: 10_000,

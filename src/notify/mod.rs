@@ -111,8 +111,9 @@ pub fn render(row: &NoticeRow) -> Notification {
             "status": if *cancelled { "cancelled" } else { "active" },
         }),
     };
-    data["partition"] = json!(0);
-    data["position"] = json!(row.position);
+    let position = crate::log::Position::unpack(row.position);
+    data["partition"] = json!(position.partition);
+    data["position"] = json!(position.seq);
     Notification {
         id: format!("{:032x}", row.event_id),
         kind: row.notice.kind(),
@@ -132,7 +133,7 @@ pub async fn open_store(
     match log {
         crate::log::AnyLog::Embedded(_) => Ok(store::NotifyStore::Dir(data.to_path_buf())),
         crate::log::AnyLog::JetStream(js) => {
-            let replicas = js.stream().cached_info().config.num_replicas;
+            let replicas = js.ledger_stream().cached_info().config.num_replicas;
             Ok(store::NotifyStore::JetStream(
                 store::JetStreamStore::open(js.context().clone(), replicas).await?,
             ))

@@ -53,6 +53,10 @@ pub struct Endpoint {
     /// It receives the notifications recorded after it was registered: those
     /// of events past this log position.
     pub after_position: u64,
+    /// The heads of partitions 1 and on at registration (a partitioned
+    /// ledger): the endpoint hears of events after these too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_partitions: Vec<u64>,
     /// Registered with a tenant key: its destination must stay public at
     /// every delivery (unless `serve --webhook-allow-private`).
     pub registered_by_tenant: bool,
@@ -75,7 +79,17 @@ impl Endpoint {
     /// Whether this endpoint gets `notification`: a kind and tenant it
     /// wants, from an event after its registration.
     pub fn receives(&self, notification: &super::Notification) -> bool {
-        self.wants(notification.kind, &notification.tenant) && notification.position > self.after_position
+        self.wants(notification.kind, &notification.tenant)
+            && notification.position
+                > self.after(crate::log::Position::unpack(notification.position).partition)
+    }
+
+    /// The position in `partition` the endpoint hears from after.
+    pub fn after(&self, partition: u32) -> u64 {
+        match partition {
+            0 => self.after_position,
+            p => self.after_partitions.get(p as usize - 1).copied().unwrap_or(0),
+        }
     }
 
     /// The secrets that sign a delivery at `now_us`.

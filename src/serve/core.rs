@@ -15,7 +15,7 @@ use crate::engine::command::{
     parse_command, take_admitted_offline, take_idempotency_key, tenant_id, Command, Rejection, Submission,
 };
 use crate::engine::{Ledger, Reply};
-use crate::log::{AnyLog, EventLog, Source};
+use crate::log::{AnyLog, EventLog};
 use crate::projector;
 use crate::report::{self, reply_json, QueryError};
 use projections::domain::Alerts;
@@ -215,8 +215,10 @@ impl Core {
 
     /// The views, once they include the whole log as it stood when asked.
     pub async fn synced_views(&self) -> Result<&projections::ViewStore, Rejection> {
-        let head = self.log.head().await.map_err(|e| Rejection::new("unavailable", e.to_string()))?;
-        self.views_reach(head).await?;
+        let heads = self.log.heads().await.map_err(|e| Rejection::new("unavailable", e.to_string()))?;
+        for head in heads {
+            self.views_reach(head).await?;
+        }
         Ok(self.ledger.views())
     }
 
@@ -225,21 +227,29 @@ impl Core {
     /// the views always trail the head by a fold or two, so an instant's
     /// comparison would call a busy instance unhealthy).
     pub async fn ready(&self) -> Health {
-        let mut health = self.health().await;
-        if let Some(head) = health.log_head {
-            if health.views_at < head
-                && tokio::time::timeout(READY_WAIT, self.ledger.sync_to(head)).await.is_ok_and(|r| r.is_ok())
-            {
-                health.views_at = health.views_at.max(head);
-            }
+        let heads = tokio::time::timeout(HEAD_TIMEOUT, self.log.heads()).await.ok().and_then(Result::ok);
+        if let Some(heads) = &heads {
+            let synced = async {
+                for head in heads {
+                    self.ledger.sync_to(*head).await?;
+                }
+                anyhow::Ok(())
+            };
+            let _ = tokio::time::timeout(READY_WAIT, synced).await;
         }
-        health
+        self.health_at(heads)
     }
 
-    /// Where the views stand against the log, now.
+    /// Where the views stand against the log, now. Counted in events over
+    /// every partition (a ledger of one partition: its positions).
     pub async fn health(&self) -> Health {
-        let log_head = tokio::time::timeout(HEAD_TIMEOUT, self.log.head()).await.ok().and_then(Result::ok);
-        let views_at = projector::lowest_checkpoint(self.ledger.views());
+        let heads = tokio::time::timeout(HEAD_TIMEOUT, self.log.heads()).await.ok().and_then(Result::ok);
+        self.health_at(heads)
+    }
+
+    fn health_at(&self, heads: Option<Vec<u64>>) -> Health {
+        let log_head = heads.map(|heads| heads.iter().map(|h| crate::log::Position::unpack(*h).seq).sum());
+        let views_at = projector::events_folded(self.ledger.views(), self.ledger.partitions());
         Health { log_head, views_at }
     }
 }

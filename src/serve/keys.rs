@@ -168,7 +168,7 @@ impl KeyStore {
     /// bucket that never held a key first imports `DATA/keys.json`.
     pub async fn open(data: &Path, log: &AnyLog) -> anyhow::Result<KeyStore> {
         let AnyLog::JetStream(js) = log else { return Ok(KeyStore::Dir(data.to_path_buf())) };
-        let replicas = js.stream().cached_info().config.num_replicas;
+        let replicas = js.ledger_stream().cached_info().config.num_replicas;
         let bucket = crate::notify::store::bucket(
             js.context(),
             KEYS_BUCKET,

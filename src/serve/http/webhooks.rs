@@ -23,7 +23,6 @@ use super::{
     answer, authenticate, body, json_body, json_response, params, tenant_of, unavailable, AppState, NoParams,
 };
 use crate::engine::command::{tenant_id, Rejection};
-use crate::log::Source;
 use crate::notify::admin::{endpoint_json, new_endpoint, retries, types};
 use crate::notify::egress::check_registration;
 use crate::notify::store::{DeliveryRecord, Endpoint};
@@ -84,8 +83,8 @@ pub async fn add(
             let retries_ms = retries(request.retries.as_deref()).map_err(Rejection::malformed)?;
             let by_tenant = own.is_some();
             check_registration(&request.url, &state.egress, by_tenant).await?;
-            let head = state.core.log.head().await.map_err(unavailable)?;
-            let endpoint = new_endpoint(&request.url, tenant, types, retries_ms, head, by_tenant)
+            let heads = state.core.log.heads().await.map_err(unavailable)?;
+            let endpoint = new_endpoint(&request.url, tenant, types, retries_ms, &heads, by_tenant)
                 .map_err(unavailable)?;
             state.notify.put_endpoint(&endpoint).await.map_err(unavailable)?;
             let added = json!({"id": endpoint.id, "secret": endpoint.secrets[0].secret});
