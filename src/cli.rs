@@ -412,12 +412,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let selected = projector::select_views(&views).map_err(anyhow::Error::msg)?;
             // Every partition (one fold loop each); partition 0, the
             // catalog's, read last so it holds every plan the others name.
-            let mut untils = Vec::new();
-            for partition in (0..log.partitions()).rev() {
-                let head = log.in_partition(partition).head().await?;
-                untils.push((partition, if follow { None } else { Some(head) }));
-            }
-            let runs = untils.into_iter().rev().map(|(partition, until)| {
+            let heads = log.heads().await?;
+            let runs = heads.into_iter().enumerate().map(|(partition, head)| {
+                let (partition, until) = (partition as u32, (!follow).then_some(head));
                 let (part, store, selected) = (log.in_partition(partition), store.clone(), selected.clone());
                 async move {
                     let options = ProjectorOptions { batch_size, until };

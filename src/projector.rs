@@ -5,7 +5,7 @@
 pub use projections::{select_views, View, ALL_VIEWS};
 pub use replay::Options as ProjectorOptions;
 
-use crate::log::{EventLog, LogError, RecordStream, Source};
+use crate::log::{EventLog, LogError, RecordStream};
 
 /// Folds the log into `views` until `options.until` (or forever), logging
 /// progress. Returns the lowest checkpoint reached.
@@ -120,12 +120,7 @@ pub async fn catch_up_all(
     store: &projections::ViewStore,
     views: &[&'static dyn View],
 ) -> anyhow::Result<()> {
-    let partitions = log.partitions();
-    let mut heads = Vec::new();
-    for partition in (0..partitions).rev() {
-        heads.push((partition, log.in_partition(partition).head().await?));
-    }
-    for (partition, head) in heads.into_iter().rev() {
+    for (partition, head) in (0..).zip(log.heads().await?) {
         let options = ProjectorOptions { until: Some(head), batch_size: replay::CATCH_UP_BATCH };
         run(&log.in_partition(partition), store, views, options).await?;
     }

@@ -62,13 +62,10 @@ pub async fn replay_into<L: EventLog>(
         anyhow::bail!("{} is not empty: replay writes into a fresh directory", dir.display());
     }
     let target_partition = to.map_or(0, |to| Position::unpack(to).partition);
-    let mut heads = Vec::new();
-    for partition in (0..log.partitions()).rev() {
-        heads.push((partition, log.in_partition(partition).head().await?));
-    }
+    let heads = crate::log::heads(log).await?;
     let store = ViewStore::open(dir)?;
     let mut reached = 0;
-    for (partition, head) in heads.into_iter().rev() {
+    for (partition, head) in (0..).zip(heads) {
         // Up to a position: its partition to there, and the catalog's
         // (partition 0) to its head, which every other partition's events
         // lean on; nothing of the rest.
@@ -194,11 +191,7 @@ fn finding_json(f: &Finding) -> serde_json::Value {
 /// every partition's chains and invoices (partition 0's catalog first: the
 /// other partitions' invoices are priced with it).
 pub async fn verify(log: &AnyLog, live: &ViewStore, json: bool) -> anyhow::Result<ExitCode> {
-    let mut heads = Vec::new();
-    for partition in (0..log.partitions()).rev() {
-        heads.push(log.in_partition(partition).head().await?);
-    }
-    heads.reverse();
+    let heads = log.heads().await?;
     for (partition, head) in heads.iter().enumerate() {
         let part = log.in_partition(partition as u32);
         let options = replay::Options { until: Some(*head), ..Default::default() };

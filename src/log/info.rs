@@ -91,13 +91,9 @@ impl AnyLog {
         Ok(LedgerInfo { partitions: self.partitions(), backend: backend.to_string(), streams })
     }
 
-    /// Every partition's head, in partition order.
+    /// Every partition's head, in partition order (see [`super::heads`]).
     pub async fn heads(&self) -> Result<Vec<u64>, LogError> {
-        let mut heads = Vec::new();
-        for partition in 0..self.partitions() {
-            heads.push(self.in_partition(partition).head().await?);
-        }
-        Ok(heads)
+        super::heads(self).await
     }
 }
 

@@ -267,6 +267,19 @@ pub trait EventLog: Source<Error = LogError> {
     }
 }
 
+/// Every partition's head, in partition order. Partition 0 (the catalog's)
+/// is read last, so it holds every plan an event at or before another
+/// partition's head names: folding partition 0 first to these heads never
+/// meets a plan the catalog lacks.
+pub async fn heads<L: EventLog>(log: &L) -> Result<Vec<u64>, LogError> {
+    let mut heads = Vec::new();
+    for partition in (0..log.partitions()).rev() {
+        heads.push(log.in_partition(partition).head().await?);
+    }
+    heads.reverse();
+    Ok(heads)
+}
+
 /// Appends the tenant's records from `from` through `head` to `out`, with a
 /// reader.
 pub(crate) async fn read_through<L: Source<Error = LogError>>(
