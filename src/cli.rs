@@ -127,6 +127,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy every event of this ledger, in order, into a new JetStream
+    /// ledger of N partitions at --to (made here as `init` makes it, and
+    /// refused unless empty): how a ledger changes its number of
+    /// partitions, or moves from the embedded log to JetStream. Each
+    /// event keeps its bytes and hash chain; positions change
+    /// (`docs/scale.md`).
+    Copy {
+        /// The nats-server(s) of the new ledger.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::log::MAX_PARTITIONS as i64))]
+        partitions: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// The ledger's partitions: for each its stream, replicas, leader and
     /// last position.
     Info {
@@ -267,7 +282,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(command) = cli.command {
-        return crate::bench::run(command, cli.nats.as_deref()).await.map(|()| ExitCode::SUCCESS);
+        return crate::bench::run(command, cli.nats.as_deref(), cli.replicas)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
     if let Command::Demo = &cli.command {
         return crate::demo::run(&cli.data, cli.nats.as_deref(), cli.replicas)
@@ -398,6 +415,22 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             print_view(&crate::report::tenants(&store)?, json, crate::report::tenants_table);
         }
         Command::Info { json } => print_info(&log.info().await?, json)?,
+        Command::Copy { to, partitions, json } => {
+            let options = crate::log::JetStreamOptions {
+                replicas: cli.replicas,
+                ..crate::log::JetStreamOptions::new(to)
+            };
+            let target = crate::log::JetStreamLog::init(&options, partitions).await?;
+            let copied = crate::log::copy::copy(&log, &target).await?;
+            if json {
+                println!("{}", serde_json::to_string(&copied)?);
+            } else {
+                println!(
+                    "copied {} events of {} tenants from {} partition(s) into {} partition(s); {} records left behind (not ledger events)",
+                    copied.events, copied.tenants, copied.partitions_from, copied.partitions_to, copied.skipped
+                );
+            }
+        }
         Command::Events { tenant, from, json } => {
             let from = seq_in_ledger(&log, from)?;
             print_events(&log, tenant.as_deref(), from, json).await?
@@ -523,6 +556,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Events { .. } => "events",
         Command::Info { .. } => "info",
         Command::Init { .. } => "init",
+        Command::Copy { .. } => "copy",
         Command::Activity { .. } => "activity",
         Command::Project { .. } => "project",
         Command::Apply { .. } => "apply",

@@ -11,6 +11,7 @@ use std::process::Command;
 use common::{Backend, Embedded, JetStream};
 use ledger::apply::apply_lines;
 use ledger::engine::Ledger;
+use ledger::log::{EventLog, Position};
 use projections::{ViewStore, ALL_VIEWS};
 use serde_json::Value;
 
@@ -41,15 +42,20 @@ async fn replay_equals_live<B: Backend>(mut backend: B) {
     engine.shutdown().await;
     let rebuilt_dir = dir.path().join("rebuilt");
     let (reached, rebuilt) = ledger::audit::replay_into(&log, &rebuilt_dir, None, &ALL_VIEWS).await.unwrap();
-    assert!(reached > 20);
+    // Every partition to its head; what it reports is partition 0's (the
+    // catalog's), and the partitions hold the whole scenario between them.
+    let heads = ledger::log::heads(&log).await.unwrap();
+    assert_eq!(reached, heads[0]);
+    assert!(heads.iter().map(|h| Position::unpack(*h).seq).sum::<u64>() > 20);
     for view in ALL_VIEWS {
         assert_eq!(live.dump(view.name()).unwrap(), rebuilt.dump(view.name()).unwrap(), "{}", view.name());
     }
-    // --to-seq stops where asked.
+    // --to-seq stops where asked (a position in acme's partition).
     let partial_dir = dir.path().join("partial");
+    let seven = Position::pack(log.partition_of("acme"), 7);
     let (reached, partial) =
-        ledger::audit::replay_into(&log, &partial_dir, Some(7), &ALL_VIEWS).await.unwrap();
-    assert_eq!(reached, 7);
+        ledger::audit::replay_into(&log, &partial_dir, Some(seven), &ALL_VIEWS).await.unwrap();
+    assert_eq!(reached, seven);
     drop(partial);
     assert!(
         ledger::audit::replay_into(&log, &partial_dir, None, &ALL_VIEWS).await.is_err(),
@@ -112,10 +118,12 @@ async fn raw_publishes_are_never_applied_and_are_reported() {
 
     // Straight to the stream, around the ledger: garbage, and a well-formed
     // event that claims 1,000,000 tokens but does not continue acme's chain.
+    // (On the subject of acme's partition, `ledger.v1` or `ledger.p<P>.v1`.)
+    let partition = common::connect(&url).await.partition_of("acme");
+    let subject = format!("{}.acme.tokens_consumed", events::partition_prefix(partition));
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let garbage =
-        js.publish("ledger.v1.acme.tokens_consumed", "not an event".into()).await.unwrap().await.unwrap();
+    let garbage = js.publish(subject.clone(), "not an event".into()).await.unwrap().await.unwrap();
     let forged_event = events::Envelope {
         event_id: 42,
         tenant: "acme".into(),
@@ -130,12 +138,21 @@ async fn raw_publishes_are_never_applied_and_are_reported() {
             offline: false,
         },
     };
-    let forged = js
-        .publish("ledger.v1.acme.tokens_consumed", events::encode(&forged_event).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let forged =
+        js.publish(subject, events::encode(&forged_event).unwrap().into()).await.unwrap().await.unwrap();
+    // On a ledger of several partitions, the same forgery on another
+    // partition's subject for acme: read there, it is no ledger event (a
+    // fold of that partition must not take it for acme's first event).
+    let partitions = common::test_partitions();
+    let misplaced = if partitions > 1 {
+        let other = (partition + 1) % partitions;
+        let subject = format!("{}.acme.tokens_consumed", events::partition_prefix(other));
+        let ack =
+            js.publish(subject, events::encode(&forged_event).unwrap().into()).await.unwrap().await.unwrap();
+        Some((u64::from(other), ack.sequence))
+    } else {
+        None
+    };
 
     // Views skip both (and the projector keeps going); the ledger still decides.
     let (code, after, err) = ledger_bin(data.path(), Some(&url), &["usage", "acme", "--json"]);
@@ -150,19 +167,35 @@ async fn raw_publishes_are_never_applied_and_are_reported() {
     let usage: Value = serde_json::from_str(&usage).unwrap();
     assert_eq!(usage["tokens"]["used"], 1005, "1000 before, 5 now, none forged");
 
-    let (code, out, _) = ledger_bin(data.path(), Some(&url), &["audit", "verify", "--json"]);
-    assert_eq!(code, 1, "{out}");
+    let (code, out, err) = ledger_bin(data.path(), Some(&url), &["audit", "verify", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
-    let found: Vec<(String, u64)> = report["findings"]
+    let found: Vec<(String, u64, u64)> = report["findings"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["kind"].as_str().unwrap().to_string(), f["position"].as_u64().unwrap()))
+        .map(|f| {
+            let kind = f["kind"].as_str().unwrap().to_string();
+            (kind, f["partition"].as_u64().unwrap(), f["position"].as_u64().unwrap())
+        })
         .collect();
-    assert_eq!(
-        found,
-        [("undecodable".to_string(), garbage.sequence), ("chain_break".to_string(), forged.sequence)]
-    );
+    let partition = u64::from(partition);
+    let mut expected = vec![
+        ("undecodable".to_string(), partition, garbage.sequence),
+        ("chain_break".to_string(), partition, forged.sequence),
+    ];
+    expected.extend(misplaced.map(|(p, seq)| ("undecodable".to_string(), p, seq)));
+    let mut found = found;
+    found.sort_by_key(|f| (f.1, f.2));
+    expected.sort_by_key(|f| (f.1, f.2));
+    assert_eq!(found, expected);
+
+    // A fresh fold of the whole log (a new data directory) agrees.
+    let fresh = tempfile::tempdir().unwrap();
+    let (code, usage_fresh, err) = ledger_bin(fresh.path(), Some(&url), &["usage", "acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let usage_fresh: Value = serde_json::from_str(&usage_fresh).unwrap();
+    assert_eq!(usage_fresh["tokens"]["used"], 1005, "{usage_fresh}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use common::{Backend, Embedded, JetStream};
 use ledger::log::{AppendMessage, EventLog};
+use serde_json::json;
 
 fn ledger(data: &Path, nats: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let (code, out, err) = common::cli::ledger(data, nats, args, None);
@@ -18,8 +19,11 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 async fn events_and_activity<B: Backend>(mut backend: B, data: &Path, nats: Option<&str>) {
     let log = backend.open().await;
+    // One batch is one partition's: beta (or a name beside acme's).
+    let partition = log.partition_of("acme");
+    let beta = common::beside("acme", "beta", log.partitions());
     let mut chained = common::Chained::default();
-    log.append(chained.batch(&["acme", "beta", "acme", "acme"], 0)).await.unwrap();
+    log.append(chained.batch(&["acme", &beta, "acme", "acme"], 0)).await.unwrap();
     // A message that did not come from the ledger: printed as undecodable,
     // never counted.
     log.append(ledger::log::AppendBatch {
@@ -39,15 +43,18 @@ async fn events_and_activity<B: Backend>(mut backend: B, data: &Path, nats: Opti
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 5);
     assert_eq!(lines[0]["position"], 1);
+    assert!(lines.iter().all(|l| l["partition"] == partition), "{lines:?}");
     assert_eq!(lines[0]["kind"], "file_stored");
     assert_eq!(lines[0]["actor"], "acme:user");
-    assert_eq!(lines[1]["tenant"], "beta");
+    assert_eq!(lines[1]["tenant"], beta.as_str());
     assert_eq!(lines[1]["payload"]["TokensConsumed"]["tokens"], 2);
     assert_eq!(lines[1]["at"], "2026-03-01T00:00:00.000001Z");
     assert!(lines[4]["error"].as_str().unwrap().contains("schema version"), "{}", lines[4]);
     assert_eq!(lines[4]["position"], 5);
 
-    let (ok, out, _) = ledger(data, nats, &["events", "--json", "--tenant", "acme", "--from", "2"]);
+    // A bare position is partition 0's: acme's are P:SEQ in another.
+    let from = if partition == 0 { "2".to_string() } else { format!("{partition}:2") };
+    let (ok, out, _) = ledger(data, nats, &["events", "--json", "--tenant", "acme", "--from", &from]);
     assert!(ok);
     let positions: Vec<u64> = json_lines(&out).iter().map(|l| l["position"].as_u64().unwrap()).collect();
     assert_eq!(positions, [3, 4, 5]);
@@ -63,7 +70,7 @@ async fn events_and_activity<B: Backend>(mut backend: B, data: &Path, nats: Opti
     assert_eq!(acme["events"], 3, "the forged message is not counted");
     assert_eq!(acme["events_by_kind"]["file_stored"], 2, "events 0 and 3");
     assert_eq!(acme["events_by_kind"]["tokens_consumed"], 1, "event 2");
-    assert_eq!(acme["last_position"], 4);
+    assert_eq!((acme["partition"].clone(), acme["last_position"].clone()), (json!(partition), json!(4)));
 
     let (ok, _, err) = ledger(data, nats, &["activity", "nobody"]);
     assert!(!ok);

@@ -33,7 +33,32 @@ fn lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// Where the worked example's events land: the catalog's (lines 1 and 2)
+/// in partition 0, demo's in its partition, after the catalog's when that
+/// is partition 0 too (as on a ledger of one partition).
+struct Layout {
+    partitions: u32,
+    demo: u32,
+    /// demo's seq k is `base + k` (k from 1).
+    base: u64,
+}
+
+impl Layout {
+    fn of(nats: Option<&str>) -> Layout {
+        let partitions = if nats.is_some() { common::test_partitions() } else { 1 };
+        let demo = ledger::log::partition_of("demo", partitions);
+        Layout { partitions, demo, base: if demo == 0 { 2 } else { 0 } }
+    }
+
+    /// demo's k-th event, as a command line position `P:SEQ`.
+    fn at(&self, k: u64) -> String {
+        format!("{}:{}", self.demo, self.base + k)
+    }
+}
+
 fn worked_example(data: &Path, nats: Option<&str>) {
+    let layout = Layout::of(nats);
+    let (demo, base) = (layout.demo, layout.base);
     let file = data.join("example.jsonl");
     std::fs::create_dir_all(data).unwrap();
     std::fs::write(&file, WORKED_EXAMPLE).unwrap();
@@ -42,13 +67,23 @@ fn worked_example(data: &Path, nats: Option<&str>) {
     let out = lines(&run.stdout);
     assert_eq!(out.len(), 7);
     assert_eq!(out[0], json!({"line": 1, "ok": true, "partition": 0, "seq": 1, "duplicate": false}));
-    assert_eq!(out[3], json!({"line": 4, "ok": true, "partition": 0, "seq": 4, "duplicate": false}));
+    assert_eq!(
+        out[3],
+        json!({"line": 4, "ok": true, "partition": demo, "seq": base + 2, "duplicate": false})
+    );
     assert_eq!(out[4]["ok"], false);
     assert_eq!(out[4]["code"], "token_limit_exceeded");
     assert_eq!((out[4]["used"].clone(), out[4]["limit"].clone()), (json!(6000), json!(10000)));
-    // The denial was recorded (seq 5), so the purchase lands on 6 and 7.
-    assert_eq!(out[5], json!({"line": 6, "ok": true, "partition": 0, "seq": 7, "duplicate": false}));
-    assert_eq!(out[6], json!({"line": 7, "ok": true, "partition": 0, "seq": 8, "duplicate": false}));
+    // The denial was recorded (seq 5), so the purchase lands on 6 and 7
+    // (on one partition; demo's events 3, 4 and 5 in its own).
+    assert_eq!(
+        out[5],
+        json!({"line": 6, "ok": true, "partition": demo, "seq": base + 5, "duplicate": false})
+    );
+    assert_eq!(
+        out[6],
+        json!({"line": 7, "ok": true, "partition": demo, "seq": base + 6, "duplicate": false})
+    );
 
     let run = ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--json"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -84,7 +119,7 @@ fn worked_example(data: &Path, nats: Option<&str>) {
             "addons": [{"purchase": "x1", "addon": "extra-storage", "quantity": 1, "status": "active"}]
         })
     );
-    positions(data, nats);
+    positions(data, nats, &layout);
 
     // Default: ledger time (April 1), a new period at zero.
     let run = ledger(data, nats, &["usage", "demo", "--json"], None);
@@ -157,53 +192,86 @@ this is not json
 }
 
 /// Positions are `P:SEQ` (a bare number: partition 0), and `info` shows the
-/// one partition this ledger has, at the worked example's head (8).
-fn positions(data: &Path, nats: Option<&str>) {
+/// ledger's partitions (one on the embedded log), at the worked example's
+/// head (8 on one partition).
+fn positions(data: &Path, nats: Option<&str>, layout: &Layout) {
     let usage = |position: &str| {
         let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", position, "--json"], None);
         assert_eq!(run.code, 0, "{position}: {}", run.stderr);
         serde_json::from_str::<Value>(&run.stdout).unwrap()
     };
     // After line 4 (seq 4) and before the denial: 6000 tokens.
-    assert_eq!(usage("0:4")["tokens"]["used"], 6000);
-    assert_eq!(usage("0:4"), usage("4"));
-    assert_eq!(usage("0:3")["tokens"]["used"], 0);
-    let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", "1:4"], None);
+    assert_eq!(usage(&layout.at(2))["tokens"]["used"], 6000);
+    let bare = (layout.base + 2).to_string();
+    if layout.demo == 0 {
+        assert_eq!(usage(&layout.at(2)), usage(&bare));
+    } else {
+        // A bare number is partition 0's, not demo's.
+        let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", &bare], None);
+        assert!(run.code != 0 && run.stderr.contains("lives in partition"), "{}", run.stderr);
+    }
+    assert_eq!(usage(&layout.at(1))["tokens"]["used"], 0);
+    let n = layout.partitions;
+    let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", &format!("{n}:4")], None);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("partition 1 does not exist (this ledger has 1 partition"), "{}", run.stderr);
+    let s = if n == 1 { "" } else { "s" };
+    let missing = format!("partition {n} does not exist (this ledger has {n} partition{s}");
+    assert!(run.stderr.contains(&missing), "{}", run.stderr);
     let run = ledger(data, nats, &["usage", "demo", "--as-of-seq", "0:x"], None);
     assert!(run.code != 0 && run.stderr.contains("PARTITION:SEQ"), "{}", run.stderr);
 
     let into = data.join("at-0-4");
-    let run = ledger(data, nats, &["replay", "--into", into.to_str().unwrap(), "--to-seq", "0:4"], None);
+    let run =
+        ledger(data, nats, &["replay", "--into", into.to_str().unwrap(), "--to-seq", &layout.at(2)], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("at position 0:4"), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("at position {}", layout.at(2))), "{}", run.stdout);
 
+    // Every event in its tenant's partition, partition by partition.
     let events = lines(&ledger(data, nats, &["events", "--json"], None).stdout);
-    assert!(events.iter().all(|e| e["partition"] == 0), "{events:?}");
-    let tail = lines(&ledger(data, nats, &["events", "--json", "--from", "0:7"], None).stdout);
-    assert_eq!(tail.first().map(|e| e["position"].clone()), Some(json!(7)), "{tail:?}");
-    assert_eq!(tail.len(), events.len() - 6);
+    let place = |e: &Value| (e["partition"].as_u64().unwrap(), e["position"].as_u64().unwrap());
+    assert!(
+        events.iter().all(|e| {
+            let tenant = e["tenant"].as_str().unwrap();
+            e["partition"] == ledger::log::partition_of(tenant, n)
+        }),
+        "{events:?}"
+    );
+    assert!(events.windows(2).all(|w| place(&w[0]) < place(&w[1])), "{events:?}");
+    let from = (u64::from(layout.demo), layout.base + 5);
+    let tail = lines(&ledger(data, nats, &["events", "--json", "--from", &layout.at(5)], None).stdout);
+    assert_eq!(tail.first().map(place), Some(from), "{tail:?}");
+    assert_eq!(tail.len(), events.iter().filter(|e| place(e) >= from).count());
     let explained =
         ledger(data, nats, &["invoice", "demo", "--at", "2026-03-15T00:00:00Z", "--explain", "--json"], None);
     let explained: Value = serde_json::from_str(&explained.stdout).unwrap();
     let behind = &explained["explain"][0]["events"];
     assert!(
-        behind.as_array().is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["partition"] == 0)),
+        behind.as_array().is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["partition"] == layout.demo)),
         "{behind}"
     );
 
     let run = ledger(data, nats, &["info", "--json"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let info: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(info["partitions"], 1, "{info}");
+    assert_eq!(info["partitions"], n, "{info}");
     let streams = info["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 1, "{info}");
-    assert_eq!((streams[0]["partition"].clone(), streams[0]["last_seq"].clone()), (json!(0), json!(8)));
+    assert_eq!(streams.len(), n as usize, "{info}");
+    // The catalog's 2 events in partition 0, demo's 6 in its own.
+    for (partition, stream) in (0..n).zip(streams) {
+        let last_seq = (if partition == 0 { 2 } else { 0 }) + (if partition == layout.demo { 6 } else { 0 });
+        assert_eq!(
+            (stream["partition"].clone(), stream["last_seq"].clone()),
+            (json!(partition), json!(last_seq))
+        );
+        if nats.is_some() {
+            assert_eq!(stream["stream"], ledger::log::stream_name(partition), "{info}");
+        }
+    }
     let expected = if nats.is_some() { json!(["jetstream", "LEDGER"]) } else { json!(["embedded", null]) };
     assert_eq!(json!([info["backend"], streams[0]["stream"]]), expected, "{info}");
     let table = ledger(data, nats, &["info"], None).stdout;
-    assert!(table.starts_with("1 partition on the") && table.contains("LAST SEQ"), "{table}");
+    let title = format!("{n} partition{s} on the");
+    assert!(table.starts_with(&title) && table.contains("LAST SEQ"), "{table}");
 }
 
 #[test]
@@ -243,7 +311,10 @@ async fn folding_the_same_log_twice_gives_identical_views() {
     let mut dumps = Vec::new();
     for name in ["one", "two"] {
         let store = ViewStore::open(&data.path().join(name)).unwrap();
-        ledger::projector::catch_up(&log, &store, &[&LedgerView]).await.unwrap();
+        // Every partition, the catalog's (partition 0) first.
+        for partition in 0..log.partitions() {
+            ledger::projector::catch_up(&log.in_partition(partition), &store, &[&LedgerView]).await.unwrap();
+        }
         dumps.push(store.dump(LedgerView::NAME).unwrap());
     }
     // Catalog, ledger time, checkpoint, three tenants, their final invoices.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Backend, Embedded, JetStream};
-use ledger::log::EventLog;
+use ledger::log::{AppendBatch, EventLog, Position};
 use projections::{Activity, Projection, ViewStore};
 
 const EVENTS: u64 = 30_000;
@@ -20,18 +20,29 @@ async fn fill<L: EventLog>(log: &L) {
     let mut chained = common::Chained::default();
     while n < EVENTS {
         let names: Vec<&str> = (0..1000).map(|i| tenants[((n + i) * 7919 % 7) as usize]).collect();
-        log.append(chained.batch(&names, n)).await.unwrap();
+        // A batch is one partition's: the thousand events split by
+        // partition (one batch on a ledger of one), each tenant's in order.
+        let mut parts: std::collections::BTreeMap<u32, AppendBatch> = Default::default();
+        for message in chained.batch(&names, n).messages {
+            parts.entry(log.partition_of(&message.tenant)).or_default().messages.push(message);
+        }
+        for (_, part) in parts {
+            log.append(part).await.unwrap();
+        }
         n += 1000;
     }
 }
 
-fn checkpoint(data: &Path, view: &str) -> u64 {
-    ViewStore::open(&data.join("views")).unwrap().checkpoint(view).unwrap()
+/// How many events of the log's `partitions` the view has folded: its
+/// checkpoint's sequence in each partition, added up.
+fn checkpoint(data: &Path, view: &str, partitions: u32) -> u64 {
+    let views = ViewStore::open(&data.join("views")).unwrap();
+    (0..partitions).map(|p| Position::unpack(views.checkpoint_in(view, p).unwrap()).seq).sum()
 }
 
 /// Runs `ledger project` and SIGKILLs it at a pseudo-random moment, until one
 /// run finishes by itself. Returns how many kills left a view part-way.
-fn kill_until_done(data: &Path, nats: Option<&str>, view: &str, events: u64) -> usize {
+fn kill_until_done(data: &Path, nats: Option<&str>, view: &str, events: u64, partitions: u32) -> usize {
     let mut mid_stream_kills = 0;
     let mut seed = 0x2545_f491_u64;
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -56,7 +67,7 @@ fn kill_until_done(data: &Path, nats: Option<&str>, view: &str, events: u64) -> 
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        let at = checkpoint(data, view);
+        let at = checkpoint(data, view, partitions);
         if at > 0 && at < events {
             mid_stream_kills += 1;
         }
@@ -66,17 +77,20 @@ fn kill_until_done(data: &Path, nats: Option<&str>, view: &str, events: u64) -> 
 async fn crash_and_resume<B: Backend>(mut backend: B, data: &Path, nats: Option<String>) {
     let log = backend.open().await;
     fill(&log).await;
+    let partitions = log.partitions();
     // The embedded log is locked by whoever opens it: let the child have it.
     drop(log);
 
-    let kills = kill_until_done(data, nats.as_deref(), Activity::NAME, EVENTS);
+    let kills = kill_until_done(data, nats.as_deref(), Activity::NAME, EVENTS, partitions);
     assert!(kills >= 3, "only {kills} kills landed mid-stream; the test proved little");
-    assert_eq!(checkpoint(data, Activity::NAME), EVENTS);
+    assert_eq!(checkpoint(data, Activity::NAME, partitions), EVENTS);
 
     let log = backend.open().await;
     let clean_dir = tempfile::tempdir().unwrap();
     let clean = ViewStore::open(clean_dir.path()).unwrap();
-    ledger::projector::catch_up(&log, &clean, &[&Activity]).await.unwrap();
+    for partition in 0..partitions {
+        ledger::projector::catch_up(&log.in_partition(partition), &clean, &[&Activity]).await.unwrap();
+    }
     let resumed = ViewStore::open(&data.join("views")).unwrap();
     assert_eq!(resumed.dump(Activity::NAME).unwrap(), clean.dump(Activity::NAME).unwrap());
     let total: u64 = clean
@@ -141,9 +155,9 @@ async fn embedded_ledger_view_survives_repeated_kills() {
     // opening the log in the child waits for sled's lock.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let kills = kill_until_done(&data, None, projections::LedgerView::NAME, events);
+    let kills = kill_until_done(&data, None, projections::LedgerView::NAME, events, 1);
     assert!(kills >= 3, "only {kills} kills landed mid-stream; the test proved little");
-    assert_eq!(checkpoint(&data, projections::LedgerView::NAME), events);
+    assert_eq!(checkpoint(&data, projections::LedgerView::NAME, 1), events);
 
     let log = ledger::log::EmbeddedLog::open(&data.join("log")).unwrap();
     let clean_dir = tempfile::tempdir().unwrap();

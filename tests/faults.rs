@@ -249,35 +249,41 @@ struct Tally {
 
 async fn tally(url: &str, seen: Vec<Seen>) -> Tally {
     let log = common::connect(url).await;
-    // The cluster may still be electing a leader after the last kill: the
-    // log answers once it has one.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (head, mut stream) = loop {
-        let opened = async { Ok::<_, ledger::log::LogError>((log.head().await?, log.read(1, None).await?)) };
-        match opened.await {
-            Ok(opened) => break opened,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("reading the log to tally it: {error}; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(error) => panic!("the log did not answer within 60 s: {error}"),
-        }
-    };
     let mut consumed: HashMap<(String, String), Vec<u64>> = HashMap::new();
     let mut finalized: HashMap<String, Vec<u32>> = HashMap::new();
     let mut events = 0;
-    while events < head as usize {
-        let record = stream.next().await.unwrap().unwrap();
-        let envelope = events::decode(&record.payload).unwrap();
-        events += 1;
-        match envelope.payload {
-            Event::TokensConsumed { request, tokens, .. } => {
-                consumed.entry((envelope.tenant, request)).or_default().push(tokens)
+    for partition in 0..log.partitions() {
+        let log = log.in_partition(partition);
+        // The cluster may still be electing a leader after the last kill:
+        // the log answers once it has one.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (head, mut stream) = loop {
+            let first = ledger::log::Position::pack(partition, 1);
+            let opened =
+                async { Ok::<_, ledger::log::LogError>((log.head().await?, log.read(first, None).await?)) };
+            match opened.await {
+                Ok(opened) => break opened,
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("reading partition {partition} to tally it: {error}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => panic!("partition {partition} did not answer within 60 s: {error}"),
             }
-            Event::PeriodFinalized { period, .. } => {
-                finalized.entry(envelope.tenant).or_default().push(period)
+        };
+        let head = ledger::log::Position::unpack(head).seq;
+        for _ in 0..head {
+            let record = stream.next().await.unwrap().unwrap();
+            let envelope = events::decode(&record.payload).unwrap();
+            events += 1;
+            match envelope.payload {
+                Event::TokensConsumed { request, tokens, .. } => {
+                    consumed.entry((envelope.tenant, request)).or_default().push(tokens)
+                }
+                Event::PeriodFinalized { period, .. } => {
+                    finalized.entry(envelope.tenant).or_default().push(period)
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     let doubled = consumed.values().filter(|v| v.len() > 1).count();
@@ -554,6 +560,73 @@ async fn r3_cluster_leader_killed_and_stepped_down_loses_nothing() {
     eprintln!("R3 cluster: leader killed {killed} times, stepped down {stepped_down} times");
     report("R3 cluster", killed + stepped_down, &tally);
     assert_eq!(killed + stepped_down, kills);
+    drop(serves);
+    verify(&url, dirs[0].path());
+}
+
+/// Every partition's leader, by server name, in partition order (`None`
+/// while a partition elects one).
+async fn partition_leaders(nc: &async_nats::Client, partitions: u32) -> Vec<Option<String>> {
+    let mut leaders = Vec::new();
+    for p in 0..partitions {
+        let stream = ledger::log::stream_name(p);
+        let reply = nc.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()).await.ok();
+        let info: Option<serde_json::Value> = reply.and_then(|r| serde_json::from_slice(&r.payload).ok());
+        leaders.push(info.and_then(|i| i["cluster"]["leader"].as_str().map(str::to_string)));
+    }
+    leaders
+}
+
+/// A ledger of 4 partitions at R3: `init` spreads the partitions' leaders
+/// over the three nodes; then a random node (leader of some partitions or
+/// of none) is SIGKILLed every few seconds and restarted, under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_cluster_of_4_partitions_random_node_killed_loses_nothing() {
+    let _serial = serial();
+    let mut rng = Rng(seed("R3 cluster, 4 partitions"));
+    let kills = rounds(20);
+    let mut cluster = Cluster::start();
+    let url = cluster.url();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown: serde_json::Value = loop {
+        let out = ledger(&["--nats", &url, "init", "--partitions", "4", "--replicas", "3", "--json"]);
+        if out.status.success() {
+            break serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never took the ledger: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Partition P is led by the (P mod 3)-th node, by name: every node
+    // leads at least one partition.
+    let leaders: Vec<&str> =
+        shown["streams"].as_array().unwrap().iter().map(|s| s["leader"].as_str().unwrap()).collect();
+    assert_eq!(leaders, ["n1", "n2", "n3", "n1"], "{shown}");
+    seed_ledger(&url, &[]);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut serves: Vec<Serve> = dirs.iter().map(|d| Serve::spawn(&url, d.path(), 3_600_000)).collect();
+    wait_for_service(&url, 2).await;
+    let (addresses, options) = ledger_client::nats::options(&url, "fault-admin", None);
+    let admin = options.retry_on_initial_connect().connect(addresses).await.unwrap();
+    let (stop, clients) = start_clients(&url, rng.next(), PATIENT);
+    let mut led = 0;
+    for _ in 0..kills {
+        tokio::time::sleep(rng.millis(1500, 3500)).await;
+        let victim = (rng.next() % 3) as usize;
+        let name = cluster.nodes[victim].name.clone();
+        led += partition_leaders(&admin, 4).await.iter().filter(|l| l.as_deref() == Some(&name)).count();
+        cluster.kill_node(victim);
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        cluster.start_node(victim);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tally = finish(&url, stop, clients, &mut serves).await;
+    eprintln!("R3 cluster, 4 partitions: {kills} nodes killed, leading {led} partitions between them");
+    report("R3 cluster, 4 partitions", kills, &tally);
+    assert!(led > 0, "no kill took a partition's leader");
     drop(serves);
     verify(&url, dirs[0].path());
 }

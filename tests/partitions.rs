@@ -152,3 +152,84 @@ async fn a_writer_never_makes_a_partition_or_decides_with_another_number() {
     };
     assert!(!names.contains(&"LEDGER_P2".to_string()), "{names:?}");
 }
+
+/// `usage` with every log position left out (they change in a copy).
+fn without_positions(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "seq" | "partition" | "position" | "last_seq"))
+                .map(|(k, v)| (k, without_positions(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_positions).collect()),
+        other => other,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_number_of_partitions_is_a_copy_into_a_new_ledger() {
+    let tenants: Vec<String> = (0..16).map(|i| format!("t{i}")).collect();
+    let (one, four, two) = (
+        NatsServer::start_configured("").unwrap(),
+        NatsServer::start_configured("").unwrap(),
+        NatsServer::start_configured("").unwrap(),
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ledgers = [
+        (dirs[0].path(), one.url().to_string()),
+        (dirs[1].path(), four.url().to_string()),
+        (dirs[2].path(), two.url().to_string()),
+    ];
+
+    // Today's ledger of one partition, made by a writer.
+    let (data, url) = (ledgers[0].0, ledgers[0].1.as_str());
+    run(data, url, &["apply", "-"], Some(&commands(&tenants)));
+    let events = run(data, url, &["events", "--json"], None).lines().count() as u64;
+
+    // Into 4 partitions, then those 4 into 2.
+    let copied = json(data, url, &["copy", "--to", &ledgers[1].1, "--partitions", "4", "--json"]);
+    assert_eq!((copied["events"].as_u64(), copied["skipped"].as_u64()), (Some(events), Some(0)), "{copied}");
+    assert_eq!((copied["partitions_from"].as_u64(), copied["partitions_to"].as_u64()), (Some(1), Some(4)));
+    let (data4, url4) = (ledgers[1].0, ledgers[1].1.as_str());
+    let copied = json(data4, url4, &["copy", "--to", &ledgers[2].1, "--partitions", "2", "--json"]);
+    assert_eq!((copied["events"].as_u64(), copied["tenants"].as_u64()), (Some(events), Some(17)), "{copied}");
+
+    // Each copy verifies, and answers as the original, positions aside.
+    for (data, url) in &ledgers {
+        let verify = json(data, url, &["audit", "verify", "--json"]);
+        assert_eq!(
+            (verify["ok"].as_bool(), verify["events"].as_u64()),
+            (Some(true), Some(events)),
+            "{verify}"
+        );
+        assert_eq!(verify["invoices_checked"], 1, "{verify}");
+    }
+    assert_eq!(json(data4, url4, &["info", "--json"])["partitions"], 4);
+    for t in &tenants {
+        let args = ["usage", t.as_str(), "--at", "2026-03-15T00:00:00Z", "--json"];
+        let original = without_positions(json(data, url, &args));
+        for (other_data, other_url) in &ledgers[1..] {
+            assert_eq!(without_positions(json(other_data, other_url, &args)), original, "{t}");
+        }
+    }
+    let args = ["invoice", "t0", "--at", "2026-03-15T00:00:00Z", "--json"];
+    assert_eq!(without_positions(json(data4, url4, &args)), without_positions(json(data, url, &args)));
+
+    // A copy goes only into an empty ledger.
+    let (code, _, stderr) = ledger(data, Some(url), &["copy", "--to", url4, "--partitions", "4"], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("holds events already"), "{stderr}");
+
+    // On a partitioned ledger, commands queued after a catalog change see
+    // it, whichever partition decides them (no `at`: decided as they come).
+    let fresh = NatsServer::start_configured("").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    run(scratch.path(), fresh.url(), &["init", "--partitions", "4"], None);
+    let mut lines = vec![r#"{"cmd":"define_plan","plan":{"id":"q","currency":"USD","price":"1","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":10,"token_overage":"block","addons":[]}}"#.to_string()];
+    lines.extend(
+        tenants.iter().map(|t| format!(r#"{{"cmd":"subscribe","tenant":"{t}","plan":"q","seats":1}}"#)),
+    );
+    let answers = run(scratch.path(), fresh.url(), &["apply", "-"], Some(&(lines.join("\n") + "\n")));
+    assert!(answers.lines().all(|l| l.contains(r#""ok":true"#)), "{answers}");
+}

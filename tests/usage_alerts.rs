@@ -14,7 +14,7 @@ use events::Event;
 use futures_util::StreamExt;
 use ledger::command::parse_line;
 use ledger::engine::{Ledger, Reply};
-use ledger::log::Source;
+use ledger::log::{EventLog, Source};
 use projections::{LedgerView, ViewStore};
 
 const CATALOG: [&str; 2] = [
@@ -63,9 +63,11 @@ async fn crossings_are_decided_once_under_a_64_way_race_across_two_writers() {
     assert!(matches!(denied, Reply::Rejected { seq: Some(_), .. }), "{denied:?}");
 
     // The log: each threshold once, recorded with the use that crossed it.
+    // (acme's partition: where its uses and crossings are.)
     let log = common::connect(&js.url()).await;
+    let log = log.in_partition(log.partition_of("acme"));
     let head = log.head().await.unwrap();
-    let mut records = log.read(1, None).await.unwrap();
+    let mut records = log.read(ledger::log::Position::pack(log.partition(), 1), None).await.unwrap();
     let mut crossed: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     let mut previous_used = None;
     while let Some(record) = records.next().await {

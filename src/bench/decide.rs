@@ -551,23 +551,36 @@ pub(super) async fn load_service(
     config.attempts = 1;
     let mut pool = Vec::with_capacity(connections);
     for _ in 0..connections {
-        pool.push(async_nats::connect(url).await?);
+        // `url` may list a cluster's servers, comma-separated.
+        let (addresses, options) = ledger_client::nats::options(url, "bench", None);
+        pool.push(options.connect(addresses).await?);
     }
     let per_client = total / clients;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = Client::with_connection(
-            pool[c % connections].clone(),
-            config.clone(),
-            &tenant_name(prefix, c % tenants),
-            Role::User,
-        );
+        // A client speaks for one tenant at a time: tenant `c` of fewer
+        // tenants than clients, else a random one of its own share
+        // (`c`, `c + clients`, ...), so clients never share a tenant's keys.
+        let share: Vec<usize> =
+            if tenants > clients { (c..tenants).step_by(clients).collect() } else { vec![c % tenants] };
+        let handles: Vec<Client> = share
+            .iter()
+            .map(|&t| {
+                Client::with_connection(
+                    pool[c % connections].clone(),
+                    config.clone(),
+                    &tenant_name(prefix, t),
+                    Role::User,
+                )
+            })
+            .collect();
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut latencies = Vec::with_capacity(per_client);
             for i in 0..per_client {
                 let roll = rng.next();
+                let client = &handles[(roll >> 20) as usize % handles.len()];
                 let sent = Instant::now();
                 let answer = if roll % 10 < 7 {
                     client.consume_tokens(&format!("req-{seed}-{c:05}-{i:08}"), 1 + roll % 2000).await?
@@ -590,9 +603,9 @@ pub async fn serve(
     clients: usize,
     tenants: usize,
     connections: usize,
-    partitions: u32,
+    (partitions, replicas): (u32, usize),
 ) -> anyhow::Result<()> {
-    let (server, log) = super::support::connect_partitioned(nats, partitions).await?;
+    let (server, log) = super::support::connect_replicated(nats, partitions, replicas).await?;
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
     println!(
         "bench serve: {decisions} decisions (70% consume_tokens, 30% upload) from {clients} concurrent \

@@ -80,12 +80,22 @@ pub(crate) async fn connect_partitioned(
     nats: Option<&str>,
     partitions: u32,
 ) -> anyhow::Result<(Option<NatsServer>, JetStreamLog)> {
+    connect_replicated(nats, partitions, 1).await
+}
+
+/// [`connect_partitioned`], each stream of `replicas` replicas when this
+/// makes the ledger (a cluster given by `--nats`).
+pub(crate) async fn connect_replicated(
+    nats: Option<&str>,
+    partitions: u32,
+    replicas: usize,
+) -> anyhow::Result<(Option<NatsServer>, JetStreamLog)> {
     let server = match nats {
         Some(_) => None,
         None => Some(NatsServer::start()?),
     };
     let url = nats.map(str::to_string).unwrap_or_else(|| server.as_ref().expect("started").url().to_string());
-    let options = JetStreamOptions::new(&url);
+    let options = JetStreamOptions { replicas, ..JetStreamOptions::new(&url) };
     let log = if partitions > 1 {
         JetStreamLog::init(&options, partitions).await?
     } else {

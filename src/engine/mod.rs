@@ -141,6 +141,9 @@ pub struct Ledger {
     views: ViewStore,
     /// Per partition: the last position its pipeline appended.
     appended: std::sync::Arc<Vec<tokio::sync::watch::Receiver<u64>>>,
+    /// Catalog commands queued here and not answered yet (a ledger of
+    /// several partitions only): see [`Ledger::submit_nowait`].
+    catalog_pending: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
     stats: std::sync::Arc<EngineStats>,
 }
 
@@ -213,6 +216,7 @@ impl Ledger {
             projectors: std::sync::Arc::new(projectors),
             views,
             appended: std::sync::Arc::new(appended),
+            catalog_pending: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
             stats,
         })
     }
@@ -224,12 +228,42 @@ impl Ledger {
 
     /// Queues a command and returns where its reply will arrive. Commands
     /// are decided in the order they are queued.
+    ///
+    /// The catalog is decided in partition 0's pipeline, and a command of
+    /// another partition is decided in its own: on their own, a
+    /// `subscribe` queued right after the `define_plan` it names could be
+    /// decided first, against a catalog without the plan. So while a
+    /// catalog command queued here is unanswered, commands of the other
+    /// partitions wait to be queued (catalog changes are rare; the wait is
+    /// one commit). Once it is answered, a command naming the new plan or
+    /// add-on finds it: its partition's pipeline re-reads the catalog's
+    /// head before it rejects anything.
     pub async fn submit_nowait(&self, submission: Submission) -> oneshot::Receiver<Reply> {
         let (reply, answer) = oneshot::channel();
         // The pipeline of the command's tenant's partition (the catalog's:
         // partition 0).
         let tenant = submission.command.tenant().unwrap_or(CATALOG_TENANT);
-        let tx = &self.txs[crate::log::partition_of(tenant, self.partitions()) as usize];
+        let partition = crate::log::partition_of(tenant, self.partitions());
+        let reply = if self.partitions() == 1 {
+            reply
+        } else if tenant == CATALOG_TENANT {
+            self.catalog_pending.send_modify(|n| *n += 1);
+            let (relay, relayed) = oneshot::channel();
+            let pending = self.catalog_pending.clone();
+            tokio::spawn(async move {
+                let answer = wait(relayed).await;
+                pending.send_modify(|n| *n -= 1);
+                let _ = reply.send(answer);
+            });
+            relay
+        } else {
+            if partition != 0 {
+                let mut pending = self.catalog_pending.subscribe();
+                let _ = pending.wait_for(|n| *n == 0).await;
+            }
+            reply
+        };
+        let tx = &self.txs[partition as usize];
         if let Err(mpsc::error::SendError(job)) = tx.send(Job { submission, reply, retries: 0 }).await {
             let _ = job.reply.send(Reply::Failed { message: "the ledger engine has stopped".into() });
         }

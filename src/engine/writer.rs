@@ -58,6 +58,8 @@ struct InFlight {
     result: Result<crate::log::AppendAck, LogError>,
     /// How long the append took.
     took: std::time::Duration,
+    /// An atomic batch (more than one message), not a single publish.
+    batch: bool,
 }
 
 /// What deciding one command came to.
@@ -89,6 +91,50 @@ struct Staged {
     /// Index of its first message in the batch.
     offset: usize,
     denial: Option<Rejection>,
+}
+
+/// Groups of at most this many messages, each one command's only message
+/// and each for another tenant, go out as that many single publishes
+/// rather than one atomic batch. An atomic batch costs the server several
+/// journal commits whatever its size (`docs/benchmarks.md`), a single
+/// publish with the tenant's expectation one, and is as atomic and as
+/// durable; so a batch pays off only once it carries enough messages.
+/// Small groups are what a partition of a ledger of several sees at a
+/// modest load (16 clients over 4 partitions: ~4 a partition), and what
+/// one partition sees at 2-4 clients.
+const SINGLES_MAX: usize = 4;
+/// Appends in flight at once, single publishes included.
+const MAX_SINGLES_IN_FLIGHT: usize = 64;
+
+/// `group` as the appends that carry it: itself, or one single publish per
+/// command (see [`SINGLES_MAX`]).
+fn split(group: Group) -> Vec<Group> {
+    let Group { staged, batch } = group;
+    let n = batch.messages.len();
+    let singles = n > 1
+        && n <= SINGLES_MAX
+        && staged.len() == n
+        && batch.expectations.len() == n
+        && staged
+            .iter()
+            .zip(&batch.messages)
+            .zip(&batch.expectations)
+            .all(|((s, m), e)| s.envelopes.len() == 1 && s.tenant == m.tenant && s.tenant == e.tenant);
+    if !singles {
+        return vec![Group { staged, batch }];
+    }
+    staged
+        .into_iter()
+        .zip(batch.messages)
+        .zip(batch.expectations)
+        .map(|((mut staged, message), expectation)| {
+            staged.offset = 0;
+            Group {
+                staged: vec![staged],
+                batch: AppendBatch { messages: vec![message], expectations: vec![expectation] },
+            }
+        })
+        .collect()
 }
 
 fn now_us() -> i64 {
@@ -152,6 +198,8 @@ impl<L: EventLog> Engine<L> {
         let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
         let mut open = true;
         let mut returns = Returns::default();
+        // Atomic batches in flight; single publishes are not counted.
+        let mut batches = 0;
         loop {
             drain(&mut rx, &mut queue);
             if inflight.is_empty() && !queue.is_empty() {
@@ -166,23 +214,35 @@ impl<L: EventLog> Engine<L> {
             // batches cost the server per batch more than per message, so two
             // half-full ones in flight commit fewer decisions than one full one
             // and the next filling behind it.
-            let ready = inflight.is_empty() || queue.len() >= MAX_BATCH_MESSAGES;
-            if inflight.len() < MAX_GROUPS_IN_FLIGHT && ready && !queue.is_empty() && hold.is_none() {
+            // Single publishes cost the server little and commit in any
+            // order: behind them (and nothing else) the next group goes at
+            // once, so small groups pipeline.
+            let ready = batches == 0 || queue.len() >= MAX_BATCH_MESSAGES;
+            if batches < MAX_GROUPS_IN_FLIGHT
+                && inflight.len() < MAX_SINGLES_IN_FLIGHT
+                && ready
+                && !queue.is_empty()
+                && hold.is_none()
+            {
                 if let Some(group) = self.build_group(&mut queue, !inflight.is_empty(), &mut loads).await {
-                    self.stats.batch(group.batch.messages.len());
-                    let log = self.log.clone();
-                    let append = tokio::spawn(async move { log.append(group.batch).await });
-                    let staged = group.staged;
-                    let started = tokio::time::Instant::now();
-                    inflight.push(Box::pin(async move {
-                        // An append task that died has an unknown outcome,
-                        // like a lost connection: its commands fail, and
-                        // their tenants reload before deciding again.
-                        let result = append.await.unwrap_or_else(|error| {
-                            Err(LogError::Unavailable(format!("the append task failed: {error}")))
-                        });
-                        InFlight { staged, result, took: started.elapsed() }
-                    }));
+                    for group in split(group) {
+                        self.stats.batch(group.batch.messages.len());
+                        let batch = group.batch.messages.len() > 1;
+                        batches += usize::from(batch);
+                        let log = self.log.clone();
+                        let append = tokio::spawn(async move { log.append(group.batch).await });
+                        let staged = group.staged;
+                        let started = tokio::time::Instant::now();
+                        inflight.push(Box::pin(async move {
+                            // An append task that died has an unknown outcome,
+                            // like a lost connection: its commands fail, and
+                            // their tenants reload before deciding again.
+                            let result = append.await.unwrap_or_else(|error| {
+                                Err(LogError::Unavailable(format!("the append task failed: {error}")))
+                            });
+                            InFlight { staged, result, took: started.elapsed(), batch }
+                        }));
+                    }
                     continue;
                 }
             }
@@ -196,6 +256,7 @@ impl<L: EventLog> Engine<L> {
                     None => open = false,
                 },
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    batches -= usize::from(done.batch);
                     match done.result {
                         Ok(ack) => {
                             returns.answered(done.staged.len(), done.took);

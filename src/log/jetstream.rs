@@ -20,6 +20,8 @@ use serde::Deserialize;
 
 use super::{AppendAck, AppendBatch, EventLog, LogError, LogRecord, RecordStream, Source};
 
+pub mod placement;
+
 pub const STREAM_NAME: &str = "LEDGER";
 
 /// JetStream's error code for a failed expected-last-sequence check.
@@ -293,7 +295,9 @@ impl JetStreamLog {
                  is fixed: to change it, replay it into a new ledger (docs/scale.md)"
             )));
         }
-        JetStreamLog::open(client, disconnects, ledger).await
+        let log = JetStreamLog::open(client, disconnects, ledger).await?;
+        log.spread_leaders().await?;
+        Ok(log)
     }
 
     /// Opens a ledger whose `LEDGER` stream is `ledger`: reads its number
@@ -487,6 +491,21 @@ async fn changed(counter: &mut tokio::sync::watch::Receiver<u64>) {
     }
 }
 
+/// A record's subject as the ledger reads it: a message on partition
+/// `partition`'s subject for a tenant that hashes to another partition
+/// (only a raw publish puts one there) gets a subject that no event
+/// matches, so it decodes as no ledger event and is reported as such,
+/// rather than taking the place of the tenant's first event.
+fn placed_subject(subject: &str, partition: u32, partitions: u32) -> String {
+    match events::parse_subject(subject) {
+        Some((tenant, _)) if super::partition_of(tenant, partitions) != partition => format!(
+            "{subject} (tenant {tenant} lives in partition {})",
+            super::partition_of(tenant, partitions)
+        ),
+        _ => subject.to_string(),
+    }
+}
+
 /// Follows a stream's leader elections and quorum losses, from
 /// JetStream's advisories, and logs each.
 async fn watch_leader(
@@ -576,7 +595,7 @@ impl EventLog for JetStreamLog {
                     next = message.sequence + 1;
                     out.push(LogRecord {
                         position: part.position(message.sequence),
-                        subject: message.subject.to_string(),
+                        subject: placed_subject(&message.subject, part.index, self.partitions()),
                         payload: message.payload,
                     });
                 }
@@ -689,14 +708,14 @@ impl Source for JetStreamLog {
             .await
             .map_err(unavailable)?;
         let messages = consumer.messages().await.map_err(unavailable)?;
-        let index = part.index;
+        let (index, partitions) = (part.index, self.partitions());
         Ok(messages
             .map(move |item| {
                 let message = item.map_err(unavailable)?;
                 let seq = message.info().map_err(unavailable)?.stream_sequence;
                 Ok(LogRecord {
                     position: super::Position::pack(index, seq),
-                    subject: message.subject.to_string(),
+                    subject: placed_subject(&message.subject, index, partitions),
                     payload: message.payload.clone(),
                 })
             })

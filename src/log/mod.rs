@@ -8,6 +8,7 @@
 //!
 //! Positions are 1-based and contiguous; 0 means "nothing yet".
 
+pub mod copy;
 mod embedded;
 mod info;
 mod jetstream;

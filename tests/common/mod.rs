@@ -151,3 +151,22 @@ impl Backend for JetStream {
         self.open().await
     }
 }
+
+// ---- Partitions: what a test needs to hold on a ledger of N partitions ----
+// (`LEDGER_TEST_PARTITIONS`, src/bench/natsd.rs; N = 1 without it.)
+
+/// How many partitions the harness gives a ledger on a fresh nats-server
+/// (`LEDGER_TEST_PARTITIONS`): 1 without it. The embedded log has one.
+pub fn test_partitions() -> u32 {
+    std::env::var("LEDGER_TEST_PARTITIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
+}
+
+/// `name` if it is in `anchor`'s partition of `partitions`, else the first
+/// of `name2`, `name3`, ... that is: tenants a batch may carry together.
+pub fn beside(anchor: &str, name: &str, partitions: u32) -> String {
+    let partition = ledger::log::partition_of(anchor, partitions);
+    std::iter::once(name.to_string())
+        .chain((2..).map(|i| format!("{name}{i}")))
+        .find(|candidate| ledger::log::partition_of(candidate, partitions) == partition)
+        .expect("some name lands in the partition")
+}
