@@ -175,7 +175,8 @@ async fn client(
         let mut first_failure: Option<Instant> = None;
         loop {
             let sent = Instant::now();
-            let reply = nc.request(subjects[pick].clone(), body.clone()).await;
+            // Sent again at once if the connection moves meanwhile.
+            let reply = ledger_client::nats::request(&nc, subjects[pick].clone(), body.clone()).await;
             let answer: Option<Value> = reply.ok().map(|m| serde_json::from_slice(&m.payload).unwrap());
             if answer.is_some() {
                 seen.replies.push(Instant::now());
@@ -478,26 +479,30 @@ async fn serve_kills(scenario: &str, url: &str) {
 async fn create_r3_stream(url: &str) {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().to_str().unwrap();
+    on_the_new_cluster(&["--nats", url, "--replicas", "3", "--data", data, "tenants"]).await;
+}
+
+/// Runs `ledger ARGS` until it succeeds: a new cluster takes a few seconds
+/// to be ready for streams.
+async fn on_the_new_cluster(args: &[&str]) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = ledger(&["--nats", url, "--replicas", "3", "--data", data, "tenants"]);
+        let out = ledger(args);
         if out.status.success() {
-            return;
+            return out;
         }
         assert!(
             Instant::now() < deadline,
-            "the cluster never took the R3 stream: {}",
+            "the cluster never took the ledger: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// The stream's leader, by server name.
+/// The stream's leader (partition 0's), by server name.
 async fn stream_leader(nc: &async_nats::Client) -> Option<String> {
-    let reply = nc.request("$JS.API.STREAM.INFO.LEDGER", "".into()).await.ok()?;
-    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
-    info["cluster"]["leader"].as_str().map(str::to_string)
+    partition_leaders(nc, 1).await.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,19 +592,9 @@ async fn r3_cluster_of_4_partitions_random_node_killed_loses_nothing() {
     let kills = rounds(20);
     let mut cluster = Cluster::start();
     let url = cluster.url();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let shown: serde_json::Value = loop {
-        let out = ledger(&["--nats", &url, "init", "--partitions", "4", "--replicas", "3", "--json"]);
-        if out.status.success() {
-            break serde_json::from_slice(&out.stdout).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster never took the ledger: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let out =
+        on_the_new_cluster(&["--nats", &url, "init", "--partitions", "4", "--replicas", "3", "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Partition P is led by the (P mod 3)-th node, by name: every node
     // leads at least one partition.
     let leaders: Vec<&str> =

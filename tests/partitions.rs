@@ -226,9 +226,19 @@ async fn changing_the_number_of_partitions_is_a_copy_into_a_new_ledger() {
     let fresh = NatsServer::start_configured("").unwrap();
     let scratch = tempfile::tempdir().unwrap();
     run(scratch.path(), fresh.url(), &["init", "--partitions", "4"], None);
-    let mut lines = vec![r#"{"cmd":"define_plan","plan":{"id":"q","currency":"USD","price":"1","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":10,"token_overage":"block","addons":[]}}"#.to_string()];
+    // Catalog commands commit one at a time, so the last plans land well
+    // after the subscribes that name them reach their partitions.
+    let mut lines: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                r#"{{"cmd":"define_plan","plan":{{"id":"q{i}","currency":"USD","price":"1","per_seat":false,"storage_quota_gb":"1","monthly_token_limit":10,"token_overage":"block","addons":[]}}}}"#
+            )
+        })
+        .collect();
     lines.extend(
-        tenants.iter().map(|t| format!(r#"{{"cmd":"subscribe","tenant":"{t}","plan":"q","seats":1}}"#)),
+        tenants.iter().enumerate().map(|(i, t)| {
+            format!(r#"{{"cmd":"subscribe","tenant":"{t}","plan":"q{}","seats":1}}"#, 59 - i % 4)
+        }),
     );
     let answers = run(scratch.path(), fresh.url(), &["apply", "-"], Some(&(lines.join("\n") + "\n")));
     assert!(answers.lines().all(|l| l.contains(r#""ok":true"#)), "{answers}");

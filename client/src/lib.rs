@@ -179,11 +179,9 @@ impl Transport {
     /// One attempt, no retry.
     async fn request_once(&self, subject: &str, body: &Value) -> Result<Value, ClientError> {
         let payload: bytes::Bytes = serde_json::to_vec(body).expect("JSON encodes").into();
-        let message = self
-            .nats
-            .request(subject.to_string(), payload)
+        let message = crate::nats::request(&self.nats, subject.to_string(), payload)
             .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            .map_err(ClientError::Unreachable)?;
         serde_json::from_slice(&message.payload)
             .map_err(|e| ClientError::Protocol(format!("reply is not JSON: {e}")))
     }
@@ -211,12 +209,12 @@ impl Transport {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
             }
-            match self.nats.request(subject.to_string(), payload.clone()).await {
+            match crate::nats::request(&self.nats, subject.to_string(), payload.clone()).await {
                 Ok(message) => {
                     return serde_json::from_slice(&message.payload)
                         .map_err(|e| ClientError::Protocol(format!("reply is not JSON: {e}")))
                 }
-                Err(error) => last_error = error.to_string(),
+                Err(error) => last_error = error,
             }
         }
         Err(ClientError::Unreachable(last_error))

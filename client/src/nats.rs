@@ -73,3 +73,31 @@ mod tests {
         );
     }
 }
+
+/// One request, as `async_nats::Client::request`, except that it ends at
+/// once when the connection is made again while it waits: a request that
+/// went out on a connection that then dropped is never answered (its reply,
+/// if any, went to the old connection), and waiting out the request timeout
+/// would leave the caller with no answer for that long. The caller sends it
+/// again (with the same idempotency key, so it is decided once).
+pub async fn request(
+    nats: &async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+) -> Result<async_nats::Message, String> {
+    use std::sync::atomic::Ordering;
+    let statistics = nats.statistics();
+    let connects = statistics.connects.load(Ordering::Relaxed);
+    let request = nats.request(subject, payload);
+    tokio::pin!(request);
+    loop {
+        tokio::select! {
+            reply = &mut request => return reply.map_err(|e| e.to_string()),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                if statistics.connects.load(Ordering::Relaxed) != connects {
+                    return Err("the connection to nats-server was made again with the request in flight".into());
+                }
+            }
+        }
+    }
+}
