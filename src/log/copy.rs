@@ -49,8 +49,9 @@ pub async fn copy<F: EventLog, T: EventLog>(from: &F, to: &T) -> anyhow::Result<
             ..Copied::default()
         },
     };
-    let total: u64 = heads(from).await?.iter().map(|&h| Position::unpack(h).seq).sum();
-    for (partition, head) in heads(from).await?.into_iter().enumerate() {
+    let from_heads = heads(from).await?;
+    let total: u64 = from_heads.iter().map(|&h| Position::unpack(h).seq).sum();
+    for (partition, head) in from_heads.into_iter().enumerate() {
         let partition = partition as u32;
         if head == 0 {
             continue;

@@ -497,13 +497,15 @@ async fn changed(counter: &mut tokio::sync::watch::Receiver<u64>) {
 /// matches, so it decodes as no ledger event and is reported as such,
 /// rather than taking the place of the tenant's first event.
 fn placed_subject(subject: &str, partition: u32, partitions: u32) -> String {
-    match events::parse_subject(subject) {
-        Some((tenant, _)) if super::partition_of(tenant, partitions) != partition => format!(
-            "{subject} (tenant {tenant} lives in partition {})",
-            super::partition_of(tenant, partitions)
-        ),
-        _ => subject.to_string(),
+    if partitions > 1 {
+        if let Some((tenant, _)) = events::parse_subject(subject) {
+            let home = super::partition_of(tenant, partitions);
+            if home != partition {
+                return format!("{subject} (tenant {tenant} lives in partition {home})");
+            }
+        }
     }
+    subject.to_string()
 }
 
 /// Follows a stream's leader elections and quorum losses, from
